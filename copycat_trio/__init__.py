@@ -1,0 +1,1 @@
+"""copycat_trio: Raft replicated state machines on Trio."""

@@ -1,0 +1,706 @@
+"""The pure Raft core: messages and time go in; what to persist, send and apply comes out.
+
+No I/O, no clock, no trio: every call takes `now` (seconds on any monotonic scale) and randomness
+comes from an injected `random.Random`. The shell calls `step`, `tick`, `propose`, `read_index`,
+then `ready()` to collect a `Ready`, persists its hard state and entries, sends its messages,
+applies its committed entries, and reports `persisted(index)` (etcd-io/raft's Ready/Advance).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from ..protocol.messages import (
+    AppendRequest,
+    AppendResponse,
+    CommandEntry,
+    ConfigurationEntry,
+    Entry,
+    Envelope,
+    Member,
+    MemberType,
+    NoOpEntry,
+    PollRequest,
+    PollResponse,
+    RaftMessage,
+    VoteRequest,
+    VoteResponse,
+)
+from .log import RaftLog, candidate_log_ok, default_entry_size
+from .progress import Progress
+from .quorum import has_quorum, majority_index
+
+log = logging.getLogger(__name__)
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+class NotLeaderError(Exception):
+    """A proposal or read reached a member that is not the leader."""
+
+    def __init__(self, leader: int | None) -> None:
+        super().__init__(f"not the leader (leader is {leader})")
+        self.leader = leader
+
+
+class ConfigurationChangeError(Exception):
+    """A configuration change that the rules forbid right now."""
+
+
+@attrs.frozen
+class HardState:
+    """What must be durable before any message that depends on it leaves the server."""
+
+    term: int = 0
+    vote: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RaftConfig:
+    """Timing and flow-control settings of the core; validated on construction."""
+
+    election_timeout: float = 1.0
+    """Base election timeout in seconds; each wait is drawn from [T, 2T)."""
+    heartbeat_interval: float = 0.15
+    max_append_entries: int = 512
+    max_append_bytes: int = 1024 * 1024
+    max_inflight: int = 16
+    check_quorum: bool = True
+    pre_vote: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        validate_timing(self.election_timeout, self.heartbeat_interval)
+        for name in ("max_append_entries", "max_append_bytes", "max_inflight"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+
+def validate_timing(election_timeout: float, heartbeat_interval: float) -> None:
+    """Reject timings that cannot keep a healthy leader in office."""
+    if heartbeat_interval <= 0:
+        raise ValueError("heartbeat interval must be positive")
+    if election_timeout <= 0:
+        raise ValueError("election timeout must be positive")
+    if election_timeout < 2 * heartbeat_interval:
+        raise ValueError(
+            f"election timeout ({election_timeout}s) must be at least twice the heartbeat "
+            f"interval ({heartbeat_interval}s), or followers will time out on a healthy leader"
+        )
+
+
+@attrs.define
+class Ready:
+    """Work for the shell, in this order: persist, then send, then apply."""
+
+    hard_state: HardState | None = None
+    truncate_from: int | None = None
+    """Durably remove log entries from this index on, before appending `entries`."""
+    entries: list[Entry] = attrs.Factory(list)
+    messages: list[Envelope] = attrs.Factory(list)
+    committed: list[Entry] = attrs.Factory(list)
+    reads: list[tuple[Any, int]] = attrs.Factory(list)
+    """Confirmed read-index requests: (context, index to wait for before reading)."""
+    failed_reads: list[Any] = attrs.Factory(list)
+    """Read requests that can no longer be confirmed (this member lost leadership)."""
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.hard_state
+            or self.truncate_from is not None
+            or self.entries
+            or self.messages
+            or self.committed
+            or self.reads
+            or self.failed_reads
+        )
+
+
+@attrs.define
+class _PendingRead:
+    context: Any
+    index: int
+    round: int
+
+
+class RaftCore:
+    """One member's consensus state machine."""
+
+    def __init__(
+        self,
+        member_id: int,
+        *,
+        config: RaftConfig,
+        members: Sequence[Member] = (),
+        hard_state: HardState = HardState(),
+        entries: Sequence[Entry] = (),
+        rng: random.Random,
+        now: float,
+        timestamp: Callable[[], int] = lambda: 0,
+        entry_size: Callable[[Entry], int] = default_entry_size,
+    ) -> None:
+        self.id = member_id
+        self.config = config
+        self.rng = rng
+        self._timestamp = timestamp
+        self.term = hard_state.term
+        self.vote = hard_state.vote
+        self.log = RaftLog(entries, entry_size=entry_size)
+        self.role = Role.FOLLOWER
+        self.leader: int | None = None
+        self.commit_index = 0
+        self.persisted_index = self.log.last_index
+        self._handed_index = 0
+        # The configuration in force is the last one in the log, else the bootstrap one.
+        self._bootstrap_members = tuple(members)
+        self._configurations: list[tuple[int, tuple[Member, ...]]] = [
+            (e.index, e.members) for e in entries if isinstance(e, ConfigurationEntry)
+        ]
+        self._ready = Ready()
+        self._saved_hard_state = HardState(self.term, self.vote)
+        self._votes: dict[int, bool] = {}
+        self.progress: dict[int, Progress] = {}
+        self._last_leader_contact: float | None = None
+        self._election_deadline = now + self._random_timeout()
+        self._heartbeat_deadline = float("inf")
+        self._check_quorum_deadline = float("inf")
+        self._broadcast_pending = False
+        self._read_round = 0
+        self._pending_reads: list[_PendingRead] = []
+        self._reads_awaiting_noop: list[Any] = []
+
+    # --- views -----------------------------------------------------------------------------
+
+    @property
+    def members(self) -> tuple[Member, ...]:
+        """The configuration in force: the latest in the log, committed or not."""
+        if self._configurations:
+            return self._configurations[-1][1]
+        return self._bootstrap_members
+
+    @property
+    def configuration_index(self) -> int:
+        return self._configurations[-1][0] if self._configurations else 0
+
+    @property
+    def voters(self) -> list[int]:
+        return [m.id for m in self.members if m.type is MemberType.ACTIVE]
+
+    @property
+    def is_voter(self) -> bool:
+        return self.id in self.voters
+
+    def member(self, member_id: int) -> Member | None:
+        for m in self.members:
+            if m.id == member_id:
+                return m
+        return None
+
+    def _replication_targets(self) -> list[int]:
+        return [
+            m.id
+            for m in self.members
+            if m.id != self.id and m.type in (MemberType.ACTIVE, MemberType.PASSIVE)
+        ]
+
+    @property
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.vote)
+
+    def next_deadline(self) -> float:
+        """When `tick` next has work to do."""
+        if self.role is Role.LEADER:
+            return min(self._heartbeat_deadline, self._check_quorum_deadline)
+        return self._election_deadline
+
+    def has_ready(self) -> bool:
+        self._flush_broadcast()
+        self._collect_committed()
+        return bool(self._ready) or self.hard_state != self._saved_hard_state
+
+    def ready(self) -> Ready:
+        """Take the accumulated work; the shell must persist it before sending its messages."""
+        self._flush_broadcast()
+        self._collect_committed()
+        ready, self._ready = self._ready, Ready()
+        if self.hard_state != self._saved_hard_state:
+            ready.hard_state = self._saved_hard_state = self.hard_state
+        return ready
+
+    def persisted(self, index: int) -> None:
+        """The shell made entries up to index durable; the leader may now count itself."""
+        if index > self.persisted_index:
+            self.persisted_index = min(index, self.log.last_index)
+            if self.role is Role.LEADER:
+                self._maybe_commit()
+
+    # --- time ------------------------------------------------------------------------------
+
+    def _random_timeout(self) -> float:
+        t = self.config.election_timeout
+        return t + self.rng.random() * t
+
+    def _reset_election_deadline(self, now: float) -> None:
+        self._election_deadline = now + self._random_timeout()
+
+    def _in_leader_lease(self, now: float) -> bool:
+        """Leader stickiness: heard from a live leader within the (minimum) election timeout."""
+        if self.role is Role.LEADER:
+            return True
+        return (
+            self.role is Role.FOLLOWER
+            and self.leader is not None
+            and self._last_leader_contact is not None
+            and now - self._last_leader_contact < self.config.election_timeout
+        )
+
+    def tick(self, now: float) -> None:
+        """Act on every deadline that has passed."""
+        if self.role is Role.LEADER:
+            if now >= self._check_quorum_deadline:
+                self._check_quorum(now)
+            if self.role is Role.LEADER and now >= self._heartbeat_deadline:
+                self._heartbeat_deadline = now + self.config.heartbeat_interval
+                for progress in self.progress.values():
+                    progress.heartbeat_due()
+                self._broadcast(heartbeat=True)
+        elif now >= self._election_deadline:
+            self.campaign(now)
+
+    def _check_quorum(self, now: float) -> None:
+        self._check_quorum_deadline = now + self.config.election_timeout
+        if not self.config.check_quorum:
+            return
+        active = sum(
+            1
+            for v in self.voters
+            if v == self.id or (v in self.progress and self.progress[v].recent_active)
+        )
+        for progress in self.progress.values():
+            progress.recent_active = False
+        if not has_quorum(active, len(self.voters)):
+            log.info("member %s: no quorum heard for an election timeout; stepping down", self.id)
+            self._become_follower(now, self.term, None)
+
+    # --- elections -------------------------------------------------------------------------
+
+    def campaign(self, now: float) -> None:
+        """Start an election: a poll round first when pre-vote is on."""
+        if not self.is_voter:
+            self._reset_election_deadline(now)
+            return
+        if self.config.pre_vote:
+            self._become_pre_candidate(now)
+        else:
+            self._become_candidate(now)
+
+    def _become_pre_candidate(self, now: float) -> None:
+        self.role = Role.PRE_CANDIDATE
+        self.leader = None
+        self._last_leader_contact = None
+        self._votes = {self.id: True}
+        self._reset_election_deadline(now)
+        request = PollRequest(
+            term=self.term + 1,
+            candidate=self.id,
+            log_index=self.log.last_index,
+            log_term=self.log.last_term,
+        )
+        for voter in self.voters:
+            if voter != self.id:
+                self._send(voter, request)
+        self._tally(now)
+
+    def _become_candidate(self, now: float) -> None:
+        self.role = Role.CANDIDATE
+        self.term += 1
+        self.vote = self.id
+        self.leader = None
+        self._last_leader_contact = None
+        self._votes = {self.id: True}
+        self._reset_election_deadline(now)
+        request = VoteRequest(
+            term=self.term,
+            candidate=self.id,
+            log_index=self.log.last_index,
+            log_term=self.log.last_term,
+        )
+        for voter in self.voters:
+            if voter != self.id:
+                self._send(voter, request)
+        self._tally(now)
+
+    def _tally(self, now: float) -> None:
+        granted = sum(1 for v, ok in self._votes.items() if ok and v in self.voters)
+        rejected = sum(1 for v, ok in self._votes.items() if not ok and v in self.voters)
+        voters = len(self.voters)
+        if has_quorum(granted, voters):
+            if self.role is Role.PRE_CANDIDATE:
+                self._become_candidate(now)
+            elif self.role is Role.CANDIDATE:
+                self._become_leader(now)
+        elif has_quorum(rejected, voters):
+            self._become_follower(now, self.term, None)
+
+    def _become_follower(self, now: float, term: int, leader: int | None) -> None:
+        was_leader = self.role is Role.LEADER
+        if term > self.term:
+            self.term = term
+            self.vote = None
+        self.role = Role.FOLLOWER
+        self.leader = leader
+        self._votes = {}
+        self._reset_election_deadline(now)
+        self._heartbeat_deadline = float("inf")
+        self._check_quorum_deadline = float("inf")
+        if was_leader:
+            self.progress = {}
+            self._broadcast_pending = False
+            self._ready.failed_reads.extend(r.context for r in self._pending_reads)
+            self._ready.failed_reads.extend(self._reads_awaiting_noop)
+            self._pending_reads = []
+            self._reads_awaiting_noop = []
+
+    def _become_leader(self, now: float) -> None:
+        log.info("member %s: leader for term %s", self.id, self.term)
+        self.role = Role.LEADER
+        self.leader = self.id
+        self._votes = {}
+        self.progress = {
+            peer: Progress(self.log.last_index + 1, self.config.max_inflight)
+            for peer in self._replication_targets()
+        }
+        self._heartbeat_deadline = now + self.config.heartbeat_interval
+        self._check_quorum_deadline = now + self.config.election_timeout
+        self._append(
+            NoOpEntry(term=self.term, index=self.log.last_index + 1, timestamp=self._timestamp())
+        )
+        self._broadcast(heartbeat=False)
+
+    # --- inbound messages ------------------------------------------------------------------
+
+    def step(self, source: int, message: RaftMessage, now: float) -> None:
+        """Handle one Raft message from another member."""
+        if isinstance(message, PollRequest):
+            self._on_poll(source, message, now)
+            return
+        if isinstance(message, VoteRequest) and message.term > self.term:
+            if self._in_leader_lease(now):
+                self._send(source, VoteResponse(term=self.term, voted=False))
+                return
+            self._become_follower(now, message.term, None)
+        elif message.term > self.term:
+            if isinstance(message, PollResponse) and message.accepted:
+                pass  # a granted poll at our proposed term changes nobody's term
+            else:
+                leader = message.leader if isinstance(message, AppendRequest) else None
+                self._become_follower(now, message.term, leader)
+        handler = _HANDLERS[type(message)]
+        handler(self, source, message, now)
+
+    def _on_poll(self, source: int, request: PollRequest, now: float) -> None:
+        granted = (
+            request.term > self.term
+            and not self._in_leader_lease(now)
+            and self.log.is_up_to_date(request.log_term, request.log_index)
+        )
+        self._send(
+            source, PollResponse(term=request.term if granted else self.term, accepted=granted)
+        )
+
+    def _on_poll_response(self, source: int, response: PollResponse, now: float) -> None:
+        if self.role is not Role.PRE_CANDIDATE:
+            return
+        if response.accepted and response.term != self.term + 1:
+            return  # answers an older poll round
+        self._votes[source] = response.accepted
+        self._tally(now)
+
+    def _on_vote(self, source: int, request: VoteRequest, now: float) -> None:
+        granted = (
+            request.term == self.term
+            and self.vote in (None, request.candidate)
+            and self.log.is_up_to_date(request.log_term, request.log_index)
+        )
+        if granted:
+            self.vote = request.candidate
+            self._reset_election_deadline(now)
+        self._send(source, VoteResponse(term=self.term, voted=granted))
+
+    def _on_vote_response(self, source: int, response: VoteResponse, now: float) -> None:
+        if self.role is not Role.CANDIDATE or response.term != self.term:
+            return
+        self._votes[source] = response.voted
+        self._tally(now)
+
+    def _on_append(self, source: int, request: AppendRequest, now: float) -> None:
+        if request.term < self.term:
+            self._send(
+                source,
+                AppendResponse(
+                    term=self.term,
+                    succeeded=False,
+                    log_index=self.log.last_index + 1,
+                    read_round=request.read_round,
+                    rejected_index=request.prev_log_index,
+                ),
+            )
+            return
+        # Same term: whoever is candidate yields to the elected leader.
+        if self.role is not Role.FOLLOWER:
+            self._become_follower(now, request.term, request.leader)
+        self.leader = request.leader
+        self._last_leader_contact = now
+        self._reset_election_deadline(now)
+        self._send(source, self._accept_append(request))
+
+    def _accept_append(self, request: AppendRequest) -> AppendResponse:
+        """Log matching and conflict truncation (Raft 5.3); never truncates committed entries."""
+        prev = request.prev_log_index
+        reject = AppendResponse(
+            term=self.term,
+            succeeded=False,
+            log_index=0,
+            read_round=request.read_round,
+            rejected_index=prev,
+        )
+        if prev > self.log.last_index:
+            return attrs.evolve(reject, log_index=self.log.last_index + 1)
+        if prev >= self.log.snapshot_index and self.log.term_at(prev) != request.prev_log_term:
+            hint = max(self.commit_index + 1, self.log.first_index_of_term(prev))
+            return attrs.evolve(reject, log_index=hint)
+        new_entries: list[Entry] = []
+        for i, entry in enumerate(request.entries):
+            if entry.index <= self.log.snapshot_index:
+                continue
+            existing = self.log.term_at(entry.index)
+            if existing == entry.term:
+                continue
+            if existing is not None:
+                if entry.index <= self.commit_index:
+                    raise AssertionError(
+                        f"leader {request.leader} conflicts with committed entry {entry.index}"
+                    )
+                self._truncate(entry.index)
+            new_entries = list(request.entries[i:])
+            break
+        if new_entries:
+            self._append_entries(new_entries)
+        match = prev + len(request.entries)
+        new_commit = min(request.commit_index, match)
+        if new_commit > self.commit_index:
+            self.commit_index = new_commit
+        return AppendResponse(
+            term=self.term, succeeded=True, log_index=match, read_round=request.read_round
+        )
+
+    def _on_append_response(self, source: int, response: AppendResponse, now: float) -> None:
+        if self.role is not Role.LEADER or response.term != self.term:
+            return
+        progress = self.progress.get(source)
+        if progress is None:
+            return
+        progress.recent_active = True
+        if response.read_round > progress.read_round:
+            progress.read_round = response.read_round
+            self._release_reads()
+        if response.succeeded:
+            if progress.acknowledge(response.log_index):
+                self._maybe_commit()
+            self._send_append(source, progress)
+        elif progress.reject(response.rejected_index, response.log_index):
+            self._send_append(source, progress)
+
+    # --- the leader's work -----------------------------------------------------------------
+
+    def propose(self, operation: Any, *, session: int = 0, sequence: int = 0) -> tuple[int, int]:
+        """Append a command; returns its (index, term). Raises NotLeaderError elsewhere."""
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader)
+        entry = CommandEntry(
+            term=self.term,
+            index=self.log.last_index + 1,
+            timestamp=self._timestamp(),
+            operation=operation,
+            session=session,
+            sequence=sequence,
+        )
+        self._append(entry)
+        self._broadcast_pending = True
+        return entry.index, entry.term
+
+    def propose_configuration(self, members: Sequence[Member]) -> tuple[int, int]:
+        """Append a new configuration: one change at a time, after this term's no-op commits."""
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader)
+        if not self._committed_in_term():
+            raise ConfigurationChangeError("the leader's first entry of its term has not committed")
+        if self.configuration_index > self.commit_index:
+            raise ConfigurationChangeError("another configuration change is still in progress")
+        entry = ConfigurationEntry(
+            term=self.term,
+            index=self.log.last_index + 1,
+            timestamp=self._timestamp(),
+            members=tuple(members),
+        )
+        self._append(entry)
+        for peer in self._replication_targets():
+            self.progress.setdefault(peer, Progress(self.log.last_index, self.config.max_inflight))
+        for peer in list(self.progress):
+            if peer not in self._replication_targets():
+                del self.progress[peer]
+        self._broadcast_pending = True
+        self._maybe_commit()
+        return entry.index, entry.term
+
+    def read_index(self, context: Any) -> None:
+        """Ask to serve a linearizable read; the answer comes in Ready.reads or failed_reads."""
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader)
+        if not self._committed_in_term():
+            self._reads_awaiting_noop.append(context)
+            return
+        self._read_round += 1
+        self._pending_reads.append(_PendingRead(context, self.commit_index, self._read_round))
+        self._broadcast_pending = True
+        self._release_reads()
+
+    def _committed_in_term(self) -> bool:
+        return self.log.term_at(self.commit_index) == self.term
+
+    def _release_reads(self) -> None:
+        if not self._pending_reads:
+            return
+        rounds = [
+            self._read_round if v == self.id else self.progress[v].read_round
+            for v in self.voters
+            if v == self.id or v in self.progress
+        ]
+        rounds += [0] * (len(self.voters) - len(rounds))
+        confirmed = majority_index(rounds)
+        still: list[_PendingRead] = []
+        for read in self._pending_reads:
+            if read.round <= confirmed:
+                self._ready.reads.append((read.context, read.index))
+            else:
+                still.append(read)
+        self._pending_reads = still
+
+    def _append(self, entry: Entry) -> None:
+        self._append_entries([entry])
+
+    def _append_entries(self, entries: list[Entry]) -> None:
+        self.log.append(entries)
+        self._ready.entries.extend(entries)
+        for entry in entries:
+            if isinstance(entry, ConfigurationEntry):
+                self._configurations.append((entry.index, entry.members))
+
+    def _truncate(self, index: int) -> None:
+        self.log.truncate_from(index)
+        self.persisted_index = min(self.persisted_index, index - 1)
+        self._configurations = [(i, m) for i, m in self._configurations if i < index]
+        self._ready.entries = [e for e in self._ready.entries if e.index < index]
+        if self._ready.truncate_from is None or index < self._ready.truncate_from:
+            self._ready.truncate_from = index
+
+    def _maybe_commit(self) -> None:
+        """Commit by quorum, but only entries of the leader's own term (Raft 5.4.2, Figure 8)."""
+        matches = [
+            self.persisted_index if v == self.id else self.progress[v].match_index
+            for v in self.voters
+            if v == self.id or v in self.progress
+        ]
+        matches += [0] * (len(self.voters) - len(matches))
+        candidate = majority_index(matches)
+        if candidate > self.commit_index and self.log.term_at(candidate) == self.term:
+            self.commit_index = candidate
+            self._broadcast_pending = True
+            if self._reads_awaiting_noop:
+                waiting, self._reads_awaiting_noop = self._reads_awaiting_noop, []
+                for context in waiting:
+                    self.read_index(context)
+
+    def _broadcast(self, *, heartbeat: bool) -> None:
+        for peer, progress in self.progress.items():
+            self._send_append(peer, progress, heartbeat=heartbeat)
+        self._broadcast_pending = False
+
+    def _flush_broadcast(self) -> None:
+        if self._broadcast_pending and self.role is Role.LEADER:
+            self._broadcast(heartbeat=False)
+
+    def _send_append(self, peer: int, progress: Progress, *, heartbeat: bool = False) -> None:
+        """Send entries if the peer can take more; otherwise a heartbeat when one is due."""
+        has_entries = progress.next_index <= self.log.last_index
+        if has_entries and not progress.paused:
+            prev = progress.next_index - 1
+            entries = self.log.batch(
+                progress.next_index,
+                max_entries=self.config.max_append_entries,
+                max_bytes=self.config.max_append_bytes,
+            )
+            progress.sent(entries[-1].index)
+        elif heartbeat or (not has_entries and self._broadcast_pending):
+            prev = min(progress.match_index, progress.next_index - 1)
+            entries = []
+        else:
+            return
+        prev_term = self.log.term_at(prev)
+        if prev_term is None:
+            return  # compacted away: snapshot install is the storage layer's work
+        self._send(
+            peer,
+            AppendRequest(
+                term=self.term,
+                leader=self.id,
+                prev_log_index=prev,
+                prev_log_term=prev_term,
+                entries=tuple(entries),
+                commit_index=min(self.commit_index, prev + len(entries)),
+                read_round=self._read_round,
+            ),
+        )
+
+    def _collect_committed(self) -> None:
+        if self.commit_index > self._handed_index:
+            limit = min(
+                self.commit_index,
+                self.persisted_index if self.role is Role.LEADER else self.log.last_index,
+            )
+            if limit > self._handed_index:
+                self._ready.committed.extend(self.log.slice(self._handed_index + 1, limit + 1))
+                self._handed_index = limit
+
+    def _send(self, target: int, message: RaftMessage) -> None:
+        self._ready.messages.append(Envelope(self.id, target, message))
+
+
+_HANDLERS: dict[type, Callable[[RaftCore, int, Any, float], None]] = {
+    AppendRequest: RaftCore._on_append,
+    AppendResponse: RaftCore._on_append_response,
+    PollResponse: RaftCore._on_poll_response,
+    VoteRequest: RaftCore._on_vote,
+    VoteResponse: RaftCore._on_vote_response,
+}
+
+__all__ = [
+    "ConfigurationChangeError",
+    "HardState",
+    "NotLeaderError",
+    "RaftConfig",
+    "RaftCore",
+    "Ready",
+    "Role",
+    "candidate_log_ok",
+]

@@ -1,0 +1,138 @@
+"""Response status, the error types servers report, and the exceptions that carry them.
+
+The eight error types are Copycat's; PROTOCOL is ours, for frames that cannot be decoded.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+
+class Status(enum.IntEnum):
+    """Whether a response carries a result or an error."""
+
+    OK = 0
+    ERROR = 1
+
+
+class ErrorType(enum.IntEnum):
+    """Why a request failed, as a server reports it."""
+
+    NO_LEADER = 1
+    """No leader is known, or the leader could not be reached; safe to retry elsewhere."""
+    QUERY = 2
+    """A query could not be served at the requested consistency."""
+    COMMAND = 3
+    """A command could not be sequenced or committed; it was not applied."""
+    APPLICATION = 4
+    """The user's state machine raised; the message names the exception."""
+    ILLEGAL_MEMBER_STATE = 5
+    """The member cannot serve this request in its current role or type."""
+    UNKNOWN_SESSION = 6
+    """The session does not exist (never registered, closed or expired)."""
+    INTERNAL = 7
+    """An unexpected failure inside the server."""
+    CONFIGURATION = 8
+    """A configuration change was rejected."""
+    PROTOCOL = 9
+    """A frame or message was malformed, oversized or of an unknown type."""
+
+
+@attrs.frozen
+class ErrorInfo:
+    """An error as it travels in a response: its type and a sentence for people."""
+
+    type: ErrorType
+    message: str = ""
+
+
+class CopycatError(Exception):
+    """Base of every error this library raises on purpose."""
+
+    error_type: ErrorType = ErrorType.INTERNAL
+
+    def __init__(self, message: str = "", *, error_type: ErrorType | None = None) -> None:
+        super().__init__(message)
+        if error_type is not None:
+            self.error_type = error_type
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def to_info(self) -> ErrorInfo:
+        return ErrorInfo(self.error_type, self.message)
+
+
+class NoLeaderError(CopycatError):
+    error_type = ErrorType.NO_LEADER
+
+
+class QueryError(CopycatError):
+    error_type = ErrorType.QUERY
+
+
+class CommandError(CopycatError):
+    error_type = ErrorType.COMMAND
+
+
+class ApplicationError(CopycatError):
+    """The state machine raised while applying an operation; the server went on."""
+
+    error_type = ErrorType.APPLICATION
+
+
+class IllegalMemberStateError(CopycatError):
+    error_type = ErrorType.ILLEGAL_MEMBER_STATE
+
+
+class UnknownSessionError(CopycatError):
+    error_type = ErrorType.UNKNOWN_SESSION
+
+
+class InternalError(CopycatError):
+    error_type = ErrorType.INTERNAL
+
+
+class ConfigurationError(CopycatError):
+    """A configuration change, or the settings a server or client was given, are invalid."""
+
+    error_type = ErrorType.CONFIGURATION
+
+
+class ProtocolError(CopycatError):
+    """Bytes from the network that are not a valid message: the connection is closed."""
+
+    error_type = ErrorType.PROTOCOL
+
+
+class OutcomeUnknownError(CopycatError):
+    """The request was sent but no answer came (timeout or lost connection).
+
+    The operation may or may not have been applied; it is never reported as failed.
+    """
+
+    error_type = ErrorType.INTERNAL
+
+
+_BY_TYPE: dict[ErrorType, type[CopycatError]] = {
+    cls.error_type: cls
+    for cls in (
+        NoLeaderError,
+        QueryError,
+        CommandError,
+        ApplicationError,
+        IllegalMemberStateError,
+        UnknownSessionError,
+        InternalError,
+        ConfigurationError,
+        ProtocolError,
+    )
+}
+
+
+def error_from_info(info: ErrorInfo) -> CopycatError:
+    """The exception a client raises for an error a server reported."""
+    return _BY_TYPE.get(info.type, CopycatError)(info.message, error_type=info.type)

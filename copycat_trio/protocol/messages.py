@@ -1,0 +1,455 @@
+"""Every message on the wire, as frozen attrs classes.
+
+Names follow Copycat's request handlers (seed 000): client requests (register, connect, keep-alive,
+unregister, command, query, publish), server requests (configure, install, join, reconfigure,
+leave) and the Raft messages (append, poll, vote). Raft messages travel one way inside an
+`Envelope`; request/response pairs travel inside `RpcRequest`/`RpcResponse` with a request id so
+that many can be in flight on one connection. Field types are checked by the codec on decode.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+
+from .errors import ErrorInfo, Status
+
+
+class MemberType(enum.IntEnum):
+    """Copycat's member types: who votes, who replicates, who only holds the configuration."""
+
+    INACTIVE = 0
+    RESERVE = 1
+    PASSIVE = 2
+    ACTIVE = 3
+
+
+@attrs.frozen
+class Member:
+    """A server in the configuration, named by its stable operator-assigned id."""
+
+    id: int
+    address: str
+    """HOST:PORT where it listens for servers (and for clients unless client_address is set)."""
+    type: MemberType = MemberType.ACTIVE
+    client_address: str | None = None
+
+    @property
+    def effective_client_address(self) -> str:
+        return self.client_address or self.address
+
+
+# --- log entries -----------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class NoOpEntry:
+    """Appended by every new leader; committing it commits all earlier entries (Raft 5.4.2)."""
+
+    term: int
+    index: int
+    timestamp: int = 0
+    """The leader's wall clock in milliseconds: log time, the same on every server."""
+
+
+@attrs.frozen(kw_only=True)
+class CommandEntry:
+    """A user command to apply to the state machine."""
+
+    term: int
+    index: int
+    timestamp: int = 0
+    operation: Any = None
+    session: int = 0
+    sequence: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class ConfigurationEntry:
+    """The cluster's members; in force from the moment it is appended."""
+
+    term: int
+    index: int
+    timestamp: int = 0
+    members: tuple[Member, ...] = ()
+
+
+Entry = NoOpEntry | CommandEntry | ConfigurationEntry
+ENTRY_TYPES: tuple[type, ...] = (NoOpEntry, CommandEntry, ConfigurationEntry)
+
+
+# --- Raft messages (one way, inside an Envelope) ------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class AppendRequest:
+    """Entries (possibly none: a heartbeat) after prev_log_index, and the leader's commit index."""
+
+    term: int
+    leader: int
+    prev_log_index: int
+    prev_log_term: int
+    entries: tuple[Entry, ...] = ()
+    commit_index: int = 0
+    read_round: int = 0
+    """The leader's heartbeat round, echoed back: confirms leadership for read-index queries."""
+
+
+@attrs.frozen(kw_only=True)
+class AppendResponse:
+    """The follower's answer. On success, log_index is the index now known to match the leader;
+    on failure, the index the follower suggests to probe from (its last index + 1 at most)."""
+
+    term: int
+    succeeded: bool
+    log_index: int
+    read_round: int = 0
+    rejected_index: int = 0
+    """On failure, the prev_log_index of the request that was rejected (to spot stale replies)."""
+
+
+@attrs.frozen(kw_only=True)
+class PollRequest:
+    """Pre-vote: would you vote for me at `term` (my term + 1)? Changes no one's term."""
+
+    term: int
+    candidate: int
+    log_index: int
+    log_term: int
+
+
+@attrs.frozen(kw_only=True)
+class PollResponse:
+    term: int
+    accepted: bool
+
+
+@attrs.frozen(kw_only=True)
+class VoteRequest:
+    term: int
+    candidate: int
+    log_index: int
+    log_term: int
+
+
+@attrs.frozen(kw_only=True)
+class VoteResponse:
+    term: int
+    voted: bool
+
+
+RaftMessage = AppendRequest | AppendResponse | PollRequest | PollResponse | VoteRequest | VoteResponse
+RAFT_MESSAGE_TYPES: tuple[type, ...] = (
+    AppendRequest,
+    AppendResponse,
+    PollRequest,
+    PollResponse,
+    VoteRequest,
+    VoteResponse,
+)
+
+
+@attrs.frozen
+class Envelope:
+    """A one-way Raft message from one member to another."""
+
+    source: int
+    target: int
+    message: RaftMessage
+
+
+# --- request/response framing --------------------------------------------------------------
+
+
+@attrs.frozen
+class RpcRequest:
+    """A request with an id that its response echoes."""
+
+    id: int
+    body: Any
+
+
+@attrs.frozen
+class RpcResponse:
+    id: int
+    body: Any
+
+
+# --- client requests -------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class RegisterRequest:
+    client: str
+    timeout: int = 0
+    """Requested session timeout in milliseconds; 0 for the server's default."""
+
+
+@attrs.frozen(kw_only=True)
+class RegisterResponse:
+    status: Status
+    error: ErrorInfo | None = None
+    session: int = 0
+    timeout: int = 0
+    leader: int | None = None
+    members: tuple[Member, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class ConnectRequest:
+    client: str
+    session: int
+
+
+@attrs.frozen(kw_only=True)
+class ConnectResponse:
+    status: Status
+    error: ErrorInfo | None = None
+    leader: int | None = None
+    members: tuple[Member, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class KeepAliveRequest:
+    session: int
+    command_sequence: int = 0
+    event_index: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class KeepAliveResponse:
+    status: Status
+    error: ErrorInfo | None = None
+    leader: int | None = None
+    members: tuple[Member, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class UnregisterRequest:
+    session: int
+
+
+@attrs.frozen(kw_only=True)
+class UnregisterResponse:
+    status: Status
+    error: ErrorInfo | None = None
+
+
+@attrs.frozen(kw_only=True)
+class CommandRequest:
+    session: int = 0
+    sequence: int = 0
+    operation: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class CommandResponse:
+    status: Status
+    error: ErrorInfo | None = None
+    index: int = 0
+    event_index: int = 0
+    result: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class QueryRequest:
+    session: int = 0
+    sequence: int = 0
+    index: int = 0
+    operation: Any = None
+    consistency: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class QueryResponse:
+    status: Status
+    error: ErrorInfo | None = None
+    index: int = 0
+    event_index: int = 0
+    result: Any = None
+
+
+@attrs.frozen
+class Event:
+    """An event a state machine published to a session."""
+
+    name: str
+    payload: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class PublishRequest:
+    session: int
+    event_index: int
+    previous_index: int
+    events: tuple[Event, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class PublishResponse:
+    status: Status
+    error: ErrorInfo | None = None
+    index: int = 0
+
+
+# --- server requests -------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ConfigureRequest:
+    term: int
+    leader: int
+    index: int
+    timestamp: int
+    members: tuple[Member, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class ConfigureResponse:
+    status: Status
+    error: ErrorInfo | None = None
+
+
+@attrs.frozen(kw_only=True)
+class InstallRequest:
+    term: int
+    leader: int
+    index: int
+    offset: int
+    data: bytes = b""
+    complete: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class InstallResponse:
+    status: Status
+    error: ErrorInfo | None = None
+
+
+@attrs.frozen(kw_only=True)
+class JoinRequest:
+    member: Member
+
+
+@attrs.frozen(kw_only=True)
+class JoinResponse:
+    status: Status
+    error: ErrorInfo | None = None
+    index: int = 0
+    term: int = 0
+    timestamp: int = 0
+    members: tuple[Member, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class ReconfigureRequest:
+    member: Member
+    index: int = 0
+    term: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class ReconfigureResponse:
+    status: Status
+    error: ErrorInfo | None = None
+    index: int = 0
+    term: int = 0
+    timestamp: int = 0
+    members: tuple[Member, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class LeaveRequest:
+    member: Member
+
+
+@attrs.frozen(kw_only=True)
+class LeaveResponse:
+    status: Status
+    error: ErrorInfo | None = None
+    index: int = 0
+    term: int = 0
+    timestamp: int = 0
+    members: tuple[Member, ...] = ()
+
+
+# --- operations and introspection ------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class StatusRequest:
+    """Ask a member for its view of the cluster (used by `copycat-trio status`)."""
+
+
+@attrs.frozen(kw_only=True)
+class StatusResponse:
+    status: Status
+    error: ErrorInfo | None = None
+    id: int = 0
+    role: str = ""
+    term: int = 0
+    leader: int | None = None
+    commit_index: int = 0
+    applied_index: int = 0
+    last_log_index: int = 0
+    members: tuple[Member, ...] = ()
+
+
+@attrs.frozen
+class ErrorResponse:
+    """Sent in place of any response when the request itself could not be handled."""
+
+    status: Status
+    error: ErrorInfo | None = None
+
+
+# The one table of wire tags (RFC 8949 first-come range). Never renumber: append only.
+BUILTIN_TAGS: dict[type, int] = {
+    Envelope: 32768,
+    RpcRequest: 32769,
+    RpcResponse: 32770,
+    ErrorInfo: 32771,
+    Member: 32772,
+    Event: 32773,
+    NoOpEntry: 32780,
+    CommandEntry: 32781,
+    ConfigurationEntry: 32782,
+    AppendRequest: 32790,
+    AppendResponse: 32791,
+    PollRequest: 32792,
+    PollResponse: 32793,
+    VoteRequest: 32794,
+    VoteResponse: 32795,
+    RegisterRequest: 32800,
+    RegisterResponse: 32801,
+    ConnectRequest: 32802,
+    ConnectResponse: 32803,
+    KeepAliveRequest: 32804,
+    KeepAliveResponse: 32805,
+    UnregisterRequest: 32806,
+    UnregisterResponse: 32807,
+    CommandRequest: 32808,
+    CommandResponse: 32809,
+    QueryRequest: 32810,
+    QueryResponse: 32811,
+    PublishRequest: 32812,
+    PublishResponse: 32813,
+    ConfigureRequest: 32820,
+    ConfigureResponse: 32821,
+    InstallRequest: 32822,
+    InstallResponse: 32823,
+    JoinRequest: 32824,
+    JoinResponse: 32825,
+    ReconfigureRequest: 32826,
+    ReconfigureResponse: 32827,
+    LeaveRequest: 32828,
+    LeaveResponse: 32829,
+    StatusRequest: 32840,
+    StatusResponse: 32841,
+    ErrorResponse: 32842,
+}
+
+USER_TAG_MIN = 40000
+"""User operation types take tags from here up; below is reserved for the library."""
