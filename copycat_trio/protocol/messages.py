@@ -140,7 +140,9 @@ class VoteResponse:
     voted: bool
 
 
-RaftMessage = AppendRequest | AppendResponse | PollRequest | PollResponse | VoteRequest | VoteResponse
+RaftMessage = (
+    AppendRequest | AppendResponse | PollRequest | PollResponse | VoteRequest | VoteResponse
+)
 RAFT_MESSAGE_TYPES: tuple[type, ...] = (
     AppendRequest,
     AppendResponse,
