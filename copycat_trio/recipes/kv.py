@@ -119,10 +119,8 @@ WIRE_TAGS: Mapping[type[Any], int] = MappingProxyType(
 
 def _register_wire_types() -> None:
     """Register the operations with the codec so that they can travel between processes."""
-    try:
-        from copycat_trio.protocol.codec import registry  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:  # TODO: codec not present yet; the lead removes this guard
-        return
+    from copycat_trio.protocol.codec import registry
+
     for cls, tag in WIRE_TAGS.items():
         registry.register(cls, tag, builtin=True)
 

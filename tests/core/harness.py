@@ -24,7 +24,11 @@ class Cluster:
         self.members = members(n)
         self.cores = {
             m.id: RaftCore(
-                m.id, config=config, members=self.members, rng=random.Random(seed * 100 + m.id), now=0.0
+                m.id,
+                config=config,
+                members=self.members,
+                rng=random.Random(seed * 100 + m.id),
+                now=0.0,
             )
             for m in self.members
         }

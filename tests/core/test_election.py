@@ -113,8 +113,12 @@ def test_follower_in_lease_rejects_poll_and_vote_from_rejoining_member() -> None
     # Now 3 pretends to be a disruptive candidate with a higher term.
     cluster.heal()
     term = cluster.core(1).term
-    cluster.core(2).step(3, VoteRequest(term=term + 5, candidate=3, log_index=99, log_term=99), cluster.now)
-    cluster.core(2).step(3, PollRequest(term=term + 5, candidate=3, log_index=99, log_term=99), cluster.now)
+    cluster.core(2).step(
+        3, VoteRequest(term=term + 5, candidate=3, log_index=99, log_term=99), cluster.now
+    )
+    cluster.core(2).step(
+        3, PollRequest(term=term + 5, candidate=3, log_index=99, log_term=99), cluster.now
+    )
     answers = [e.message for e in cluster.core(2).ready().messages if e.target == 3]
     assert VoteResponse(term=term, voted=False) in answers
     assert PollResponse(term=term, accepted=False) in answers

@@ -7,7 +7,17 @@ import pathlib
 
 import copycat_trio.core
 
-FORBIDDEN = {"trio", "trio_util", "socket", "time", "asyncio", "threading", "os", "datetime", "select"}
+FORBIDDEN = {
+    "trio",
+    "trio_util",
+    "socket",
+    "time",
+    "asyncio",
+    "threading",
+    "os",
+    "datetime",
+    "select",
+}
 
 
 def test_core_imports_no_io_or_clock() -> None:

@@ -101,7 +101,9 @@ def test_isolated_minority_never_commits() -> None:
     cluster.advance(0.5)
     assert cluster.core(1).commit_index == commit_before
     assert all(
-        e.operation != "lost" for e in cluster.applied[1] + cluster.applied[2] if isinstance(e, CommandEntry)
+        e.operation != "lost"
+        for e in cluster.applied[1] + cluster.applied[2]
+        if isinstance(e, CommandEntry)
     )
     cluster.advance(5.0)
     # The majority moved on; once healed, the minority's entry is overwritten, never applied.
@@ -125,8 +127,13 @@ def test_leader_does_not_commit_old_term_entry_by_counting_replicas() -> None:
     }
     for i, entries in logs.items():
         cores[i] = RaftCore(
-            i, config=config, members=members(5), hard_state=HardState(3, None),
-            entries=entries, rng=random.Random(i), now=0.0,
+            i,
+            config=config,
+            members=members(5),
+            hard_state=HardState(3, None),
+            entries=entries,
+            rng=random.Random(i),
+            now=0.0,
         )
     queue: list[Envelope] = []
 
@@ -144,6 +151,7 @@ def test_leader_does_not_commit_old_term_entry_by_counting_replicas() -> None:
                 queue.extend(ready.messages)
 
     cores[1].campaign(0.0)
+
     # 1 wins with 2, 3, 4 (5's term-3 entry beats 1's log, so 5 would refuse).
     def hold_back_noop(e: Envelope) -> bool:
         # Let the term-2 entry spread, but not the no-op of term 4 (index 3).
@@ -184,12 +192,19 @@ def test_duplicated_and_reordered_messages_keep_logs_identical() -> None:
     for round_ in range(30):
         cluster.propose(1, [round_])
         cluster.process_all()
-        extra = [rng.choice(cluster.queue) for _ in range(len(cluster.queue) // 2)] if cluster.queue else []
+        extra = (
+            [rng.choice(cluster.queue) for _ in range(len(cluster.queue) // 2)]
+            if cluster.queue
+            else []
+        )
         cluster.queue.extend(extra)
         rng.shuffle(cluster.queue)
         cluster.deliver()
     cluster.advance(1.0)
-    logs = [[(e.index, e.term) for e in c.log.slice(1, c.log.last_index + 1)] for c in cluster.cores.values()]
+    logs = [
+        [(e.index, e.term) for e in c.log.slice(1, c.log.last_index + 1)]
+        for c in cluster.cores.values()
+    ]
     assert logs[0] == logs[1] == logs[2]
     ops = [e.operation for e in cluster.applied[2] if isinstance(e, CommandEntry)]
     assert ops == list(range(30))

@@ -1,0 +1,217 @@
+"""The raft loop: the one task that owns the core. Inputs arrive through a bounded inbox; after
+each batch it persists the Ready, then sends its messages, then hands committed entries on.
+
+The election timer is a cancel scope whose deadline the loop moves to the core's next deadline
+after every step (each heartbeat from the leader pushes it back).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+from trio_util import AsyncValue
+
+from ..core.raft import (
+    ConfigurationChangeError,
+    NotLeaderError,
+    RaftCore,
+    Role,
+)
+from ..protocol.errors import ConfigurationError, CopycatError, NoLeaderError, QueryError
+from ..protocol.messages import AppendRequest, ConfigurationEntry, Member, RaftMessage
+from ..storage.base import LogStorage
+from .executor import Executor, Pending
+from .peers import PeerLinks
+
+log = logging.getLogger(__name__)
+
+INBOX_CAPACITY = 4096
+BATCH_LIMIT = 512
+
+
+@attrs.frozen
+class Step:
+    source: int
+    message: RaftMessage
+
+
+@attrs.frozen
+class Tick:
+    pass
+
+
+@attrs.define(eq=False)
+class Propose:
+    operation: Any
+    reply: trio.Event = attrs.Factory(trio.Event)
+    pending: Pending | None = None
+    error: CopycatError | None = None
+
+
+@attrs.define(eq=False)
+class Reconfigure:
+    members: tuple[Member, ...]
+    reply: trio.Event = attrs.Factory(trio.Event)
+    pending: Pending | None = None
+    error: CopycatError | None = None
+
+
+@attrs.define(eq=False)
+class ReadIndex:
+    reply: trio.Event = attrs.Factory(trio.Event)
+    index: int | None = None
+    error: CopycatError | None = None
+
+
+Input = Step | Tick | Propose | Reconfigure | ReadIndex
+
+
+class RaftLoop:
+    """Drives a RaftCore with real time, storage, peers and an executor."""
+
+    def __init__(
+        self,
+        core: RaftCore,
+        storage: LogStorage,
+        peers: PeerLinks,
+        executor: Executor,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.core = core
+        self.storage = storage
+        self.peers = peers
+        self.executor = executor
+        self.clock = clock
+        self.inbox_send, self.inbox_receive = trio.open_memory_channel[Input](INBOX_CAPACITY)
+        self.leader = AsyncValue(core.leader)
+        self.role = AsyncValue(core.role)
+        self._timer_scope = trio.CancelScope()
+        self._learn_addresses(core.members)
+
+    def _learn_addresses(self, members: Sequence[Member]) -> None:
+        for member in members:
+            self.peers.learn(member.id, member.address)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._election_timer)
+            task_status.started()
+            while True:
+                item = await self.inbox_receive.receive()
+                now = self.clock()
+                self._handle(item, now)
+                for _ in range(BATCH_LIMIT):
+                    try:
+                        item = self.inbox_receive.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    self._handle(item, now)
+                await self._process_ready()
+
+    async def _election_timer(self) -> None:
+        while True:
+            with trio.CancelScope(deadline=self.core.next_deadline()) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            await self.inbox_send.send(Tick())
+
+    def _handle(self, item: Input, now: float) -> None:
+        core = self.core
+        if isinstance(item, Step):
+            message = item.message
+            if isinstance(message, AppendRequest):
+                # A member being added learns where the leader is from the configuration in
+                # flight, before its own log can take the entry, so it can answer at all.
+                for entry in message.entries:
+                    if isinstance(entry, ConfigurationEntry):
+                        self._learn_addresses(entry.members)
+            core.step(item.source, message, now)
+        elif isinstance(item, Tick):
+            core.tick(now)
+        elif isinstance(item, Propose):
+            try:
+                index, term = core.propose(item.operation)
+                item.pending = self.executor.expect(index, term)
+            except NotLeaderError as exc:
+                item.error = NoLeaderError(str(exc))
+            item.reply.set()
+        elif isinstance(item, Reconfigure):
+            try:
+                index, term = core.propose_configuration(item.members)
+                item.pending = self.executor.expect(index, term)
+            except NotLeaderError as exc:
+                item.error = NoLeaderError(str(exc))
+            except ConfigurationChangeError as exc:
+                item.error = ConfigurationError(str(exc))
+            item.reply.set()
+        elif isinstance(item, ReadIndex):
+            try:
+                core.read_index(item)
+            except NotLeaderError as exc:
+                item.error = NoLeaderError(str(exc))
+                item.reply.set()
+
+    async def _process_ready(self) -> None:
+        core = self.core
+        while core.has_ready():
+            ready = core.ready()
+            if ready.hard_state is not None or ready.entries or ready.truncate_from is not None:
+                await self.storage.save(
+                    hard_state=ready.hard_state,
+                    truncate_from=ready.truncate_from,
+                    entries=ready.entries,
+                )
+                core.persisted(core.log.last_index)
+            if any(isinstance(e, ConfigurationEntry) for e in ready.entries):
+                self._learn_addresses(core.members)
+            for envelope in ready.messages:
+                self.peers.send(envelope)
+            if ready.committed:
+                self.executor.hand_over(ready.committed)
+            for context, index in ready.reads:
+                context.index = index
+                context.reply.set()
+            for context in ready.failed_reads:
+                context.error = QueryError("leadership was lost before the read was confirmed")
+                context.reply.set()
+        self.leader.value = core.leader
+        self.role.value = core.role
+        self._timer_scope.deadline = core.next_deadline()
+
+    # --- called by request handlers ------------------------------------------------------
+
+    async def propose(self, operation: Any) -> Pending:
+        request = Propose(operation)
+        await self.inbox_send.send(request)
+        await request.reply.wait()
+        if request.error is not None:
+            raise request.error
+        assert request.pending is not None
+        return request.pending
+
+    async def reconfigure(self, members: Sequence[Member]) -> Pending:
+        request = Reconfigure(tuple(members))
+        await self.inbox_send.send(request)
+        await request.reply.wait()
+        if request.error is not None:
+            raise request.error
+        assert request.pending is not None
+        return request.pending
+
+    async def read_index(self) -> int:
+        """The index a linearizable read must wait for, confirmed by a quorum round."""
+        request = ReadIndex()
+        await self.inbox_send.send(request)
+        await request.reply.wait()
+        if request.error is not None:
+            raise request.error
+        assert request.index is not None
+        return request.index
+
+    @property
+    def is_leader(self) -> bool:
+        return self.core.role is Role.LEADER

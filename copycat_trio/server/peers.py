@@ -1,0 +1,117 @@
+"""Outbound Raft traffic: one sender task per peer, each draining a bounded outbox.
+
+When an outbox is full the newest message is dropped: Raft tolerates loss (the leader resends
+on the next heartbeat) and a slow peer must never stall the raft loop. Drops are counted.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+import trio
+
+from ..protocol.messages import Envelope
+from ..transport.base import MessageStream, Transport, TransportError
+
+log = logging.getLogger(__name__)
+
+OUTBOX_CAPACITY = 1024
+
+
+@attrs.define
+class PeerStatistics:
+    sent: int = 0
+    dropped_full: int = 0
+    dropped_unreachable: int = 0
+    connects: int = 0
+
+
+class PeerLink:
+    """Sends envelopes to one peer over a connection it opens and reopens as needed."""
+
+    def __init__(self, transport: Transport, address: str, retry_interval: float) -> None:
+        self.address = address
+        self.transport = transport
+        self.retry_interval = retry_interval
+        self.outbox_send, self.outbox_receive = trio.open_memory_channel[Envelope](OUTBOX_CAPACITY)
+        self.stats = PeerStatistics()
+        self.cancel_scope = trio.CancelScope()
+
+    def offer(self, envelope: Envelope) -> None:
+        try:
+            self.outbox_send.send_nowait(envelope)
+        except trio.WouldBlock:
+            self.stats.dropped_full += 1
+
+    async def run(self) -> None:
+        with self.cancel_scope:
+            stream: MessageStream | None = None
+            try:
+                async for envelope in self.outbox_receive:
+                    if stream is None:
+                        try:
+                            stream = await self.transport.connect(self.address)
+                            self.stats.connects += 1
+                        except TransportError:
+                            self.stats.dropped_unreachable += 1
+                            await self._drain_for(self.retry_interval)
+                            continue
+                    try:
+                        await stream.send(envelope)
+                        self.stats.sent += 1
+                    except TransportError as exc:
+                        log.debug("lost connection to %s: %s", self.address, exc)
+                        self.stats.dropped_unreachable += 1
+                        await stream.aclose()
+                        stream = None
+            finally:
+                if stream is not None:
+                    await stream.aclose()
+
+    async def _drain_for(self, seconds: float) -> None:
+        """While the peer is unreachable, discard what queues up rather than send it late."""
+        with trio.move_on_after(seconds):
+            await trio.sleep_forever()
+        while True:
+            try:
+                self.outbox_receive.receive_nowait()
+                self.stats.dropped_unreachable += 1
+            except trio.WouldBlock:
+                return
+
+
+class PeerLinks:
+    """The set of links, kept in line with the known addresses of the other members."""
+
+    def __init__(
+        self, transport: Transport, nursery: trio.Nursery, own_id: int, retry_interval: float
+    ) -> None:
+        self._transport = transport
+        self._nursery = nursery
+        self._own_id = own_id
+        self._retry_interval = retry_interval
+        self.links: dict[int, PeerLink] = {}
+        self.addresses: dict[int, str] = {}
+
+    def learn(self, member_id: int, address: str) -> None:
+        """Record where a member listens; restarts its link if the address changed."""
+        if member_id == self._own_id or self.addresses.get(member_id) == address:
+            return
+        self.addresses[member_id] = address
+        old = self.links.pop(member_id, None)
+        if old is not None:
+            old.cancel_scope.cancel()
+
+    def send(self, envelope: Envelope) -> None:
+        link = self.links.get(envelope.target)
+        if link is None:
+            address = self.addresses.get(envelope.target)
+            if address is None:
+                log.debug("no address for member %s; dropping %s", envelope.target, envelope)
+                return
+            link = self.links[envelope.target] = PeerLink(
+                self._transport, address, self._retry_interval
+            )
+            self._nursery.start_soon(link.run)
+        link.offer(envelope)

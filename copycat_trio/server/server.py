@@ -1,0 +1,429 @@
+"""CopycatServer: a member of a cluster, run as a nursery of cooperating tasks.
+
+    server = CopycatServer(1, "127.0.0.1:5001", state_machine=KeyValueStore)
+    await nursery.start(server.bootstrap, members)     # a new cluster
+    await nursery.start(server.join, ["127.0.0.1:5001"]) # an existing one
+
+Either call returns once a leader is known; cancelling the nursery stops every task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from ..core.raft import RaftConfig, RaftCore, Role
+from ..protocol.codec import registry
+from ..protocol.errors import (
+    ConfigurationError,
+    CopycatError,
+    ErrorInfo,
+    ErrorType,
+    NoLeaderError,
+    ProtocolError,
+    Status,
+)
+from ..protocol.messages import (
+    CommandRequest,
+    CommandResponse,
+    Envelope,
+    ErrorResponse,
+    JoinRequest,
+    JoinResponse,
+    Member,
+    MemberType,
+    QueryRequest,
+    QueryResponse,
+    RpcRequest,
+    RpcResponse,
+    StatusRequest,
+    StatusResponse,
+)
+from ..protocol.operations import Consistency, Query
+from ..storage.base import LogStorage
+from ..storage.memory import MemoryStorage
+from ..transport.base import MessageStream, Transport, TransportError
+from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
+from ..transport.tcp import TcpTransport
+from .executor import Executor
+from .loop import RaftLoop, Step
+from .options import ServerOptions, validate_members
+from .peers import PeerLinks
+
+log = logging.getLogger(__name__)
+
+MAX_REQUESTS_PER_CONNECTION = 1024
+
+
+@attrs.frozen
+class ServerStatus:
+    """A member's view of itself and the cluster."""
+
+    id: int
+    role: str
+    term: int
+    leader: int | None
+    commit_index: int
+    applied_index: int
+    last_log_index: int
+    members: tuple[Member, ...]
+
+
+def _wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class CopycatServer:
+    """One member: listener, raft loop with its election timer, peer senders, executor."""
+
+    def __init__(
+        self,
+        member_id: int,
+        address: str,
+        *,
+        state_machine: Callable[[], Any],
+        client_address: str | None = None,
+        transport: Transport | None = None,
+        storage: LogStorage | None = None,
+        election_timeout: float = 1.0,
+        heartbeat_interval: float = 0.15,
+        session_timeout: float = 5.0,
+        request_timeout: float = 10.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.options = ServerOptions(
+            member_id=member_id,
+            address=address,
+            client_address=client_address,
+            state_machine=state_machine,
+            election_timeout=election_timeout,
+            heartbeat_interval=heartbeat_interval,
+            session_timeout=session_timeout,
+            request_timeout=request_timeout,
+        )
+        self.id = member_id
+        self.transport: Transport = transport or TcpTransport()
+        self.storage: LogStorage = storage or MemoryStorage()
+        self.rng = rng or random.Random()
+        self.address = address
+        self.client_address = client_address
+        self._loop: RaftLoop | None = None
+        self._executor: Executor | None = None
+        self._pool: ConnectionPool | None = None
+        self._handlers: dict[type, Callable[[Any], Awaitable[Any]]] = {
+            CommandRequest: self._on_command,
+            QueryRequest: self._on_query,
+            StatusRequest: self._on_status,
+            JoinRequest: self._on_join,
+        }
+
+    # --- starting ------------------------------------------------------------------------
+
+    async def bootstrap(
+        self,
+        members: Sequence[Member] | None = None,
+        *,
+        task_status: trio.TaskStatus[CopycatServer] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Form a new cluster of `members` (just this server if None); runs until cancelled."""
+        if members is None:
+            members = [Member(self.id, self.address, client_address=self.client_address)]
+        members = validate_members(members, self.id)
+        for member in members:
+            if member.id == self.id and member.address != self.address:
+                raise ConfigurationError(
+                    f"member {self.id} is listed at {member.address} but listens on {self.address}"
+                )
+        await self._serve(members, join=None, task_status=task_status)
+
+    async def join(
+        self,
+        cluster: Sequence[str],
+        *,
+        task_status: trio.TaskStatus[CopycatServer] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Join the existing cluster reachable at any of these addresses; runs until cancelled."""
+        if not cluster:
+            raise ConfigurationError("join needs the address of at least one existing member")
+        await self._serve((), join=list(cluster), task_status=task_status)
+
+    async def _serve(
+        self,
+        members: Sequence[Member],
+        *,
+        join: list[str] | None,
+        task_status: trio.TaskStatus[CopycatServer],
+    ) -> None:
+        options = self.options
+        stored = await self.storage.load()
+        core = RaftCore(
+            self.id,
+            config=RaftConfig(
+                election_timeout=options.election_timeout,
+                heartbeat_interval=options.heartbeat_interval,
+            ),
+            members=members,
+            hard_state=stored.hard_state,
+            entries=stored.entries,
+            rng=self.rng,
+            now=trio.current_time(),
+            timestamp=_wall_clock_ms,
+            entry_size=lambda entry: len(registry.encode(entry)),
+        )
+        self._executor = executor = Executor(options.state_machine())
+        try:
+            async with trio.open_nursery() as nursery:
+                peers = PeerLinks(
+                    self.transport, nursery, self.id, retry_interval=options.heartbeat_interval
+                )
+                self._pool = ConnectionPool(self.transport, nursery)
+                self._loop = loop = RaftLoop(core, self.storage, peers, executor)
+                await nursery.start(loop.run)
+                nursery.start_soon(executor.run)
+                self.address = await nursery.start(
+                    self.transport.serve, self.address, self._handle_connection
+                )
+                if self.client_address is not None:
+                    self.client_address = await nursery.start(
+                        self.transport.serve, self.client_address, self._handle_connection
+                    )
+                if join is not None:
+                    await self._join_cluster(join)
+                await loop.leader.wait_value(lambda leader: leader is not None)
+                log.info("member %s ready at %s; leader is %s", self.id, self.address, core.leader)
+                task_status.started(self)
+        finally:
+            self._loop = None
+            with trio.CancelScope(shield=True):
+                await self.storage.aclose()
+
+    async def _join_cluster(self, cluster: list[str]) -> None:
+        """Seed 000's loop: ask each member in turn; retry every 2x election timeout."""
+        assert self._pool is not None and self._loop is not None
+        me = Member(self.id, self.address, client_address=self.client_address)
+        retry = 2 * self.options.election_timeout
+        attempt = 0
+        while True:
+            address = cluster[attempt % len(cluster)]
+            attempt += 1
+            try:
+                response = await self._pool.request(address, JoinRequest(member=me), retry)
+            except (RequestNotSent, ResponseLost) as exc:
+                log.info("join via %s failed: %s", address, exc)
+                await trio.sleep(retry if attempt % len(cluster) == 0 else 0)
+                continue
+            if isinstance(response, JoinResponse) and response.status is Status.OK:
+                for member in response.members:
+                    self._loop.peers.learn(member.id, member.address)
+                log.info("member %s joined at index %s", self.id, response.index)
+                return
+            error = getattr(response, "error", None)
+            log.info("join via %s refused: %s", address, error)
+            if error is not None and error.type is ErrorType.ILLEGAL_MEMBER_STATE:
+                raise ConfigurationError(f"cannot join: {error.message}")
+            await trio.sleep(retry if attempt % len(cluster) == 0 else 0.05)
+
+    # --- status --------------------------------------------------------------------------
+
+    def status(self) -> ServerStatus:
+        if self._loop is None or self._executor is None:
+            raise RuntimeError("server is not running")
+        core = self._loop.core
+        return ServerStatus(
+            id=self.id,
+            role=core.role.value,
+            term=core.term,
+            leader=core.leader,
+            commit_index=core.commit_index,
+            applied_index=self._executor.applied_index.value,
+            last_log_index=core.log.last_index,
+            members=core.members,
+        )
+
+    @property
+    def state_machine(self) -> Any:
+        """The local replica of the state machine (read it only between awaits)."""
+        if self._executor is None:
+            raise RuntimeError("server is not running")
+        return self._executor.state_machine
+
+    @property
+    def is_leader(self) -> bool:
+        return self._loop is not None and self._loop.core.role is Role.LEADER
+
+    # --- connections ---------------------------------------------------------------------
+
+    async def _handle_connection(self, stream: MessageStream) -> None:
+        """Read frames; Raft envelopes go to the loop, requests get a task each."""
+        assert self._loop is not None
+        loop = self._loop
+        limiter = trio.Semaphore(MAX_REQUESTS_PER_CONNECTION)
+        async with trio.open_nursery() as nursery:
+            try:
+                while True:
+                    message = await stream.receive()
+                    if isinstance(message, Envelope):
+                        if message.target == self.id:
+                            await loop.inbox_send.send(Step(message.source, message.message))
+                    elif isinstance(message, RpcRequest):
+                        await limiter.acquire()
+                        nursery.start_soon(self._answer, stream, message, limiter)
+                    else:
+                        raise ProtocolError(f"unexpected {type(message).__name__} on a connection")
+            except ProtocolError as exc:
+                log.warning("closing connection from %s: %s", stream.peer, exc)
+            except TransportError:
+                pass
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _answer(
+        self, stream: MessageStream, request: RpcRequest, limiter: trio.Semaphore
+    ) -> None:
+        try:
+            body = await self._dispatch(request.body)
+            with contextlib.suppress(TransportError):  # the asker is gone; nobody to tell
+                await stream.send(RpcResponse(request.id, body))
+        finally:
+            limiter.release()
+
+    async def _dispatch(self, body: Any) -> Any:
+        handler = self._handlers.get(type(body))
+        if handler is None:
+            return ErrorResponse(
+                Status.ERROR,
+                ErrorInfo(ErrorType.PROTOCOL, f"unsupported request type {type(body).__name__}"),
+            )
+        try:
+            return await handler(body)
+        except CopycatError as exc:
+            return ErrorResponse(Status.ERROR, exc.to_info())
+        except Exception as exc:
+            log.exception("request %s failed", type(body).__name__)
+            return ErrorResponse(Status.ERROR, ErrorInfo(ErrorType.INTERNAL, repr(exc)))
+
+    async def _forward(self, body: Any, make_error: Callable[[ErrorInfo], Any]) -> Any:
+        """Send a request on to the leader and relay its answer."""
+        assert self._loop is not None and self._pool is not None
+        leader = self._loop.core.leader
+        member = self._loop.core.member(leader) if leader is not None else None
+        if member is None:
+            return make_error(ErrorInfo(ErrorType.NO_LEADER, "no leader is known"))
+        try:
+            return await self._pool.request(member.address, body, self.options.request_timeout)
+        except RequestNotSent as exc:
+            return make_error(ErrorInfo(ErrorType.NO_LEADER, f"leader unreachable: {exc}"))
+        except ResponseLost as exc:
+            return make_error(
+                ErrorInfo(ErrorType.INTERNAL, f"outcome unknown: forwarded to leader, {exc}")
+            )
+
+    async def _on_command(self, request: CommandRequest) -> CommandResponse:
+        assert self._loop is not None
+
+        def error(info: ErrorInfo) -> CommandResponse:
+            return CommandResponse(status=Status.ERROR, error=info)
+
+        if isinstance(request.operation, Query):
+            return error(ErrorInfo(ErrorType.COMMAND, "a query was submitted as a command"))
+        if not self._loop.is_leader:
+            return await self._forward(request, error)  # type: ignore[no-any-return]
+        try:
+            pending = await self._loop.propose(request.operation)
+        except NoLeaderError:
+            return await self._forward(request, error)  # type: ignore[no-any-return]
+        await pending.event.wait()
+        if pending.error is not None:
+            return error(pending.error.to_info())
+        return CommandResponse(status=Status.OK, index=pending.index, result=pending.result)
+
+    async def _on_query(self, request: QueryRequest) -> QueryResponse:
+        assert self._loop is not None and self._executor is not None
+
+        def error(info: ErrorInfo) -> QueryResponse:
+            return QueryResponse(status=Status.ERROR, error=info)
+
+        if not isinstance(request.operation, Query):
+            return error(ErrorInfo(ErrorType.QUERY, "a command was submitted as a query"))
+        if request.consistency == Consistency.SEQUENTIAL:
+            # Served here, by any member, once it has applied what the client has already seen.
+            await self._executor.applied_index.wait_value(lambda a: a >= request.index)
+            return self._query_response(request.operation, error)
+        if request.consistency not in (Consistency.LINEARIZABLE, Consistency.LINEARIZABLE_LEASE):
+            return error(ErrorInfo(ErrorType.QUERY, f"unknown consistency {request.consistency}"))
+        if not self._loop.is_leader:
+            return await self._forward(request, error)  # type: ignore[no-any-return]
+        try:
+            index = await self._loop.read_index()
+        except NoLeaderError:
+            return await self._forward(request, error)  # type: ignore[no-any-return]
+        await self._executor.applied_index.wait_value(lambda applied: applied >= index)
+        return self._query_response(request.operation, error)
+
+    def _query_response(
+        self, operation: Query, error: Callable[[ErrorInfo], QueryResponse]
+    ) -> QueryResponse:
+        assert self._executor is not None
+        result, failure = self._executor.query(operation)
+        if failure is not None:
+            return error(failure)
+        index = self._executor.applied_index.value
+        return QueryResponse(status=Status.OK, index=index, result=result)
+
+    async def _on_status(self, request: StatusRequest) -> StatusResponse:
+        await trio.lowlevel.checkpoint()
+        status = self.status()
+        return StatusResponse(
+            status=Status.OK,
+            id=status.id,
+            role=status.role,
+            term=status.term,
+            leader=status.leader,
+            commit_index=status.commit_index,
+            applied_index=status.applied_index,
+            last_log_index=status.last_log_index,
+            members=status.members,
+        )
+
+    async def _on_join(self, request: JoinRequest) -> JoinResponse:
+        assert self._loop is not None
+
+        def error(info: ErrorInfo) -> JoinResponse:
+            return JoinResponse(status=Status.ERROR, error=info)
+
+        if not self._loop.is_leader:
+            return await self._forward(request, error)  # type: ignore[no-any-return]
+        core = self._loop.core
+        joiner = request.member
+        for member in core.members:
+            if member.id == joiner.id and member.address != joiner.address:
+                return error(
+                    ErrorInfo(
+                        ErrorType.ILLEGAL_MEMBER_STATE,
+                        f"member id {joiner.id} is already used by {member.address}",
+                    )
+                )
+        existing = core.member(joiner.id)
+        if existing is None or existing.type is not MemberType.ACTIVE:
+            members = [m for m in core.members if m.id != joiner.id]
+            members.append(attrs.evolve(joiner, type=MemberType.ACTIVE))
+            pending = await self._loop.reconfigure(members)
+            await pending.event.wait()
+            if pending.error is not None:
+                return error(pending.error.to_info())
+        return JoinResponse(
+            status=Status.OK,
+            index=core.configuration_index,
+            term=core.term,
+            members=core.members,
+        )
+
+
+__all__ = ["CopycatServer", "ServerStatus"]

@@ -1,0 +1,42 @@
+"""MEMORY storage: nothing survives the process. A server restarted on it is a new member and
+must not reuse its id (it would forget its votes); durable storage is the DISK level."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+
+from ..core.raft import HardState
+from ..protocol.messages import Entry
+from .base import StoredState
+
+
+class MemoryStorage:
+    """Keeps the log and hard state in lists; `save` only yields."""
+
+    def __init__(self) -> None:
+        self.hard_state = HardState()
+        self.entries: list[Entry] = []
+
+    async def load(self) -> StoredState:
+        await trio.lowlevel.checkpoint()
+        return StoredState(self.hard_state, tuple(self.entries))
+
+    async def save(
+        self,
+        *,
+        hard_state: HardState | None,
+        truncate_from: int | None,
+        entries: Sequence[Entry],
+    ) -> None:
+        if truncate_from is not None:
+            first = self.entries[0].index if self.entries else 1
+            del self.entries[max(0, truncate_from - first) :]
+        self.entries.extend(entries)
+        if hard_state is not None:
+            self.hard_state = hard_state
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()

@@ -1,0 +1,152 @@
+"""A cluster of in-process servers on an in-memory network, for tests (ours and users').
+
+    async with open_memory_cluster(3, KeyValueStore) as cluster:
+        async with cluster.client() as client:
+            await client.submit(Put("k", "v"))
+        cluster.network.isolate(...)
+
+Each server runs in its own cancel scope, so a test can crash one (`crash`) and the rest go on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import trio
+
+from ..client.client import CopycatClient, open_client
+from ..protocol.messages import Member
+from ..server.server import CopycatServer
+from ..transport.memory import MemoryNetwork
+
+
+class MemoryCluster:
+    """Servers by id, the network they share, and controls to crash and partition them."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        network: MemoryNetwork,
+        state_machine: Callable[[], Any],
+        *,
+        seed: int,
+        election_timeout: float,
+        heartbeat_interval: float,
+    ) -> None:
+        self.nursery = nursery
+        self.network = network
+        self.state_machine = state_machine
+        self.seed = seed
+        self.election_timeout = election_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.servers: dict[int, CopycatServer] = {}
+        self.scopes: dict[int, trio.CancelScope] = {}
+
+    @staticmethod
+    def address(member_id: int) -> str:
+        return f"server{member_id}:5000"
+
+    def members(self, ids: list[int]) -> list[Member]:
+        return [Member(i, self.address(i)) for i in ids]
+
+    def _new_server(self, member_id: int) -> CopycatServer:
+        address = self.address(member_id)
+        return CopycatServer(
+            member_id,
+            address,
+            state_machine=self.state_machine,
+            transport=self.network.transport(address),
+            election_timeout=self.election_timeout,
+            heartbeat_interval=self.heartbeat_interval,
+            session_timeout=self.election_timeout * 5,
+            rng=random.Random(self.seed * 1000 + member_id),
+        )
+
+    async def _run(self, server: CopycatServer, start: Any, *args: Any, task_status: Any) -> None:
+        with trio.CancelScope() as scope:
+            self.scopes[server.id] = scope
+            await start(*args, task_status=task_status)
+
+    async def bootstrap(self, ids: list[int]) -> None:
+        """Start these servers as a new cluster; returns when all know the leader."""
+        members = self.members(ids)
+        async with trio.open_nursery() as starting:
+            for member_id in ids:
+                server = self.servers[member_id] = self._new_server(member_id)
+                starting.start_soon(
+                    self.nursery.start, self._run, server, server.bootstrap, members
+                )
+
+    async def join(self, member_id: int, via: list[int]) -> CopycatServer:
+        server = self.servers[member_id] = self._new_server(member_id)
+        await self.nursery.start(self._run, server, server.join, [self.address(i) for i in via])
+        return server
+
+    def crash(self, member_id: int) -> None:
+        """Stop a server at once, as if its process died (memory storage: its state is gone)."""
+        self.scopes[member_id].cancel()
+        del self.servers[member_id]
+
+    def isolate(self, member_id: int) -> None:
+        """Cut a server off from the other servers (clients can still reach it)."""
+        self.network.isolate(self.address(member_id), [self.address(i) for i in self.all_ids()])
+
+    def partition(self, side_a: list[int], side_b: list[int]) -> None:
+        for a in side_a:
+            for b in side_b:
+                self.network.cut(self.address(a), self.address(b))
+
+    def all_ids(self) -> list[int]:
+        return sorted(self.servers)
+
+    def leaders(self) -> list[int]:
+        return [i for i, s in self.servers.items() if s.is_leader]
+
+    async def wait_for_leader(self, among: list[int] | None = None, timeout: float = 30.0) -> int:
+        """Wait until exactly one of `among` leads and the others agree; returns its id."""
+        ids = among or self.all_ids()
+        with trio.fail_after(timeout):
+            while True:
+                leaders = [i for i in ids if self.servers[i].is_leader]
+                if len(leaders) == 1:
+                    term = self.servers[leaders[0]].status().term
+                    if all(self.servers[i].status().leader == leaders[0] for i in ids) and all(
+                        self.servers[i].status().term == term for i in ids
+                    ):
+                        return leaders[0]
+                await trio.sleep(self.heartbeat_interval)
+
+    def client(
+        self, ids: list[int] | None = None, *, timeout: float = 30.0
+    ) -> AbstractAsyncContextManager[CopycatClient]:
+        addresses = [self.address(i) for i in (ids or self.all_ids())]
+        return open_client(addresses, timeout=timeout, transport=self.network.transport("client"))
+
+
+@asynccontextmanager
+async def open_memory_cluster(
+    size: int,
+    state_machine: Callable[[], Any],
+    *,
+    seed: int = 0,
+    election_timeout: float = 1.0,
+    heartbeat_interval: float = 0.1,
+) -> AsyncIterator[MemoryCluster]:
+    """Bootstrap `size` servers (ids 1..size) on a fresh in-memory network."""
+    async with trio.open_nursery() as nursery:
+        cluster = MemoryCluster(
+            nursery,
+            MemoryNetwork(seed=seed),
+            state_machine,
+            seed=seed,
+            election_timeout=election_timeout,
+            heartbeat_interval=heartbeat_interval,
+        )
+        await cluster.bootstrap(list(range(1, size + 1)))
+        try:
+            yield cluster
+        finally:
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,47 @@
+"""Developer sessions: `nox -s tests`, `lint`, `typecheck`, `demo`, `bench`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The default test run: unit, simulation and real-process tests (under 15 minutes)."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Three local server processes, writes, a SIGKILLed leader, everything read back."""
+    session.install(".")
+    session.run("copycat-trio", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Throughput and latency of a three-process cluster on loopback (see docs/benchmarks.md).
+
+    Pass options after `--`, e.g. `nox -s bench -- --seconds 10 --writers 1,16,64`.
+    """
+    session.install(".")
+    session.run("python", "benchmarks/bench_cluster.py", *session.posargs)

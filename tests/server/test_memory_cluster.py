@@ -1,0 +1,194 @@
+"""Whole servers on the in-memory network under Trio's MockClock: elections, partitions, joins."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import trio
+
+from copycat_trio.protocol.codec import register
+from copycat_trio.protocol.errors import ApplicationError, CommandError, OutcomeUnknownError
+from copycat_trio.protocol.operations import Command
+from copycat_trio.recipes.kv import Get, KeyValueStore, Put
+from copycat_trio.state_machine import Commit
+from copycat_trio.testing import open_memory_cluster
+
+
+async def test_three_servers_elect_one_leader_and_apply_in_order(autojump_clock) -> None:
+    async with open_memory_cluster(3, KeyValueStore) as cluster:
+        leader = await cluster.wait_for_leader()
+        assert cluster.leaders() == [leader]
+        # Writes through every member (followers forward to the leader).
+        for i in range(30):
+            async with cluster.client([1 + i % 3]) as client:
+                await client.submit(Put("k", i))
+        async with cluster.client() as client:
+            assert await client.submit(Get("k")) == 29
+        await trio.sleep(1)
+        for server in cluster.servers.values():
+            assert server.state_machine.data == {"k": 29}
+            assert server.status().applied_index == cluster.servers[leader].status().applied_index
+
+
+async def test_isolated_minority_never_commits(autojump_clock) -> None:
+    async with open_memory_cluster(5, KeyValueStore) as cluster:
+        old = await cluster.wait_for_leader()
+        buddy = next(i for i in cluster.all_ids() if i != old)
+        minority = [old, buddy]
+        majority = [i for i in cluster.all_ids() if i not in minority]
+        cluster.partition(minority, majority)
+        async with cluster.client([old], timeout=3) as client:
+            with pytest.raises(OutcomeUnknownError):
+                await client.submit(Put("lost", 1))
+        new = await cluster.wait_for_leader(majority)
+        assert new in majority
+        async with cluster.client(majority) as client:
+            await client.submit(Put("kept", 1))
+        cluster.network.heal()
+        await cluster.wait_for_leader()
+        async with cluster.client() as client:
+            assert await client.submit(Get("lost")) is None
+            assert await client.submit(Get("kept")) == 1
+        await trio.sleep(1)
+        for server in cluster.servers.values():
+            assert "lost" not in server.state_machine.data
+
+
+async def test_partitioned_leader_steps_down(autojump_clock) -> None:
+    async with open_memory_cluster(3, KeyValueStore, election_timeout=1.0) as cluster:
+        old = await cluster.wait_for_leader()
+        cluster.isolate(old)
+        await trio.sleep(2.5)  # check-quorum: one election timeout, plus a heartbeat round
+        assert not cluster.servers[old].is_leader
+        rest = [i for i in cluster.all_ids() if i != old]
+        assert await cluster.wait_for_leader(rest) in rest
+
+
+async def test_rejoining_member_does_not_disrupt_healthy_leader(autojump_clock) -> None:
+    async with open_memory_cluster(3, KeyValueStore) as cluster:
+        leader = await cluster.wait_for_leader()
+        term = cluster.servers[leader].status().term
+        follower = next(i for i in cluster.all_ids() if i != leader)
+        cluster.isolate(follower)
+        await trio.sleep(30)  # it polls again and again, but never raises its term
+        cluster.network.heal()
+        await trio.sleep(5)
+        assert cluster.leaders() == [leader]
+        assert cluster.servers[leader].status().term == term
+        assert cluster.servers[follower].status().leader == leader
+
+
+async def test_elections_resume_after_minority_leader_steps_down(autojump_clock) -> None:
+    async with open_memory_cluster(5, KeyValueStore) as cluster:
+        old = await cluster.wait_for_leader()
+        others = [i for i in cluster.all_ids() if i != old]
+        loyal, rest = others[:1], others[1:]
+        cluster.partition([old, *loyal], rest)
+        new = await cluster.wait_for_leader(rest)
+        await trio.sleep(3)
+        assert not cluster.servers[old].is_leader
+        cluster.network.heal()
+        final = await cluster.wait_for_leader()
+        assert final == new or cluster.servers[final].status().term > 0
+        async with cluster.client() as client:
+            await client.submit(Put("after", "heal"))
+
+
+async def test_leader_crash_keeps_acknowledged_writes(autojump_clock) -> None:
+    async with open_memory_cluster(3, KeyValueStore) as cluster:
+        leader = await cluster.wait_for_leader()
+        async with cluster.client() as client:
+            for i in range(20):
+                await client.submit(Put(f"k{i}", i))
+        cluster.crash(leader)
+        rest = cluster.all_ids()
+        await cluster.wait_for_leader(rest)
+        async with cluster.client(rest) as client:
+            for i in range(20):
+                assert await client.submit(Get(f"k{i}")) == i
+
+
+async def test_new_server_joins_and_catches_up(autojump_clock) -> None:
+    async with open_memory_cluster(3, KeyValueStore) as cluster:
+        await cluster.wait_for_leader()
+        async with cluster.client() as client:
+            for i in range(10):
+                await client.submit(Put(f"k{i}", i))
+        server = await cluster.join(4, via=[2, 1])
+        await trio.sleep(2)
+        assert len(server.status().members) == 4
+        assert server.state_machine.data == {f"k{i}": i for i in range(10)}
+        # The four-member cluster survives the loss of one member.
+        cluster.crash(cluster.leaders()[0])
+        await cluster.wait_for_leader()
+        async with cluster.client() as client:
+            await client.submit(Put("after", 1))
+
+
+async def test_single_server_cluster_grows_by_join(autojump_clock) -> None:
+    async with open_memory_cluster(1, KeyValueStore) as cluster:
+        await cluster.wait_for_leader()
+        await cluster.join(2, via=[1])
+        async with cluster.client() as client:
+            await client.submit(Put("x", 1))
+        await trio.sleep(1)
+        assert cluster.servers[2].state_machine.data == {"x": 1}
+
+
+@register(40100)
+@attrs.frozen
+class Explode(Command):
+    reason: str
+
+
+class Fragile(KeyValueStore):
+    def explode(self, commit: Commit[Explode]) -> None:
+        raise RuntimeError(commit.operation.reason)
+
+
+async def test_state_machine_error_becomes_application_error_and_server_goes_on(
+    autojump_clock,
+) -> None:
+    async with open_memory_cluster(3, Fragile) as cluster:
+        await cluster.wait_for_leader()
+        async with cluster.client() as client:
+            with pytest.raises(ApplicationError, match="RuntimeError: boom"):
+                await client.submit(Explode("boom"))
+            await client.submit(Put("still", "fine"))
+            assert await client.submit(Get("still")) == "fine"
+
+
+async def test_deposed_leaders_uncommitted_write_is_never_reported_successful(
+    autojump_clock,
+) -> None:
+    async with open_memory_cluster(3, KeyValueStore) as cluster:
+        old = await cluster.wait_for_leader()
+        rest = [i for i in cluster.all_ids() if i != old]
+        cluster.isolate(old)  # the client can still reach the old leader
+
+        async def write_to_old_leader() -> BaseException | None:
+            async with cluster.client([old], timeout=60) as client:
+                try:
+                    await client.submit(Put("ghost", "boo"))
+                except Exception as exc:
+                    return exc
+            return None
+
+        outcome: list[BaseException | None] = []
+
+        async def run() -> None:
+            outcome.append(await write_to_old_leader())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            new = await cluster.wait_for_leader(rest)
+            async with cluster.client(rest) as client:
+                await client.submit(Put("real", 1))
+            await trio.sleep(3)
+            cluster.network.heal()
+        (error,) = outcome
+        assert error is not None, "a write the majority never saw was reported successful"
+        assert isinstance(error, CommandError), repr(error)
+        assert new in rest
+        async with cluster.client() as client:
+            assert await client.submit(Get("ghost")) is None
