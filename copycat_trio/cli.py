@@ -265,29 +265,54 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
     )
     try:
-        if args.command == "serve":
-            if args.data_dir is not None:
-                raise UsageError(
-                    "--data-dir: durable disk storage is not in this version yet; "
-                    "members keep their log in memory"
-                )
-            trio.run(_serve, args)
-        elif args.command == "kv":
-            trio.run(_kv, args)
-        elif args.command == "status":
-            trio.run(_status, args)
-        elif args.command == "demo":
-            from .demo import run_demo
+        _run_command(args)
+    except BaseExceptionGroup as group:
+        # Trio nurseries wrap errors; a user-facing failure is the innermost one.
+        leaves = list(_leaves(group))
+        expected = (UsageError, CopycatError, OSError, KeyboardInterrupt)
+        if leaves and all(isinstance(leaf, expected) for leaf in leaves):
+            _report(leaves[0])
+        raise
+    except BaseException as exc:
+        _report(exc)
+        raise
 
-            raise SystemExit(trio.run(run_demo, args.writes))
-    except UsageError as exc:
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def _report(exc: BaseException) -> None:
+    """Turn an expected failure into one line and an exit status; leave bugs alone."""
+    if isinstance(exc, UsageError):
         fail(str(exc), EXIT_USAGE)
-    except CopycatError as exc:
+    if isinstance(exc, CopycatError):
         fail(f"{type(exc).__name__}: {exc}")
-    except OSError as exc:
+    if isinstance(exc, OSError):
         fail(str(exc))
-    except KeyboardInterrupt:
+    if isinstance(exc, KeyboardInterrupt):
         fail("interrupted", 130)
+
+
+def _run_command(args: argparse.Namespace) -> None:
+    if args.command == "serve":
+        if args.data_dir is not None:
+            raise UsageError(
+                "--data-dir: durable disk storage is not in this version yet; "
+                "members keep their log in memory"
+            )
+        trio.run(_serve, args)
+    elif args.command == "kv":
+        trio.run(_kv, args)
+    elif args.command == "status":
+        trio.run(_status, args)
+    elif args.command == "demo":
+        from .demo import run_demo
+
+        raise SystemExit(trio.run(run_demo, args.writes))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from .._nursery import open_background_nursery
 from ..protocol.errors import (
     CopycatError,
     ErrorInfo,
@@ -156,9 +157,6 @@ async def open_client(
         split_address(address)
     if timeout <= 0 or math.isnan(timeout):
         raise ValueError("timeout must be positive")
-    async with trio.open_nursery() as nursery:
+    async with open_background_nursery() as nursery:
         pool = ConnectionPool(transport or TcpTransport(), nursery)
-        try:
-            yield CopycatClient(addresses, pool, timeout=timeout, retry_interval=retry_interval)
-        finally:
-            nursery.cancel_scope.cancel()
+        yield CopycatClient(addresses, pool, timeout=timeout, retry_interval=retry_interval)

@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from .._nursery import open_background_nursery
 from ..client.client import CopycatClient, open_client
 from ..protocol.messages import Member
 from ..server.server import CopycatServer
@@ -136,7 +137,7 @@ async def open_memory_cluster(
     heartbeat_interval: float = 0.1,
 ) -> AsyncIterator[MemoryCluster]:
     """Bootstrap `size` servers (ids 1..size) on a fresh in-memory network."""
-    async with trio.open_nursery() as nursery:
+    async with open_background_nursery() as nursery:
         cluster = MemoryCluster(
             nursery,
             MemoryNetwork(seed=seed),
@@ -146,7 +147,4 @@ async def open_memory_cluster(
             heartbeat_interval=heartbeat_interval,
         )
         await cluster.bootstrap(list(range(1, size + 1)))
-        try:
-            yield cluster
-        finally:
-            nursery.cancel_scope.cancel()
+        yield cluster
