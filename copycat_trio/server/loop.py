@@ -185,16 +185,14 @@ class RaftLoop:
     # --- called by request handlers ------------------------------------------------------
 
     async def propose(self, operation: Any) -> Pending:
-        request = Propose(operation)
-        await self.inbox_send.send(request)
-        await request.reply.wait()
-        if request.error is not None:
-            raise request.error
-        assert request.pending is not None
-        return request.pending
+        """Append a command; the Pending resolves when its index is applied."""
+        return await self._append(Propose(operation))
 
     async def reconfigure(self, members: Sequence[Member]) -> Pending:
-        request = Reconfigure(tuple(members))
+        """Append a configuration; the Pending resolves when its index is applied."""
+        return await self._append(Reconfigure(tuple(members)))
+
+    async def _append(self, request: Propose | Reconfigure) -> Pending:
         await self.inbox_send.send(request)
         await request.reply.wait()
         if request.error is not None:

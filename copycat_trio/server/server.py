@@ -60,6 +60,7 @@ from .peers import PeerLinks
 log = logging.getLogger(__name__)
 
 MAX_REQUESTS_PER_CONNECTION = 1024
+CLIENT_REQUESTS: tuple[type, ...] = (CommandRequest, QueryRequest, StatusRequest)
 
 
 @attrs.frozen
@@ -192,7 +193,7 @@ class CopycatServer:
                 )
                 if self.client_address is not None:
                     self.client_address = await nursery.start(
-                        self.transport.serve, self.client_address, self._handle_connection
+                        self.transport.serve, self.client_address, self._handle_client_connection
                     )
                 if join is not None:
                     await self._join_cluster(join)
@@ -260,7 +261,13 @@ class CopycatServer:
 
     # --- connections ---------------------------------------------------------------------
 
-    async def _handle_connection(self, stream: MessageStream) -> None:
+    async def _handle_client_connection(self, stream: MessageStream) -> None:
+        """The separate client address serves client requests only (seed 000's connectClient)."""
+        await self._handle_connection(stream, allowed=CLIENT_REQUESTS)
+
+    async def _handle_connection(
+        self, stream: MessageStream, allowed: tuple[type, ...] | None = None
+    ) -> None:
         """Read frames; Raft envelopes go to the loop, requests get a task each."""
         assert self._loop is not None
         loop = self._loop
@@ -269,6 +276,13 @@ class CopycatServer:
             try:
                 while True:
                     message = await stream.receive()
+                    if allowed is not None and not (
+                        isinstance(message, RpcRequest) and isinstance(message.body, allowed)
+                    ):
+                        body = message.body if isinstance(message, RpcRequest) else message
+                        raise ProtocolError(
+                            f"{type(body).__name__} is not accepted on the client address"
+                        )
                     if isinstance(message, Envelope):
                         if message.target == self.id:
                             await loop.inbox_send.send(Step(message.source, message.message))

@@ -192,3 +192,49 @@ async def test_deposed_leaders_uncommitted_write_is_never_reported_successful(
         assert new in rest
         async with cluster.client() as client:
             assert await client.submit(Get("ghost")) is None
+
+
+async def test_client_address_refuses_server_traffic(autojump_clock) -> None:
+    from copycat_trio.protocol.messages import JoinRequest, Member
+    from copycat_trio.server.server import CopycatServer
+    from copycat_trio.transport.memory import MemoryNetwork
+    from copycat_trio.transport.rpc import ConnectionPool, ResponseLost
+
+    network = MemoryNetwork()
+    server = CopycatServer(
+        1,
+        "s1:1",
+        client_address="s1:2",
+        state_machine=KeyValueStore,
+        transport=network.transport("s1:1"),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.bootstrap)
+        async with open_memory_client(network, ["s1:2"]) as client:
+            await client.submit(Put("via", "client address"))
+        pool = ConnectionPool(network.transport("intruder"), nursery)
+        with pytest.raises(ResponseLost):
+            await pool.request("s1:2", JoinRequest(member=Member(9, "x:1")), 5)
+        nursery.cancel_scope.cancel()
+
+
+async def test_stopping_the_nursery_stops_everything() -> None:
+    # Real TCP: after cancellation the port is free again and nobody answers.
+    from copycat_trio.server.server import CopycatServer
+
+    server = CopycatServer(1, "127.0.0.1:0", state_machine=KeyValueStore)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.bootstrap)
+        port = int(server.address.rsplit(":", 1)[1])
+        nursery.cancel_scope.cancel()
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    for listener in listeners:
+        await listener.aclose()
+
+
+def open_memory_client(network, addresses):
+    from copycat_trio.client import open_client
+
+    return open_client(addresses, transport=network.transport("client"))
