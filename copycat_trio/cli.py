@@ -17,8 +17,9 @@ from typing import Any, NoReturn
 import trio
 
 from .client import open_client
+from .client.admin import fetch_status
 from .protocol.errors import CopycatError
-from .protocol.messages import Member
+from .protocol.messages import Member, StatusResponse
 from .server.server import CopycatServer
 from .state_machine import StateMachine
 from .transport.base import split_address
@@ -151,34 +152,32 @@ STATUS_KEYS = ("id", "address", "role", "term", "leader", "commit_index", "appli
 async def collect_status(addresses: Sequence[str], timeout: float = 2.0) -> list[dict[str, Any]]:
     """Ask every address for its status; unreachable ones are reported as such."""
     rows: list[dict[str, Any]] = []
-    async with open_client(addresses, timeout=timeout) as client:
-        for address in addresses:
-            try:
-                s = await client.status(address, timeout=timeout)
-                rows.append(
-                    {
-                        "id": s.id,
-                        "address": address,
-                        "role": s.role,
-                        "term": s.term,
-                        "leader": s.leader,
-                        "commit_index": s.commit_index,
-                        "applied_index": s.applied_index,
-                    }
-                )
-            except (CopycatError, ConnectionError) as exc:
-                rows.append(
-                    {
-                        "id": None,
-                        "address": address,
-                        "role": "unreachable",
-                        "term": None,
-                        "leader": None,
-                        "commit_index": None,
-                        "applied_index": None,
-                        "error": str(exc),
-                    }
-                )
+    for address, s in zip(addresses, await fetch_status(addresses, timeout=timeout), strict=True):
+        if isinstance(s, StatusResponse):
+            rows.append(
+                {
+                    "id": s.id,
+                    "address": address,
+                    "role": s.role,
+                    "term": s.term,
+                    "leader": s.leader,
+                    "commit_index": s.commit_index,
+                    "applied_index": s.applied_index,
+                }
+            )
+        else:
+            rows.append(
+                {
+                    "id": None,
+                    "address": address,
+                    "role": "unreachable",
+                    "term": None,
+                    "leader": None,
+                    "commit_index": None,
+                    "applied_index": None,
+                    "error": str(s),
+                }
+            )
     return rows
 
 

@@ -17,7 +17,15 @@ import attrs
 
 from .protocol.errors import ApplicationError
 
-__all__ = ["Commit", "StateMachine", "UnknownOperationError", "handler"]
+__all__ = [
+    "Commit",
+    "Scheduled",
+    "ServerSession",
+    "StateMachine",
+    "StateMachineContext",
+    "UnknownOperationError",
+    "handler",
+]
 
 OpT = TypeVar("OpT", covariant=True)
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -34,8 +42,59 @@ class Commit(Generic[OpT]):
     """The log index of the command; for a query, the index the state machine was read at."""
     time: int
     """Log time in milliseconds, from the leader's timestamp: the same on every server."""
-    session: object | None = None
-    """The client session that submitted the operation (not yet implemented: always None)."""
+    session: ServerSession | None = None
+    """The client session that submitted the operation (None for a query without one)."""
+
+
+class ServerSession:
+    """A client session as the state machine sees it: the same on every server.
+
+    `publish` sends an event to the session's client: delivered in order and exactly once, after
+    the responses to commands before it and before the responses to commands after it.
+    """
+
+    def __init__(self, session_id: int, client: str, publisher: Callable[[int, str, Any], None]):
+        self.id = session_id
+        self.client = client
+        self.closed = False
+        self._publisher = publisher
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"ServerSession({self.id}, client={self.client!r}, {state})"
+
+    def publish(self, name: str, payload: Any = None) -> None:
+        """Queue an event for this session's client (ignored once the session is closed)."""
+        if not self.closed:
+            self._publisher(self.id, name, payload)
+
+
+class Scheduled:
+    """A callback scheduled by log time; `cancel()` stops it (and its repeats)."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class StateMachineContext:
+    """What the server tells the state machine: the index and log time being applied, the open
+    sessions, and a scheduler that fires callbacks by log time, identically on every server."""
+
+    index: int = 0
+    time: int = 0
+
+    @property
+    def sessions(self) -> dict[int, ServerSession]:
+        raise NotImplementedError
+
+    def schedule(
+        self, delay_ms: int, callback: Callable[[], None], *, interval_ms: int | None = None
+    ) -> Scheduled:
+        """Run `callback` once log time has advanced by delay_ms (then every interval_ms)."""
+        raise NotImplementedError
 
 
 class UnknownOperationError(ApplicationError):
@@ -84,6 +143,9 @@ class StateMachine:
     as APPLICATION errors and goes on.
     """
 
+    context: StateMachineContext
+    """Set by the server before anything is applied."""
+
     _handlers: ClassVar[dict[type[Any], str]] = {}
     """Operation type -> name of the method handling it, for this class and its parents."""
     _resolved: ClassVar[dict[type[Any], str | None]] = {}
@@ -122,6 +184,18 @@ class StateMachine:
     def handles(cls, op_type: type[Any]) -> bool:
         """Whether `apply` has a handler for operations of this type (its own or a parent's)."""
         return cls._resolve(op_type) is not None
+
+    def on_register(self, session: ServerSession) -> None:
+        """A client opened a session."""
+
+    def on_unregister(self, session: ServerSession) -> None:
+        """The client closed its session."""
+
+    def on_expire(self, session: ServerSession) -> None:
+        """The session expired: no keep-alive within its timeout (by log time)."""
+
+    def on_close(self, session: ServerSession) -> None:
+        """The session is gone, by unregister or expiry (called after either)."""
 
     def apply(self, commit: Commit[Any]) -> Any:
         """Apply one commit by calling the handler for its operation's type; return its result."""

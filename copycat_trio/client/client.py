@@ -1,19 +1,25 @@
-"""A first client: submit commands and queries to any member; followers forward to the leader.
+"""The client: a session with the cluster, exactly-once commands, queries, events, failover.
 
-Retries happen only where they cannot apply a command twice: when the request never left, or a
-member answered NO_LEADER. A command whose answer was lost raises OutcomeUnknownError (it may
-have been applied). Exactly-once retries need sessions (see docs/).
+    async with open_client(["127.0.0.1:5001", "127.0.0.1:5002"]) as client:
+        await client.submit(Put("k", "v"))
+
+Each command gets the session's next sequence number and is resubmitted, to whichever member
+answers, until it is answered: the servers apply it once and answer retries from a cache.
+Answers complete in submission order, after the events published before them.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import trio
+from trio_util import AsyncValue
 
 from .._nursery import open_background_nursery
 from ..protocol.errors import (
@@ -22,43 +28,101 @@ from ..protocol.errors import (
     ErrorType,
     NoLeaderError,
     OutcomeUnknownError,
+    Status,
+    UnknownSessionError,
     error_from_info,
 )
 from ..protocol.messages import (
     CommandRequest,
-    CommandResponse,
-    ErrorResponse,
+    ConnectRequest,
+    Event,
+    KeepAliveRequest,
+    Member,
+    PublishRequest,
+    PublishResponse,
     QueryRequest,
-    QueryResponse,
+    RegisterRequest,
     StatusRequest,
     StatusResponse,
+    UnregisterRequest,
 )
 from ..protocol.operations import Command, Consistency, Query
 from ..transport.base import Transport, split_address
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
 from ..transport.tcp import TcpTransport
+from .strategies import ClientState, ConnectionStrategy, RecoveryStrategy, ServerSelection
 
 log = logging.getLogger(__name__)
 
+EVENT_BUFFER = 256
+"""Events buffered per subscriber; a slow subscriber slows delivery, it never loses events."""
+
+
+class ClientClosedError(CopycatError):
+    """The client is closed (by `aclose`, or because its session was lost)."""
+
+    error_type = ErrorType.UNKNOWN_SESSION
+
+
+@attrs.define(eq=False)
+class _Submission:
+    sequence: int
+    operation: Command
+    done: trio.Event = attrs.Factory(trio.Event)
+    result: Any = None
+    error: CopycatError | None = None
+
+    def finish(self, result: Any = None, error: CopycatError | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
 
 class CopycatClient:
-    """Submits operations; use `open_client` to get one."""
+    """A session with a cluster; get one from `open_client`."""
 
     def __init__(
         self,
         addresses: Sequence[str],
-        pool: ConnectionPool,
+        nursery: trio.Nursery,
+        transport: Transport,
         *,
+        session_timeout: float,
         timeout: float,
-        retry_interval: float,
+        request_timeout: float,
+        selection: ServerSelection,
+        connection_strategy: ConnectionStrategy,
+        recovery: RecoveryStrategy,
+        client_id: str,
     ) -> None:
         self.addresses = list(addresses)
-        self._pool = pool
+        self._nursery = nursery
+        self._pool = ConnectionPool(transport, nursery, on_request=self._on_server_request)
+        self.session_timeout = session_timeout
         self.timeout = timeout
-        self.retry_interval = retry_interval
-        self._preferred = 0
+        self.request_timeout = request_timeout
+        self.selection = selection
+        self.connection_strategy = connection_strategy
+        self.recovery = recovery
+        self.client_id = client_id
+        self.state = AsyncValue(ClientState.SUSPENDED)
+        self.session_id = 0
+        self.leader: int | None = None
+        self.members: tuple[Member, ...] = ()
+        self._address: str | None = None
+        self._rotation = 0
+        self._next_sequence = 1
+        self._completed = AsyncValue(0)
+        """Highest sequence such that it and every one before it have completed."""
+        self._finished: set[int] = set()
+        self._event_index = AsyncValue(0)
         self.last_index = 0
         """The highest log index any answer has shown this client."""
+        self._subscribers: dict[str | None, list[trio.MemorySendChannel[Event]]] = {}
+        self._callbacks: dict[str | None, list[Callable[[Event], Awaitable[None] | None]]] = {}
+        self._session_generation = 0
+
+    # --- public ----------------------------------------------------------------------------
 
     async def submit(
         self,
@@ -67,71 +131,40 @@ class CopycatClient:
         consistency: Consistency = Consistency.LINEARIZABLE,
         timeout: float | None = None,
     ) -> Any:
-        """Apply a command, or run a query at the chosen consistency.
+        """Apply a command exactly once, or run a query at the chosen consistency.
 
-        LINEARIZABLE queries are confirmed by the leader with a quorum round. SEQUENTIAL queries
-        are answered by whichever member is asked, once it has applied every index this client
-        has already seen: possibly stale, never older than what this client saw.
+        Raises the server's error as a typed exception. If no answer comes within the timeout,
+        raises OutcomeUnknownError: a command keeps being resubmitted in the background (its
+        sequence number must be filled for later commands to apply), so it may still apply.
         """
-        if isinstance(operation, Query):
-            request: Any = QueryRequest(
-                operation=operation, consistency=consistency, index=self.last_index
-            )
-        elif isinstance(operation, Command):
-            request = CommandRequest(operation=operation)
-        else:
-            raise TypeError(f"{type(operation).__name__} is neither a Command nor a Query")
-        return await self._send(request, is_command=isinstance(operation, Command), timeout=timeout)
-
-    async def _send(self, request: Any, *, is_command: bool, timeout: float | None) -> Any:
+        self._check_open()
         budget = self.timeout if timeout is None else timeout
-        deadline = trio.current_time() + budget
-        last_error: CopycatError = NoLeaderError("no member answered")
-        attempt = 0
-        while True:
-            remaining = deadline - trio.current_time()
-            if remaining <= 0:
-                raise last_error
-            address = self.addresses[(self._preferred + attempt) % len(self.addresses)]
-            try:
-                response = await self._pool.request(address, request, remaining)
-            except RequestNotSent as exc:
-                last_error = NoLeaderError(f"{address} unreachable: {exc}")
-                attempt += 1
-                await self._pause(attempt, deadline)
-                continue
-            except ResponseLost as exc:
-                if is_command:
-                    raise OutcomeUnknownError(
-                        f"no answer from {address} after sending the command ({exc}); "
-                        "it may or may not have been applied"
-                    ) from exc
-                last_error = NoLeaderError(str(exc))
-                attempt += 1
-                continue
-            error: ErrorInfo | None = getattr(response, "error", None)
-            if isinstance(response, (CommandResponse, QueryResponse)) and error is None:
-                self._preferred = self.addresses.index(address)
-                self.last_index = max(self.last_index, response.index)
-                return response.result
-            if error is None or not isinstance(
-                response, (CommandResponse, QueryResponse, ErrorResponse)
-            ):
-                raise CopycatError(f"unexpected answer {type(response).__name__} from {address}")
-            if error.type is ErrorType.NO_LEADER:
-                last_error = error_from_info(error)
-                attempt += 1
-                await self._pause(attempt, deadline)
-                continue
-            if error.type is ErrorType.INTERNAL and is_command:
-                raise OutcomeUnknownError(error.message)
-            raise error_from_info(error)
+        if isinstance(operation, Command):
+            return await self._submit_command(operation, budget)
+        if isinstance(operation, Query):
+            with trio.move_on_after(budget):
+                return await self._run_query(operation, consistency)
+            raise NoLeaderError(f"no member answered the query within {budget:.1f}s")
+        raise TypeError(f"{type(operation).__name__} is neither a Command nor a Query")
 
-    async def _pause(self, attempt: int, deadline: float) -> None:
-        """Back off a little more each full round of members, never past the deadline."""
-        rounds = attempt // max(1, len(self.addresses))
-        delay = min(self.retry_interval * (2 ** min(rounds, 5)), 2.0)
-        await trio.sleep_until(min(trio.current_time() + delay, deadline))
+    def on_event(
+        self, name: str | None, callback: Callable[[Event], Awaitable[None] | None]
+    ) -> None:
+        """Call `callback(event)` for each event named `name` (None: every event), in order."""
+        self._callbacks.setdefault(name, []).append(callback)
+
+    @asynccontextmanager
+    async def events(
+        self, name: str | None = None
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
+        """Receive events named `name` (None: all) while the block runs, in order, exactly once."""
+        send, receive = trio.open_memory_channel[Event](EVENT_BUFFER)
+        self._subscribers.setdefault(name, []).append(send)
+        try:
+            yield receive
+        finally:
+            self._subscribers[name].remove(send)
+            await send.aclose()
 
     async def status(self, address: str, *, timeout: float = 5.0) -> StatusResponse:
         """One member's view of the cluster."""
@@ -141,22 +174,323 @@ class CopycatClient:
             raise error_from_info(error) if error else CopycatError("bad status answer")
         return response
 
+    async def aclose(self) -> None:
+        """Close the session on the servers (best effort, briefly) and stop."""
+        if self.state.value is ClientState.CLOSED:
+            return
+        session = self.session_id
+        self.state.value = ClientState.CLOSED
+        if session:
+            with trio.move_on_after(min(2.0, self.request_timeout)):
+                await self._request_any(UnregisterRequest(session=session))
+
+    # --- session lifecycle -----------------------------------------------------------------
+
+    async def open_session(self) -> None:
+        """Register a session, connect for its events, and start keep-alives."""
+        response: Any = None
+        request = RegisterRequest(client=self.client_id, timeout=int(self.session_timeout * 1000))
+        with trio.move_on_after(self.timeout):
+            response = await self._request_any(request)
+        if response is None:
+            raise NoLeaderError(f"could not register a session within {self.timeout:.1f}s")
+        self._session_generation += 1
+        self.session_id = response.session
+        self.session_timeout = response.timeout / 1000
+        self._note_cluster(response.leader, response.members)
+        self._next_sequence = 1
+        self._completed.value = 0
+        self._finished.clear()
+        self._event_index.value = 0
+        await self._connect(self._address or self.addresses[0])
+        self.state.value = ClientState.CONNECTED
+        self._nursery.start_soon(self._keep_alive, self._session_generation)
+
+    async def _connect(self, address: str) -> None:
+        """Tell `address` that this session talks through it, so it pushes our events."""
+        response = await self._pool.request(
+            address,
+            ConnectRequest(client=self.client_id, session=self.session_id),
+            self.request_timeout,
+        )
+        error: ErrorInfo | None = getattr(response, "error", None)
+        if error is not None:
+            raise error_from_info(error)
+        self._address = address
+        self._note_cluster(response.leader, response.members)
+
+    async def _keep_alive(self, generation: int) -> None:
+        interval = max(0.05, self.session_timeout / 3)
+        while self.state.value is not ClientState.CLOSED and generation == self._session_generation:
+            await trio.sleep(interval)
+            request = KeepAliveRequest(
+                session=self.session_id,
+                command_sequence=self._completed.value,
+                event_index=self._event_index.value,
+            )
+            try:
+                with trio.fail_after(max(interval, self.request_timeout)):
+                    response = await self._request_any(request)
+                self._note_cluster(response.leader, response.members)
+                self.state.value = ClientState.CONNECTED
+            except UnknownSessionError:
+                await self._session_lost()
+                return
+            except (CopycatError, trio.TooSlowError) as exc:
+                log.info("keep-alive failed: %s", exc)
+                if self.state.value is ClientState.CONNECTED:
+                    self.state.value = ClientState.SUSPENDED
+
+    async def _session_lost(self) -> None:
+        """The servers no longer know our session (it expired)."""
+        if self.state.value is ClientState.CLOSED:
+            return
+        # Release commands waiting for earlier ones of the old session to complete.
+        self._completed.value = 2**62
+        if self.recovery is RecoveryStrategy.RECOVER:
+            log.warning("session %s expired; registering a new one", self.session_id)
+            self.state.value = ClientState.SUSPENDED
+            generation = self._session_generation
+            try:
+                await self.open_session()
+            except Exception as exc:
+                log.warning("could not recover the session: %s", exc)
+                self.state.value = ClientState.CLOSED
+            if self._session_generation == generation:
+                self.state.value = ClientState.CLOSED
+        else:
+            log.warning("session %s expired; closing the client", self.session_id)
+            self.state.value = ClientState.CLOSED
+
+    def _check_open(self) -> None:
+        if self.state.value is ClientState.CLOSED:
+            raise ClientClosedError("the client is closed (its session ended)")
+
+    def _note_cluster(self, leader: int | None, members: Sequence[Member]) -> None:
+        if members:
+            self.members = tuple(members)
+        self.leader = leader
+
+    def _leader_address(self) -> str | None:
+        for member in self.members:
+            if member.id == self.leader:
+                return member.effective_client_address
+        return None
+
+    # --- requests with failover ------------------------------------------------------------
+
+    async def _request_any(self, body: Any) -> Any:
+        """Send to the current member, failing over to others with back-off, until answered
+        with anything but NO_LEADER. Only for requests that are safe to send twice."""
+        delays = self.connection_strategy.delays()
+        while True:
+            order = self.selection.order(self.addresses, self._leader_address(), self._rotation)
+            if self._address in order:
+                order.remove(self._address)
+                order.insert(0, self._address)
+            for address in order:
+                try:
+                    response = await self._pool.request(address, body, self.request_timeout)
+                except (RequestNotSent, ResponseLost) as exc:
+                    log.debug("%s: %s", address, exc)
+                    self._rotation += 1
+                    continue
+                error: ErrorInfo | None = getattr(response, "error", None)
+                if error is not None and error.type is ErrorType.NO_LEADER:
+                    continue
+                if (
+                    address != self._address
+                    and self.session_id
+                    and not isinstance(body, (RegisterRequest, ConnectRequest))
+                ):
+                    await self._switch_to(address)
+                elif not self.session_id or self._address is None:
+                    self._address = address
+                if error is not None:
+                    raise error_from_info(error)
+                return response
+            delay = next(delays)
+            if delay is None:
+                raise NoLeaderError("no member could be reached or knows a leader")
+            await trio.sleep(delay)
+
+    async def _switch_to(self, address: str) -> None:
+        """Talk through another member from now on (it resends our unacknowledged events)."""
+        try:
+            await self._connect(address)
+        except (CopycatError, RequestNotSent, ResponseLost) as exc:
+            log.debug("connect to %s failed: %s", address, exc)
+
+    async def _submit_command(self, operation: Command, budget: float) -> Any:
+        submission = _Submission(self._next_sequence, operation)
+        self._next_sequence += 1
+        self._nursery.start_soon(self._drive, submission, self._session_generation)
+        with trio.move_on_after(budget):
+            await submission.done.wait()
+        if not submission.done.is_set():
+            raise OutcomeUnknownError(
+                f"no answer within {budget:.1f}s; the command is still being resubmitted and "
+                "may yet be applied (once)"
+            )
+        if submission.error is not None:
+            raise submission.error
+        return submission.result
+
+    async def _drive(self, submission: _Submission, generation: int) -> None:
+        """Resubmit until answered; then complete in sequence order, after earlier events."""
+        request = CommandRequest(
+            session=self.session_id, sequence=submission.sequence, operation=submission.operation
+        )
+        while True:
+            if generation != self._session_generation or self.state.value is ClientState.CLOSED:
+                submission.finish(
+                    error=OutcomeUnknownError("the session ended before the command was answered")
+                )
+                return
+            try:
+                response = await self._request_any(request)
+            except (NoLeaderError, OutcomeUnknownError) as exc:
+                log.debug("command %s: %s; resubmitting", submission.sequence, exc)
+                await trio.sleep(0.05)
+                continue
+            except UnknownSessionError as exc:
+                await self._session_lost()
+                submission.finish(error=OutcomeUnknownError(f"session lost: {exc}"))
+                return
+            except CopycatError as exc:
+                if exc.error_type in (ErrorType.COMMAND, ErrorType.INTERNAL):
+                    # Not applied (or unknown, when forwarding broke): the same sequence number
+                    # makes the resubmission safe.
+                    await trio.sleep(0.02)
+                    continue
+                await self._complete(submission, 0, None, exc)
+                return
+            self.last_index = max(self.last_index, response.index)
+            await self._complete(submission, response.event_index, response.result, None)
+            return
+
+    async def _complete(
+        self, submission: _Submission, event_index: int, result: Any, error: CopycatError | None
+    ) -> None:
+        sequence = submission.sequence
+        await self._completed.wait_value(lambda done: done >= sequence - 1)
+        with trio.move_on_after(self.request_timeout):
+            await self._event_index.wait_value(lambda received: received >= event_index)
+        self._completed.value = max(self._completed.value, sequence)
+        submission.finish(result, error)
+
+    async def _run_query(self, operation: Query, consistency: Consistency) -> Any:
+        while True:
+            request = QueryRequest(
+                session=self.session_id,
+                sequence=self._next_sequence - 1,
+                index=self.last_index,
+                operation=operation,
+                consistency=consistency,
+            )
+            try:
+                response = await self._request_any(request)
+            except UnknownSessionError:
+                await self._session_lost()
+                raise
+            except CopycatError as exc:
+                if exc.error_type is ErrorType.QUERY:
+                    await trio.sleep(0.02)
+                    continue
+                raise
+            self.last_index = max(self.last_index, response.index)
+            return response.result
+
+    # --- events ----------------------------------------------------------------------------
+
+    async def _on_server_request(self, body: Any) -> Any:
+        """A member pushing our session's events over our connection to it."""
+        if not isinstance(body, PublishRequest):
+            return PublishResponse(
+                status=Status.ERROR,
+                error=ErrorInfo(ErrorType.PROTOCOL, f"clients accept no {type(body).__name__}"),
+            )
+        if body.session != self.session_id:
+            return PublishResponse(
+                status=Status.ERROR,
+                error=ErrorInfo(ErrorType.UNKNOWN_SESSION, "not this client's session"),
+                index=self._event_index.value,
+            )
+        received = self._event_index.value
+        if body.event_index <= received:
+            return PublishResponse(status=Status.OK, index=received)  # a duplicate
+        if body.previous_index != received:
+            return PublishResponse(status=Status.ERROR, index=received)  # a gap: resend
+        for event in body.events:
+            await self._deliver(event)
+        self._event_index.value = body.event_index
+        return PublishResponse(status=Status.OK, index=body.event_index)
+
+    async def _deliver(self, event: Event) -> None:
+        for key in (event.name, None):
+            for channel in list(self._subscribers.get(key, ())):
+                await channel.send(event)
+            for callback in list(self._callbacks.get(key, ())):
+                outcome = callback(event)
+                if outcome is not None:
+                    await outcome
+
 
 @asynccontextmanager
 async def open_client(
     addresses: Sequence[str],
     *,
+    session_timeout: float = 5.0,
     timeout: float = 30.0,
-    retry_interval: float = 0.05,
+    request_timeout: float = 5.0,
+    selection: ServerSelection = ServerSelection.ANY,
+    connection_strategy: ConnectionStrategy = ConnectionStrategy.EXPONENTIAL,
+    recovery: RecoveryStrategy = RecoveryStrategy.CLOSE,
     transport: Transport | None = None,
+    client_id: str | None = None,
 ) -> AsyncIterator[CopycatClient]:
-    """Connect to a cluster at any of `addresses`; everything closes when the block ends."""
+    """Open a session with the cluster at any of `addresses`; it closes when the block ends.
+
+    `timeout` bounds each operation; `request_timeout` each single attempt at one member.
+    """
     if not addresses:
         raise ValueError("open_client needs at least one member address")
     for address in addresses:
         split_address(address)
-    if timeout <= 0 or math.isnan(timeout):
-        raise ValueError("timeout must be positive")
+    for name, value in (
+        ("timeout", timeout),
+        ("session_timeout", session_timeout),
+        ("request_timeout", request_timeout),
+    ):
+        if not value > 0 or math.isinf(value):
+            raise ValueError(f"{name} must be a positive number of seconds")
     async with open_background_nursery() as nursery:
-        pool = ConnectionPool(transport or TcpTransport(), nursery)
-        yield CopycatClient(addresses, pool, timeout=timeout, retry_interval=retry_interval)
+        client = CopycatClient(
+            addresses,
+            nursery,
+            transport or TcpTransport(),
+            session_timeout=session_timeout,
+            timeout=timeout,
+            request_timeout=request_timeout,
+            selection=selection,
+            connection_strategy=connection_strategy,
+            recovery=recovery,
+            client_id=client_id or uuid.uuid4().hex,
+        )
+        await client.open_session()
+        try:
+            yield client
+        finally:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+
+
+__all__ = [
+    "ClientClosedError",
+    "ClientState",
+    "ConnectionStrategy",
+    "CopycatClient",
+    "RecoveryStrategy",
+    "ServerSelection",
+    "open_client",
+]

@@ -78,9 +78,14 @@ class RaftConfig:
     max_inflight: int = 16
     check_quorum: bool = True
     pre_vote: bool = True
+    lease_ratio: float = 0.75
+    """A leader's read lease lasts this fraction of the election timeout from the send time of
+    the last heartbeat round a majority answered; the rest is the bound on clock drift."""
 
     def __attrs_post_init__(self) -> None:
         validate_timing(self.election_timeout, self.heartbeat_interval)
+        if not 0 < self.lease_ratio < 1:
+            raise ValueError("lease_ratio must be between 0 and 1")
         for name in ("max_append_entries", "max_append_bytes", "max_inflight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -176,8 +181,11 @@ class RaftCore:
         self._check_quorum_deadline = float("inf")
         self._broadcast_pending = False
         self._read_round = 0
+        self._round_sent_at: dict[int, float] = {}
+        self._lease_expiry = float("-inf")
         self._pending_reads: list[_PendingRead] = []
         self._reads_awaiting_noop: list[Any] = []
+        self._term_start_index = 0
 
     # --- views -----------------------------------------------------------------------------
 
@@ -273,6 +281,7 @@ class RaftCore:
                 self._heartbeat_deadline = now + self.config.heartbeat_interval
                 for progress in self.progress.values():
                     progress.heartbeat_due()
+                self._new_round(now)
                 self._broadcast(heartbeat=True)
         elif now >= self._election_deadline:
             self.campaign(now)
@@ -364,6 +373,8 @@ class RaftCore:
         self._heartbeat_deadline = float("inf")
         self._check_quorum_deadline = float("inf")
         if was_leader:
+            self._lease_expiry = float("-inf")
+            self._round_sent_at = {}
             self.progress = {}
             self._broadcast_pending = False
             self._ready.failed_reads.extend(r.context for r in self._pending_reads)
@@ -382,6 +393,8 @@ class RaftCore:
         }
         self._heartbeat_deadline = now + self.config.heartbeat_interval
         self._check_quorum_deadline = now + self.config.election_timeout
+        self._new_round(now)
+        self._term_start_index = self.log.last_index + 1
         self._append(
             NoOpEntry(term=self.term, index=self.log.last_index + 1, timestamp=self._timestamp())
         )
@@ -514,6 +527,7 @@ class RaftCore:
         if response.read_round > progress.read_round:
             progress.read_round = response.read_round
             self._release_reads()
+            self._extend_lease()
         if response.succeeded:
             if progress.acknowledge(response.log_index):
                 self._maybe_commit()
@@ -525,19 +539,54 @@ class RaftCore:
 
     def propose(self, operation: Any, *, session: int = 0, sequence: int = 0) -> tuple[int, int]:
         """Append a command; returns its (index, term). Raises NotLeaderError elsewhere."""
+        return self.propose_entry(
+            lambda **at: CommandEntry(**at, operation=operation, session=session, sequence=sequence)
+        )
+
+    def propose_entry(self, build: Callable[..., Entry]) -> tuple[int, int]:
+        """Append the entry `build(term=, index=, timestamp=)` makes; returns (index, term)."""
         if self.role is not Role.LEADER:
             raise NotLeaderError(self.leader)
-        entry = CommandEntry(
-            term=self.term,
-            index=self.log.last_index + 1,
-            timestamp=self._timestamp(),
-            operation=operation,
-            session=session,
-            sequence=sequence,
-        )
+        entry = build(term=self.term, index=self.log.last_index + 1, timestamp=self._timestamp())
+        if isinstance(entry, ConfigurationEntry):
+            raise ConfigurationChangeError("configuration entries go through propose_configuration")
         self._append(entry)
         self._broadcast_pending = True
         return entry.index, entry.term
+
+    def lease_valid(self, now: float) -> bool:
+        """Whether this leader may serve a read from its own state without a quorum round."""
+        return self.role is Role.LEADER and self._committed_in_term() and now < self._lease_expiry
+
+    @property
+    def term_start_index(self) -> int | None:
+        """The index of this leader's first entry of its term (its no-op)."""
+        if self.role is not Role.LEADER:
+            return None
+        return self._term_start_index
+
+    def _new_round(self, now: float) -> None:
+        self._read_round += 1
+        self._round_sent_at[self._read_round] = now
+
+    def _confirmed_round(self) -> int:
+        rounds = [
+            self._read_round if v == self.id else self.progress[v].read_round
+            for v in self.voters
+            if v == self.id or v in self.progress
+        ]
+        rounds += [0] * (len(self.voters) - len(rounds))
+        return majority_index(rounds)
+
+    def _extend_lease(self) -> None:
+        confirmed = self._confirmed_round()
+        sent_at = self._round_sent_at.get(confirmed)
+        if sent_at is None:
+            return
+        expiry = sent_at + self.config.election_timeout * self.config.lease_ratio
+        self._lease_expiry = max(self._lease_expiry, expiry)
+        for old in [r for r in self._round_sent_at if r < confirmed]:
+            del self._round_sent_at[old]
 
     def propose_configuration(self, members: Sequence[Member]) -> tuple[int, int]:
         """Append a new configuration: one change at a time, after this term's no-op commits."""
@@ -572,6 +621,7 @@ class RaftCore:
             return
         self._read_round += 1
         self._pending_reads.append(_PendingRead(context, self.commit_index, self._read_round))
+        # No send time is recorded: a read's round must not extend the lease by itself.
         self._broadcast_pending = True
         self._release_reads()
 
@@ -581,13 +631,7 @@ class RaftCore:
     def _release_reads(self) -> None:
         if not self._pending_reads:
             return
-        rounds = [
-            self._read_round if v == self.id else self.progress[v].read_round
-            for v in self.voters
-            if v == self.id or v in self.progress
-        ]
-        rounds += [0] * (len(self.voters) - len(rounds))
-        confirmed = majority_index(rounds)
+        confirmed = self._confirmed_round()
         still: list[_PendingRead] = []
         for read in self._pending_reads:
             if read.round <= confirmed:

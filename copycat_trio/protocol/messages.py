@@ -76,8 +76,52 @@ class ConfigurationEntry:
     members: tuple[Member, ...] = ()
 
 
-Entry = NoOpEntry | CommandEntry | ConfigurationEntry
-ENTRY_TYPES: tuple[type, ...] = (NoOpEntry, CommandEntry, ConfigurationEntry)
+@attrs.frozen(kw_only=True)
+class RegisterEntry:
+    """Opens a session; the session's id is this entry's index."""
+
+    term: int
+    index: int
+    timestamp: int = 0
+    client: str = ""
+    timeout: int = 0
+    """Granted session timeout in milliseconds of log time."""
+
+
+@attrs.frozen(kw_only=True)
+class KeepAliveEntry:
+    """A session is alive; frees results and events the client has received."""
+
+    term: int
+    index: int
+    timestamp: int = 0
+    session: int = 0
+    command_sequence: int = 0
+    event_index: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class UnregisterEntry:
+    """Closes a session: on the client's request, or because the leader found it expired."""
+
+    term: int
+    index: int
+    timestamp: int = 0
+    session: int = 0
+    expired: bool = False
+
+
+Entry = (
+    NoOpEntry | CommandEntry | ConfigurationEntry | RegisterEntry | KeepAliveEntry | UnregisterEntry
+)
+ENTRY_TYPES: tuple[type, ...] = (
+    NoOpEntry,
+    CommandEntry,
+    ConfigurationEntry,
+    RegisterEntry,
+    KeepAliveEntry,
+    UnregisterEntry,
+)
 
 
 # --- Raft messages (one way, inside an Envelope) ------------------------------------------
@@ -418,6 +462,9 @@ BUILTIN_TAGS: dict[type, int] = {
     NoOpEntry: 32780,
     CommandEntry: 32781,
     ConfigurationEntry: 32782,
+    RegisterEntry: 32783,
+    KeepAliveEntry: 32784,
+    UnregisterEntry: 32785,
     AppendRequest: 32790,
     AppendResponse: 32791,
     PollRequest: 32792,

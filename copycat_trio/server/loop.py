@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import attrs
 import trio
@@ -22,7 +21,7 @@ from ..core.raft import (
     Role,
 )
 from ..protocol.errors import ConfigurationError, CopycatError, NoLeaderError, QueryError
-from ..protocol.messages import AppendRequest, ConfigurationEntry, Member, RaftMessage
+from ..protocol.messages import AppendRequest, ConfigurationEntry, Entry, Member, RaftMessage
 from ..storage.base import LogStorage
 from .executor import Executor, Pending
 from .peers import PeerLinks
@@ -46,7 +45,8 @@ class Tick:
 
 @attrs.define(eq=False)
 class Propose:
-    operation: Any
+    build: Callable[..., Entry]
+    """Makes the entry from term=, index=, timestamp= (see RaftCore.propose_entry)."""
     reply: trio.Event = attrs.Factory(trio.Event)
     pending: Pending | None = None
     error: CopycatError | None = None
@@ -134,7 +134,7 @@ class RaftLoop:
             core.tick(now)
         elif isinstance(item, Propose):
             try:
-                index, term = core.propose(item.operation)
+                index, term = core.propose_entry(item.build)
                 item.pending = self.executor.expect(index, term)
             except NotLeaderError as exc:
                 item.error = NoLeaderError(str(exc))
@@ -184,9 +184,24 @@ class RaftLoop:
 
     # --- called by request handlers ------------------------------------------------------
 
-    async def propose(self, operation: Any) -> Pending:
-        """Append a command; the Pending resolves when its index is applied."""
-        return await self._append(Propose(operation))
+    async def propose(self, build: Callable[..., Entry]) -> Pending:
+        """Append an entry; the Pending resolves when its index is applied."""
+        return await self._append(Propose(build))
+
+    async def enqueue(self, build: Callable[..., Entry]) -> Propose:
+        """Queue an entry and return at once: entries are appended in the order enqueued.
+        Await `wait_appended` on the result to learn its Pending (or the error)."""
+        item = Propose(build)
+        await self.inbox_send.send(item)
+        return item
+
+    @staticmethod
+    async def wait_appended(item: Propose) -> Pending:
+        await item.reply.wait()
+        if item.error is not None:
+            raise item.error
+        assert item.pending is not None
+        return item.pending
 
     async def reconfigure(self, members: Sequence[Member]) -> Pending:
         """Append a configuration; the Pending resolves when its index is applied."""
@@ -199,6 +214,9 @@ class RaftLoop:
             raise request.error
         assert request.pending is not None
         return request.pending
+
+    def lease_valid(self) -> bool:
+        return self.core.lease_valid(self.clock())
 
     async def read_index(self) -> int:
         """The index a linearizable read must wait for, confirmed by a quorum round."""

@@ -10,6 +10,7 @@ Either call returns once a leader is known; cancelling the nursery stops every t
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -26,32 +27,33 @@ from ..protocol.errors import (
     CopycatError,
     ErrorInfo,
     ErrorType,
-    NoLeaderError,
     ProtocolError,
     Status,
 )
 from ..protocol.messages import (
     CommandRequest,
-    CommandResponse,
+    ConnectRequest,
     Envelope,
     ErrorResponse,
     JoinRequest,
     JoinResponse,
+    KeepAliveRequest,
     Member,
     MemberType,
     QueryRequest,
-    QueryResponse,
+    RegisterRequest,
     RpcRequest,
     RpcResponse,
     StatusRequest,
     StatusResponse,
+    UnregisterRequest,
 )
-from ..protocol.operations import Consistency, Query
 from ..storage.base import LogStorage
 from ..storage.memory import MemoryStorage
 from ..transport.base import MessageStream, Transport, TransportError
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
 from ..transport.tcp import TcpTransport
+from .client_service import ClientConnection, ClientService
 from .executor import Executor
 from .loop import RaftLoop, Step
 from .options import ServerOptions, validate_members
@@ -60,7 +62,15 @@ from .peers import PeerLinks
 log = logging.getLogger(__name__)
 
 MAX_REQUESTS_PER_CONNECTION = 1024
-CLIENT_REQUESTS: tuple[type, ...] = (CommandRequest, QueryRequest, StatusRequest)
+CLIENT_REQUESTS: tuple[type, ...] = (
+    CommandRequest,
+    QueryRequest,
+    RegisterRequest,
+    ConnectRequest,
+    KeepAliveRequest,
+    UnregisterRequest,
+    StatusRequest,
+)
 
 
 @attrs.frozen
@@ -118,12 +128,7 @@ class CopycatServer:
         self._loop: RaftLoop | None = None
         self._executor: Executor | None = None
         self._pool: ConnectionPool | None = None
-        self._handlers: dict[type, Callable[[Any], Awaitable[Any]]] = {
-            CommandRequest: self._on_command,
-            QueryRequest: self._on_query,
-            StatusRequest: self._on_status,
-            JoinRequest: self._on_join,
-        }
+        self._service: ClientService | None = None
 
     # --- starting ------------------------------------------------------------------------
 
@@ -186,8 +191,17 @@ class CopycatServer:
                 )
                 self._pool = ConnectionPool(self.transport, nursery)
                 self._loop = loop = RaftLoop(core, self.storage, peers, executor)
+                self._service = ClientService(
+                    loop,
+                    executor,
+                    self._forward,
+                    default_session_timeout_ms=int(options.session_timeout * 1000),
+                    request_timeout=options.request_timeout,
+                    election_timeout=options.election_timeout,
+                )
                 await nursery.start(loop.run)
                 nursery.start_soon(executor.run)
+                nursery.start_soon(self._leader_duties)
                 self.address = await nursery.start(
                     self.transport.serve, self.address, self._handle_connection
                 )
@@ -204,6 +218,19 @@ class CopycatServer:
             self._loop = None
             with trio.CancelScope(shield=True):
                 await self.storage.aclose()
+
+    async def _leader_duties(self) -> None:
+        """While this server leads, its leader-only tasks run in a nursery that is cancelled the
+        moment it steps down."""
+        assert self._loop is not None and self._service is not None
+        loop, service = self._loop, self._service
+        check_interval = min(self.options.session_timeout / 4, self.options.election_timeout)
+        while True:
+            await loop.role.wait_value(lambda role: role is Role.LEADER)
+            async with trio.open_nursery() as leader_nursery:
+                leader_nursery.start_soon(service.expire_sessions, check_interval)
+                await loop.role.wait_value(lambda role: role is not Role.LEADER)
+                leader_nursery.cancel_scope.cancel()
 
     async def _join_cluster(self, cluster: list[str]) -> None:
         """Seed 000's loop: ask each member in turn; retry every 2x election timeout."""
@@ -273,22 +300,26 @@ class CopycatServer:
         loop = self._loop
         limiter = trio.Semaphore(MAX_REQUESTS_PER_CONNECTION)
         async with trio.open_nursery() as nursery:
+            connection = ClientConnection(stream, nursery)
             try:
                 while True:
                     message = await stream.receive()
                     if allowed is not None and not (
-                        isinstance(message, RpcRequest) and isinstance(message.body, allowed)
+                        (isinstance(message, RpcRequest) and isinstance(message.body, allowed))
+                        or isinstance(message, RpcResponse)
                     ):
                         body = message.body if isinstance(message, RpcRequest) else message
                         raise ProtocolError(
                             f"{type(body).__name__} is not accepted on the client address"
                         )
-                    if isinstance(message, Envelope):
+                    if isinstance(message, RpcResponse):
+                        connection.on_response(message)  # a client answering a publish
+                    elif isinstance(message, Envelope):
                         if message.target == self.id:
                             await loop.inbox_send.send(Step(message.source, message.message))
                     elif isinstance(message, RpcRequest):
                         await limiter.acquire()
-                        nursery.start_soon(self._answer, stream, message, limiter)
+                        nursery.start_soon(self._answer, connection, message, limiter)
                     else:
                         raise ProtocolError(f"unexpected {type(message).__name__} on a connection")
             except ProtocolError as exc:
@@ -299,17 +330,29 @@ class CopycatServer:
                 nursery.cancel_scope.cancel()
 
     async def _answer(
-        self, stream: MessageStream, request: RpcRequest, limiter: trio.Semaphore
+        self, connection: ClientConnection, request: RpcRequest, limiter: trio.Semaphore
     ) -> None:
         try:
-            body = await self._dispatch(request.body)
+            body = await self._dispatch(request.body, connection)
             with contextlib.suppress(TransportError):  # the asker is gone; nobody to tell
-                await stream.send(RpcResponse(request.id, body))
+                await connection.stream.send(RpcResponse(request.id, body))
         finally:
             limiter.release()
 
-    async def _dispatch(self, body: Any) -> Any:
-        handler = self._handlers.get(type(body))
+    async def _dispatch(self, body: Any, connection: ClientConnection) -> Any:
+        assert self._service is not None
+        service = self._service
+        handlers: dict[type, Callable[[Any], Awaitable[Any]]] = {
+            CommandRequest: service.command,
+            QueryRequest: service.query,
+            RegisterRequest: service.register,
+            KeepAliveRequest: service.keep_alive,
+            UnregisterRequest: service.unregister,
+            ConnectRequest: functools.partial(service.connect, connection=connection),
+            StatusRequest: self._on_status,
+            JoinRequest: self._on_join,
+        }
+        handler = handlers.get(type(body))
         if handler is None:
             return ErrorResponse(
                 Status.ERROR,
@@ -338,58 +381,6 @@ class CopycatServer:
             return make_error(
                 ErrorInfo(ErrorType.INTERNAL, f"outcome unknown: forwarded to leader, {exc}")
             )
-
-    async def _on_command(self, request: CommandRequest) -> CommandResponse:
-        assert self._loop is not None
-
-        def error(info: ErrorInfo) -> CommandResponse:
-            return CommandResponse(status=Status.ERROR, error=info)
-
-        if isinstance(request.operation, Query):
-            return error(ErrorInfo(ErrorType.COMMAND, "a query was submitted as a command"))
-        if not self._loop.is_leader:
-            return await self._forward(request, error)  # type: ignore[no-any-return]
-        try:
-            pending = await self._loop.propose(request.operation)
-        except NoLeaderError:
-            return await self._forward(request, error)  # type: ignore[no-any-return]
-        await pending.event.wait()
-        if pending.error is not None:
-            return error(pending.error.to_info())
-        return CommandResponse(status=Status.OK, index=pending.index, result=pending.result)
-
-    async def _on_query(self, request: QueryRequest) -> QueryResponse:
-        assert self._loop is not None and self._executor is not None
-
-        def error(info: ErrorInfo) -> QueryResponse:
-            return QueryResponse(status=Status.ERROR, error=info)
-
-        if not isinstance(request.operation, Query):
-            return error(ErrorInfo(ErrorType.QUERY, "a command was submitted as a query"))
-        if request.consistency == Consistency.SEQUENTIAL:
-            # Served here, by any member, once it has applied what the client has already seen.
-            await self._executor.applied_index.wait_value(lambda a: a >= request.index)
-            return self._query_response(request.operation, error)
-        if request.consistency not in (Consistency.LINEARIZABLE, Consistency.LINEARIZABLE_LEASE):
-            return error(ErrorInfo(ErrorType.QUERY, f"unknown consistency {request.consistency}"))
-        if not self._loop.is_leader:
-            return await self._forward(request, error)  # type: ignore[no-any-return]
-        try:
-            index = await self._loop.read_index()
-        except NoLeaderError:
-            return await self._forward(request, error)  # type: ignore[no-any-return]
-        await self._executor.applied_index.wait_value(lambda applied: applied >= index)
-        return self._query_response(request.operation, error)
-
-    def _query_response(
-        self, operation: Query, error: Callable[[ErrorInfo], QueryResponse]
-    ) -> QueryResponse:
-        assert self._executor is not None
-        result, failure = self._executor.query(operation)
-        if failure is not None:
-            return error(failure)
-        index = self._executor.applied_index.value
-        return QueryResponse(status=Status.OK, index=index, result=result)
 
     async def _on_status(self, request: StatusRequest) -> StatusResponse:
         await trio.lowlevel.checkpoint()

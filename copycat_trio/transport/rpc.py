@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -37,11 +38,16 @@ class _Waiter:
     error: Exception | None = None
 
 
-class RpcConnection:
-    """The requesting side of one connection."""
+RequestHandler = Callable[[Any], Awaitable[Any]]
 
-    def __init__(self, stream: MessageStream) -> None:
+
+class RpcConnection:
+    """The requesting side of one connection; it may also answer requests the other side
+    sends back over it (a server pushing session events), one at a time, in order."""
+
+    def __init__(self, stream: MessageStream, on_request: RequestHandler | None = None) -> None:
         self.stream = stream
+        self._on_request = on_request
         self._ids = itertools.count(1)
         self._waiters: dict[int, _Waiter] = {}
         self.closed = False
@@ -52,6 +58,10 @@ class RpcConnection:
         try:
             while True:
                 message = await self.stream.receive()
+                if isinstance(message, RpcRequest) and self._on_request is not None:
+                    answer = await self._on_request(message.body)
+                    await self.stream.send(RpcResponse(message.id, answer))
+                    continue
                 if not isinstance(message, RpcResponse):
                     raise ProtocolError(f"expected a response, got {type(message).__name__}")
                 waiter = self._waiters.pop(message.id, None)
@@ -92,7 +102,13 @@ class RpcConnection:
 class ConnectionPool:
     """One RpcConnection per address, opened on first use and replaced when it breaks."""
 
-    def __init__(self, transport: Transport, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        nursery: trio.Nursery,
+        on_request: RequestHandler | None = None,
+    ) -> None:
+        self._on_request = on_request
         self._transport = transport
         self._nursery = nursery
         self._connections: dict[str, RpcConnection] = {}
@@ -107,7 +123,7 @@ class ConnectionPool:
                     stream = await self._transport.connect(address)
                 except TransportError as exc:
                     raise RequestNotSent(str(exc)) from exc
-                connection = self._connections[address] = RpcConnection(stream)
+                connection = self._connections[address] = RpcConnection(stream, self._on_request)
                 self._nursery.start_soon(connection.run)
             return connection
 

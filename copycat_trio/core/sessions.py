@@ -1,0 +1,162 @@
+"""Client sessions as the replicated state machine keeps them: pure and deterministic.
+
+Every server applies the same session entries in the same order, so every server agrees on which
+sessions exist, which command sequence each has applied, the cached results that make retries
+exactly-once, the events not yet acknowledged, and when a session expired (by log time: the
+leader's timestamps in the log, never a local clock).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+
+from ..protocol.errors import ErrorInfo
+from ..protocol.messages import Event
+
+MIN_SESSION_TIMEOUT_MS = 100
+MAX_SESSION_TIMEOUT_MS = 24 * 3600 * 1000
+
+
+@attrs.define
+class CachedResult:
+    """What a command returned, kept until the client acknowledges it (by keep-alive)."""
+
+    index: int
+    event_index: int
+    result: Any = None
+    error: ErrorInfo | None = None
+
+
+@attrs.define
+class EventBatch:
+    """Events one command published to one session; `index` is that command's log index."""
+
+    index: int
+    previous_index: int
+    events: list[Event]
+
+
+@attrs.define(eq=False)
+class Session:
+    """One client session, identified by the log index of its registration."""
+
+    id: int
+    client: str
+    timeout: int
+    """Milliseconds of log time without a keep-alive after which the session expires."""
+    last_active: int
+    """Log time of the last keep-alive (or of registration, or of a leader change)."""
+    command_sequence: int = 0
+    """The highest command sequence number applied for this session."""
+    results: dict[int, CachedResult] = attrs.Factory(dict)
+    event_index: int = 0
+    """Index of the last command that published to this session (0 if none)."""
+    events: deque[EventBatch] = attrs.Factory(deque)
+    """Published and not yet acknowledged by the client, oldest first."""
+    acknowledged_event_index: int = 0
+
+    def events_after(self, index: int) -> Iterator[EventBatch]:
+        for batch in self.events:
+            if batch.index > index:
+                yield batch
+
+
+class CommandDecision(enum.Enum):
+    APPLY = "apply"
+    """A new command, next in sequence (or past a gap the leader allowed): apply it."""
+    DUPLICATE = "duplicate"
+    """Already applied: answer with the cached result, do not apply again."""
+    UNKNOWN_SESSION = "unknown-session"
+
+
+def clamp_timeout(requested_ms: int, default_ms: int) -> int:
+    """The session timeout a server grants: the default for 0, else within fixed bounds."""
+    if requested_ms <= 0:
+        return default_ms
+    return max(MIN_SESSION_TIMEOUT_MS, min(MAX_SESSION_TIMEOUT_MS, requested_ms))
+
+
+class SessionTable:
+    """All sessions, changed only by applying log entries."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[int, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def get(self, session_id: int) -> Session | None:
+        return self.sessions.get(session_id)
+
+    def register(self, index: int, client: str, timeout: int, now: int) -> Session:
+        session = Session(id=index, client=client, timeout=timeout, last_active=now)
+        self.sessions[index] = session
+        return session
+
+    def keep_alive(
+        self, session_id: int, command_sequence: int, event_index: int, now: int
+    ) -> bool:
+        """Record that the client is alive and what it has received; frees cached state."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return False
+        session.last_active = max(session.last_active, now)
+        for sequence in [s for s in session.results if s <= command_sequence]:
+            del session.results[sequence]
+        if event_index > session.acknowledged_event_index:
+            session.acknowledged_event_index = event_index
+            while session.events and session.events[0].index <= event_index:
+                session.events.popleft()
+        return True
+
+    def remove(self, session_id: int) -> Session | None:
+        return self.sessions.pop(session_id, None)
+
+    def touch_all(self, now: int) -> None:
+        """A new leader took office: give every session a full timeout to find it."""
+        for session in self.sessions.values():
+            session.last_active = max(session.last_active, now)
+
+    def expired(self, now: int) -> list[Session]:
+        """Sessions whose last activity is more than their timeout before `now` (log time)."""
+        return [s for s in self.sessions.values() if now - s.last_active > s.timeout]
+
+    def decide(self, session_id: int, sequence: int) -> CommandDecision:
+        session = self.sessions.get(session_id)
+        if session is None:
+            return CommandDecision.UNKNOWN_SESSION
+        if sequence <= session.command_sequence:
+            return CommandDecision.DUPLICATE
+        return CommandDecision.APPLY
+
+    def record(self, session: Session, sequence: int, result: CachedResult) -> None:
+        """The command at `sequence` was applied with this result."""
+        session.command_sequence = max(session.command_sequence, sequence)
+        session.results[sequence] = result
+
+    def publish(self, session: Session, index: int, event: Event) -> None:
+        """Queue an event published while applying the entry at `index`."""
+        if session.events and session.events[-1].index == index:
+            session.events[-1].events.append(event)
+            return
+        session.events.append(EventBatch(index, session.event_index, [event]))
+        session.event_index = index
+
+
+def classify_sequence(sequence: int, sequenced: int, max_queue: int) -> str:
+    """How the leader treats a command request, given the highest sequence already sequenced.
+
+    'now': append it (a retry of an old sequence is appended too; it is deduplicated when
+    applied). 'wait': it arrived early; hold it until the ones before it are sequenced.
+    'reject': too far ahead to hold; the client must resubmit from `sequenced + 1`.
+    """
+    if sequence <= sequenced + 1:
+        return "now"
+    if sequence - sequenced > max_queue:
+        return "reject"
+    return "wait"

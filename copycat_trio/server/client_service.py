@@ -1,0 +1,409 @@
+"""How a server answers clients: sessions, sequenced commands, queries by consistency, events.
+
+Requests that need the leader (register, keep-alive, unregister, commands, linearizable
+queries) are forwarded to it by followers. The leader sequences each session's commands by their
+sequence numbers (seed 001): early arrivals wait their turn up to a bound, retries are appended
+again and deduplicated when applied, so each command applies exactly once and in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from trio_util import AsyncValue
+
+from ..core.raft import Role
+from ..core.sessions import clamp_timeout, classify_sequence
+from ..protocol.errors import (
+    CopycatError,
+    ErrorInfo,
+    ErrorType,
+    NoLeaderError,
+    QueryError,
+    Status,
+)
+from ..protocol.messages import (
+    CommandEntry,
+    CommandRequest,
+    CommandResponse,
+    ConnectRequest,
+    ConnectResponse,
+    KeepAliveEntry,
+    KeepAliveRequest,
+    KeepAliveResponse,
+    PublishRequest,
+    PublishResponse,
+    QueryRequest,
+    QueryResponse,
+    RegisterEntry,
+    RegisterRequest,
+    RegisterResponse,
+    RpcRequest,
+    RpcResponse,
+    UnregisterEntry,
+    UnregisterRequest,
+    UnregisterResponse,
+)
+from ..protocol.operations import Command, Consistency, Query
+from ..transport.base import MessageStream, TransportError
+from .executor import Executor, Pending
+from .loop import RaftLoop
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUED_COMMANDS = 1000
+"""How far ahead of the last sequenced command a request may arrive and still be held."""
+
+
+class ClientConnection:
+    """A client's connection to this server: where its session's events are pushed from."""
+
+    def __init__(self, stream: MessageStream, nursery: trio.Nursery) -> None:
+        self.stream = stream
+        self.nursery = nursery
+        self._ids = iter(range(1, 2**62))
+        self._waiters: dict[int, tuple[trio.Event, list[Any]]] = {}
+        self.pushers: dict[int, trio.CancelScope] = {}
+
+    def on_response(self, response: RpcResponse) -> None:
+        waiter = self._waiters.pop(response.id, None)
+        if waiter is not None:
+            waiter[1].append(response.body)
+            waiter[0].set()
+
+    async def request(self, body: Any, timeout: float) -> Any:
+        """Send a request to the client over its own connection and wait for its answer."""
+        request_id = next(self._ids)
+        event, box = self._waiters[request_id] = (trio.Event(), [])
+        try:
+            await self.stream.send(RpcRequest(request_id, body))
+            with trio.move_on_after(timeout):
+                await event.wait()
+            return box[0] if box else None
+        finally:
+            self._waiters.pop(request_id, None)
+
+
+Forward = Callable[[Any, Callable[[ErrorInfo], Any]], Awaitable[Any]]
+
+
+def _wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ClientService:
+    """The client-facing request handlers of one server."""
+
+    def __init__(
+        self,
+        loop: RaftLoop,
+        executor: Executor,
+        forward: Forward,
+        *,
+        default_session_timeout_ms: int,
+        request_timeout: float,
+        election_timeout: float,
+    ) -> None:
+        self.loop = loop
+        self.executor = executor
+        self.forward = forward
+        self.default_session_timeout_ms = default_session_timeout_ms
+        self.request_timeout = request_timeout
+        self.election_timeout = election_timeout
+        self._sequenced: dict[int, AsyncValue[int]] = {}
+        """Leader-local: the highest command sequence appended per session in this term."""
+        self._term = -1
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _members_and_leader(self) -> dict[str, Any]:
+        core = self.loop.core
+        return {"leader": core.leader, "members": core.members}
+
+    async def _as_leader(self) -> bool:
+        """Whether to handle a leader-only request here; waits until this leader has applied
+        everything committed before its term, so its session table is current."""
+        core = self.loop.core
+        if core.role is not Role.LEADER:
+            return False
+        start = core.term_start_index
+        if core.term != self._term:
+            self._term = core.term
+            self._sequenced.clear()
+        if start is None:
+            return False
+        with trio.move_on_after(2 * self.election_timeout):
+            await self.executor.applied_index.wait_value(lambda applied: applied >= start)
+            return core.role is Role.LEADER
+        return False
+
+    async def _propose_and_wait(self, build: Callable[..., Any]) -> Pending:
+        pending = await self.loop.propose(build)
+        await pending.event.wait()
+        return pending
+
+    # --- sessions --------------------------------------------------------------------------
+
+    async def register(self, request: RegisterRequest) -> RegisterResponse:
+        def error(info: ErrorInfo) -> RegisterResponse:
+            return RegisterResponse(status=Status.ERROR, error=info)
+
+        if not await self._as_leader():
+            return await self.forward(request, error)  # type: ignore[no-any-return]
+        timeout = clamp_timeout(request.timeout, self.default_session_timeout_ms)
+        pending = await self._propose_and_wait(
+            functools.partial(RegisterEntry, client=request.client, timeout=timeout)
+        )
+        if pending.error is not None:
+            return error(pending.error.to_info())
+        return RegisterResponse(
+            status=Status.OK, session=pending.result, timeout=timeout, **self._members_and_leader()
+        )
+
+    async def keep_alive(self, request: KeepAliveRequest) -> KeepAliveResponse:
+        def error(info: ErrorInfo) -> KeepAliveResponse:
+            return KeepAliveResponse(status=Status.ERROR, error=info, **self._members_and_leader())
+
+        if not await self._as_leader():
+            return await self.forward(request, error)  # type: ignore[no-any-return]
+        if self.executor.session(request.session) is None:
+            return error(ErrorInfo(ErrorType.UNKNOWN_SESSION, f"unknown session {request.session}"))
+        pending = await self._propose_and_wait(
+            functools.partial(
+                KeepAliveEntry,
+                session=request.session,
+                command_sequence=request.command_sequence,
+                event_index=request.event_index,
+            )
+        )
+        if pending.error is not None:
+            return error(pending.error.to_info())
+        return KeepAliveResponse(status=Status.OK, **self._members_and_leader())
+
+    async def unregister(self, request: UnregisterRequest) -> UnregisterResponse:
+        def error(info: ErrorInfo) -> UnregisterResponse:
+            return UnregisterResponse(status=Status.ERROR, error=info)
+
+        if not await self._as_leader():
+            return await self.forward(request, error)  # type: ignore[no-any-return]
+        pending = await self._propose_and_wait(
+            functools.partial(UnregisterEntry, session=request.session, expired=False)
+        )
+        if pending.error is not None:
+            return error(pending.error.to_info())
+        return UnregisterResponse(status=Status.OK)
+
+    async def connect(
+        self, request: ConnectRequest, connection: ClientConnection
+    ) -> ConnectResponse:
+        """The client will talk through this server: push its session's events from here."""
+        session = self.executor.session(request.session)
+        if session is None:
+            # This member may lag behind the register entry; give it a moment to catch up.
+            with trio.move_on_after(self.election_timeout):
+                await self.executor.applied_index.wait_value(
+                    lambda _: self.executor.session(request.session) is not None
+                )
+        if self.executor.session(request.session) is None:
+            return ConnectResponse(
+                status=Status.ERROR,
+                error=ErrorInfo(ErrorType.UNKNOWN_SESSION, f"unknown session {request.session}"),
+                **self._members_and_leader(),
+            )
+        old = connection.pushers.pop(request.session, None)
+        if old is not None:
+            old.cancel()
+        scope = trio.CancelScope()
+        connection.pushers[request.session] = scope
+        connection.nursery.start_soon(self._push_events, request.session, connection, scope)
+        return ConnectResponse(status=Status.OK, **self._members_and_leader())
+
+    async def _push_events(
+        self, session_id: int, connection: ClientConnection, scope: trio.CancelScope
+    ) -> None:
+        """Send the session's unacknowledged events in order; the client drops duplicates and
+        names its last index when it sees a gap, and we resend from there."""
+        with scope:
+            sent = 0
+            while True:
+                changed = self.executor.notify_session_change()
+                session = self.executor.session(session_id)
+                if session is None:
+                    return
+                batches = list(session.events_after(max(sent, session.acknowledged_event_index)))
+                for batch in batches:
+                    publish = PublishRequest(
+                        session=session_id,
+                        event_index=batch.index,
+                        previous_index=batch.previous_index,
+                        events=tuple(batch.events),
+                    )
+                    try:
+                        answer = await connection.request(publish, self.request_timeout)
+                    except TransportError:
+                        return
+                    if not isinstance(answer, PublishResponse):
+                        break  # no answer in time: try again on the next change
+                    if answer.status is Status.OK:
+                        sent = max(sent, batch.index)
+                    else:
+                        sent = answer.index  # the client's last index: resend after it
+                        break
+                else:
+                    await changed.wait()
+                    continue
+                await trio.sleep(0.01)
+
+    # --- commands --------------------------------------------------------------------------
+
+    async def command(self, request: CommandRequest) -> CommandResponse:
+        def error(info: ErrorInfo) -> CommandResponse:
+            return CommandResponse(status=Status.ERROR, error=info)
+
+        if not isinstance(request.operation, Command):
+            return error(ErrorInfo(ErrorType.COMMAND, "only a Command can be submitted as one"))
+        if not await self._as_leader():
+            return await self.forward(request, error)  # type: ignore[no-any-return]
+        session = self.executor.session(request.session)
+        if session is None:
+            return error(ErrorInfo(ErrorType.UNKNOWN_SESSION, f"unknown session {request.session}"))
+        sequenced = self._sequenced.get(request.session)
+        if sequenced is None:
+            sequenced = self._sequenced[request.session] = AsyncValue(session.command_sequence)
+        kind = classify_sequence(request.sequence, sequenced.value, MAX_QUEUED_COMMANDS)
+        if kind == "reject":
+            return error(
+                ErrorInfo(
+                    ErrorType.COMMAND,
+                    f"sequence {request.sequence} is too far ahead; resubmit from "
+                    f"{sequenced.value + 1}",
+                )
+            )
+        if kind == "wait":
+            with trio.move_on_after(self.request_timeout):
+                await sequenced.wait_value(lambda v: request.sequence <= v + 1)
+            if request.sequence > sequenced.value + 1:
+                return error(
+                    ErrorInfo(
+                        ErrorType.COMMAND,
+                        f"commands before {request.sequence} never arrived; resubmit from "
+                        f"{sequenced.value + 1}",
+                    )
+                )
+        item = await self.loop.enqueue(
+            functools.partial(
+                CommandEntry,
+                operation=request.operation,
+                session=request.session,
+                sequence=request.sequence,
+            )
+        )
+        # The inbox is first in, first out: the next command of this session may go now.
+        if request.sequence > sequenced.value:
+            sequenced.value = request.sequence
+        try:
+            pending = await self.loop.wait_appended(item)
+        except NoLeaderError as exc:
+            return error(exc.to_info())
+        await pending.event.wait()
+        if pending.error is not None:
+            return CommandResponse(
+                status=Status.ERROR,
+                error=pending.error.to_info(),
+                index=pending.index,
+                event_index=pending.event_index,
+            )
+        return CommandResponse(
+            status=Status.OK,
+            index=pending.index,
+            event_index=pending.event_index,
+            result=pending.result,
+        )
+
+    # --- queries ---------------------------------------------------------------------------
+
+    async def query(self, request: QueryRequest) -> QueryResponse:
+        def error(info: ErrorInfo) -> QueryResponse:
+            return QueryResponse(status=Status.ERROR, error=info)
+
+        if not isinstance(request.operation, Query):
+            return error(ErrorInfo(ErrorType.QUERY, "only a Query can be submitted as one"))
+        try:
+            consistency = Consistency(request.consistency)
+        except ValueError:
+            return error(ErrorInfo(ErrorType.QUERY, f"unknown consistency {request.consistency}"))
+        if consistency is Consistency.SEQUENTIAL:
+            # Any member, once it has applied what the client has seen and its own commands.
+            with trio.move_on_after(self.request_timeout):
+                await self.executor.applied_index.wait_value(lambda a: a >= request.index)
+            if self.executor.applied_index.value < request.index:
+                return error(ErrorInfo(ErrorType.QUERY, "this member is too far behind"))
+            return await self._answer_query(request, error)
+        if not await self._as_leader():
+            return await self.forward(request, error)  # type: ignore[no-any-return]
+        if consistency is Consistency.LINEARIZABLE_LEASE and self.loop.lease_valid():
+            index = self.loop.core.commit_index
+        else:
+            try:
+                index = await self.loop.read_index()
+            except (NoLeaderError, QueryError) as exc:
+                return error(exc.to_info())
+        with trio.move_on_after(self.request_timeout):
+            await self.executor.applied_index.wait_value(lambda applied: applied >= index)
+        return await self._answer_query(request, error)
+
+    async def _answer_query(
+        self, request: QueryRequest, error: Callable[[ErrorInfo], QueryResponse]
+    ) -> QueryResponse:
+        session = self.executor.session(request.session)
+        if session is None:
+            return error(ErrorInfo(ErrorType.UNKNOWN_SESSION, f"unknown session {request.session}"))
+        # Read after the session's own earlier commands (its sequence), wherever they are.
+        if session.command_sequence < request.sequence:
+            with trio.move_on_after(self.request_timeout):
+                await self.executor.applied_index.wait_value(
+                    lambda _: session.command_sequence >= request.sequence
+                )
+            if session.command_sequence < request.sequence:
+                return error(
+                    ErrorInfo(ErrorType.QUERY, "the session's earlier commands are not applied")
+                )
+        result, failure = self.executor.query(request.operation, request.session)
+        if failure is not None:
+            return error(failure)
+        return QueryResponse(
+            status=Status.OK,
+            index=self.executor.applied_index.value,
+            event_index=session.event_index,
+            result=result,
+        )
+
+    # --- expiry (the leader's duty) ----------------------------------------------------------
+
+    async def expire_sessions(self, check_interval: float) -> None:
+        """Commit the expiry of sessions silent for longer than their timeout, by log time.
+
+        Runs only on the leader, in the leader's nursery; every server applies the same entry and
+        re-checks the timeout against log time, so a keep-alive that raced in wins.
+        """
+        proposed: dict[int, Pending] = {}
+        while True:
+            await trio.sleep(check_interval)
+            if not await self._as_leader():
+                continue
+            proposed = {i: p for i, p in proposed.items() if not p.event.is_set()}
+            now = max(self.executor.log_time, _wall_clock_ms())
+            for session in self.executor.sessions.expired(now):
+                if session.id in proposed:
+                    continue
+                log.info("session %s expired (client %s)", session.id, session.client)
+                with contextlib.suppress(CopycatError):  # lost leadership: the next leader acts
+                    proposed[session.id] = await self.loop.propose(
+                        functools.partial(UnregisterEntry, session=session.id, expired=True)
+                    )
