@@ -58,10 +58,8 @@ EVENT_BUFFER = 256
 """Events buffered per subscriber; a slow subscriber slows delivery, it never loses events."""
 
 
-class ClientClosedError(CopycatError):
+class ClientClosedError(UnknownSessionError):
     """The client is closed (by `aclose`, or because its session was lost)."""
-
-    error_type = ErrorType.UNKNOWN_SESSION
 
 
 @attrs.define(eq=False)

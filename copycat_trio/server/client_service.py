@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -93,10 +92,6 @@ class ClientConnection:
 Forward = Callable[[Any, Callable[[ErrorInfo], Any]], Awaitable[Any]]
 
 
-def _wall_clock_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class ClientService:
     """The client-facing request handlers of one server."""
 
@@ -109,6 +104,7 @@ class ClientService:
         default_session_timeout_ms: int,
         request_timeout: float,
         election_timeout: float,
+        wall_clock_ms: Callable[[], int],
     ) -> None:
         self.loop = loop
         self.executor = executor
@@ -116,6 +112,7 @@ class ClientService:
         self.default_session_timeout_ms = default_session_timeout_ms
         self.request_timeout = request_timeout
         self.election_timeout = election_timeout
+        self.wall_clock_ms = wall_clock_ms
         self._sequenced: dict[int, AsyncValue[int]] = {}
         """Leader-local: the highest command sequence appended per session in this term."""
         self._term = -1
@@ -398,7 +395,7 @@ class ClientService:
             if not await self._as_leader():
                 continue
             proposed = {i: p for i, p in proposed.items() if not p.event.is_set()}
-            now = max(self.executor.log_time, _wall_clock_ms())
+            now = max(self.executor.log_time, self.wall_clock_ms())
             for session in self.executor.sessions.expired(now):
                 if session.id in proposed:
                     continue

@@ -108,6 +108,7 @@ class CopycatServer:
         session_timeout: float = 5.0,
         request_timeout: float = 10.0,
         rng: random.Random | None = None,
+        wall_clock_ms: Callable[[], int] | None = None,
     ) -> None:
         self.options = ServerOptions(
             member_id=member_id,
@@ -123,6 +124,8 @@ class CopycatServer:
         self.transport: Transport = transport or TcpTransport()
         self.storage: LogStorage = storage or MemoryStorage()
         self.rng = rng or random.Random()
+        self.wall_clock_ms = wall_clock_ms or _wall_clock_ms
+        """Where a leader's log timestamps come from (a simulation passes its own clock)."""
         self.address = address
         self.client_address = client_address
         self._loop: RaftLoop | None = None
@@ -180,7 +183,7 @@ class CopycatServer:
             entries=stored.entries,
             rng=self.rng,
             now=trio.current_time(),
-            timestamp=_wall_clock_ms,
+            timestamp=self.wall_clock_ms,
             entry_size=lambda entry: len(registry.encode(entry)),
         )
         self._executor = executor = Executor(options.state_machine())
@@ -198,6 +201,7 @@ class CopycatServer:
                     default_session_timeout_ms=int(options.session_timeout * 1000),
                     request_timeout=options.request_timeout,
                     election_timeout=options.election_timeout,
+                    wall_clock_ms=self.wall_clock_ms,
                 )
                 await nursery.start(loop.run)
                 nursery.start_soon(executor.run)

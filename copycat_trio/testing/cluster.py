@@ -64,6 +64,7 @@ class MemoryCluster:
             heartbeat_interval=self.heartbeat_interval,
             session_timeout=self.election_timeout * 5,
             rng=random.Random(self.seed * 1000 + member_id),
+            wall_clock_ms=lambda: int(trio.current_time() * 1000),
         )
 
     async def _run(self, server: CopycatServer, start: Any, *args: Any, task_status: Any) -> None:
@@ -121,10 +122,23 @@ class MemoryCluster:
                 await trio.sleep(self.heartbeat_interval)
 
     def client(
-        self, ids: list[int] | None = None, *, timeout: float = 30.0
+        self,
+        ids: list[int] | None = None,
+        *,
+        timeout: float = 30.0,
+        host: str = "client",
+        **options: Any,
     ) -> AbstractAsyncContextManager[CopycatClient]:
+        """A client on network host `host` (name hosts apart to cut one client off)."""
         addresses = [self.address(i) for i in (ids or self.all_ids())]
-        return open_client(addresses, timeout=timeout, transport=self.network.transport("client"))
+        return open_client(
+            addresses, timeout=timeout, transport=self.network.transport(host), **options
+        )
+
+    def cut_off_host(self, host: str) -> None:
+        """Partition a client host from every server, as if its process died."""
+        for member_id in self.all_ids():
+            self.network.cut(host, self.address(member_id))
 
 
 @asynccontextmanager

@@ -28,6 +28,7 @@ class MemoryNetwork:
     def __init__(self, *, seed: int = 0) -> None:
         self._listeners: dict[str, tuple[ConnectionHandler, trio.Nursery]] = {}
         self._cut: set[frozenset[str]] = set()
+        self._one_way: set[tuple[str, str]] = set()
         self.drop_rate = 0.0
         self.rng = random.Random(seed)
 
@@ -46,11 +47,16 @@ class MemoryNetwork:
             if other != address:
                 self.cut(address, other)
 
+    def cut_one_way(self, source: str, target: str) -> None:
+        """Drop what `source` sends to `target`; the other direction still works."""
+        self._one_way.add((source, target))
+
     def heal(self) -> None:
         self._cut.clear()
+        self._one_way.clear()
 
     def should_deliver(self, source: str, target: str) -> bool:
-        if not self.can_reach(source, target):
+        if not self.can_reach(source, target) or (source, target) in self._one_way:
             return False
         return not (self.drop_rate and self.rng.random() < self.drop_rate)
 

@@ -251,3 +251,30 @@ def test_read_index_confirmed_by_quorum_round_and_failed_on_step_down() -> None:
     cluster.advance(3.0)
     assert "r2" in cluster.failed_reads[1]
     assert [ctx for ctx, _ in cluster.reads[1]] == ["r1"]
+
+
+def test_lease_follows_quorum_heartbeats_and_lapses_without_them() -> None:
+    cluster = Cluster(3)
+    cluster.elect(1)
+    leader = cluster.core(1)
+    cluster.advance(0.3)
+    assert leader.lease_valid(cluster.now)
+    cluster.isolate(1)
+    lease_end = cluster.now + CONFIG.election_timeout * CONFIG.lease_ratio
+    cluster.advance(0.2)
+    assert leader.lease_valid(cluster.now)  # still inside the lease from the last round
+    while cluster.now < lease_end:
+        cluster.advance(0.05)
+    assert not leader.lease_valid(cluster.now)
+    # The others may only elect a new leader after the lease has run out.
+    assert all(cluster.core(i).role is not Role.LEADER for i in (2, 3))
+
+
+def test_no_lease_before_own_term_entry_commits() -> None:
+    cluster = Cluster(3)
+    cluster.core(1).campaign(cluster.now)
+    # Deliver only votes, not appends: the leader's no-op is not committed yet.
+    cluster.deliver(keep=lambda e: not isinstance(e.message, AppendRequest))
+    leader = cluster.core(1)
+    assert leader.role is Role.LEADER
+    assert not leader.lease_valid(cluster.now)

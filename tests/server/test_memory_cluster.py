@@ -40,7 +40,10 @@ async def test_isolated_minority_never_commits(autojump_clock) -> None:
             cluster.partition(minority, majority)
             with pytest.raises(OutcomeUnknownError):
                 await client.submit(Put("lost", 1))
-            assert cluster.servers[old].status().commit_index < cluster.servers[old].status().last_log_index
+            assert (
+                cluster.servers[old].status().commit_index
+                < cluster.servers[old].status().last_log_index
+            )
             new = await cluster.wait_for_leader(majority)
             assert new in majority
             for server in cluster.servers.values():
@@ -189,7 +192,7 @@ async def test_deposed_leaders_uncommitted_write_is_never_reported_successful(
                 assert not outcome, "reported before the cluster could have committed it"
                 cluster.network.heal()
         (result,) = outcome
-        print('deposed-leader write outcome:', repr(result))
+        print("deposed-leader write outcome:", repr(result))
         async with cluster.client() as reader:
             items = await reader.submit(Items())
         # Never reported successful unless it is in the log exactly once; the old leader's own

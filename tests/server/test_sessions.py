@@ -1,0 +1,320 @@
+"""Sessions on whole servers (in-memory network, MockClock): exactly-once, order, reads, events,
+expiry, and the recipes that stand on them."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import trio
+
+from copycat_trio.client import ClientState, RecoveryStrategy
+from copycat_trio.protocol.codec import register
+from copycat_trio.protocol.errors import NoLeaderError, QueryError, UnknownSessionError
+from copycat_trio.protocol.operations import Command, Consistency, Query
+from copycat_trio.recipes.counter import Counter, Increment, Value
+from copycat_trio.recipes.election import Election, ElectionStateMachine
+from copycat_trio.recipes.lock import Holder, Lock, LockStateMachine
+from copycat_trio.state_machine import Commit, ServerSession, StateMachine
+from copycat_trio.testing import open_memory_cluster
+
+
+@register(40110)
+@attrs.frozen
+class Record(Command):
+    value: str
+
+
+@register(40111)
+@attrs.frozen
+class Records(Query):
+    pass
+
+
+@register(40112)
+@attrs.frozen
+class Shout(Command):
+    """Publish `count` events to the submitting session."""
+
+    count: int
+
+
+class Journal(StateMachine):
+    """Records values; counts every application so a double apply shows."""
+
+    def __init__(self) -> None:
+        self.records: list[str] = []
+        self.expired: list[int] = []
+        self.shouts = 0
+
+    def record(self, commit: Commit[Record]) -> int:
+        self.records.append(commit.operation.value)
+        return len(self.records)
+
+    def read(self, commit: Commit[Records]) -> list[str]:
+        return list(self.records)
+
+    def shout(self, commit: Commit[Shout]) -> int:
+        assert commit.session is not None
+        for _ in range(commit.operation.count):
+            self.shouts += 1
+            commit.session.publish("shout", self.shouts)
+        return self.shouts
+
+    def on_expire(self, session: ServerSession) -> None:
+        self.expired.append(session.id)
+
+
+async def test_pipelined_commands_apply_in_submission_order(autojump_clock) -> None:
+    async with open_memory_cluster(3, Journal) as cluster:
+        await cluster.wait_for_leader()
+        async with cluster.client() as client:
+            submitted: list[str] = []
+            results: dict[str, int] = {}
+
+            async def one(value: str) -> None:
+                submitted.append(value)  # the sequence number is taken before the first await
+                results[value] = await client.submit(Record(value))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(1000):
+                    nursery.start_soon(one, f"v{i}")
+            assert await client.submit(Records()) == submitted
+            assert sorted(results.values()) == list(range(1, 1001))
+            assert [results[v] for v in submitted] == list(range(1, 1001))
+
+
+async def test_commands_in_flight_across_leader_crash_apply_exactly_once(autojump_clock) -> None:
+    async with open_memory_cluster(3, Journal) as cluster:
+        leader = await cluster.wait_for_leader()
+        async with cluster.client() as client:
+            done: list[str] = []
+
+            async def one(value: str) -> None:
+                await client.submit(Record(value))
+                done.append(value)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(300):
+                    nursery.start_soon(one, f"v{i}")
+                # Crash the leader with about half the commands answered and the rest in flight.
+                while len(done) < 150:
+                    await trio.sleep(0.001)
+                cluster.crash(leader)
+            assert len(done) == 300
+            await cluster.wait_for_leader()
+            final = await client.submit(Records())
+        assert sorted(final) == sorted(done)  # every acknowledged write, once
+        assert len(final) == len(set(final)) == 300
+        await trio.sleep(1)
+        for server in cluster.servers.values():
+            assert server.state_machine.records == final
+
+
+async def test_linearizable_read_from_any_member_sees_acknowledged_write(autojump_clock) -> None:
+    async with open_memory_cluster(3, Journal) as cluster:
+        await cluster.wait_for_leader()
+        async with cluster.client() as writer:
+            await writer.submit(Record("x"))
+        for member in cluster.all_ids():
+            async with cluster.client([member]) as reader:
+                assert await reader.submit(Records()) == ["x"]
+
+
+async def test_sequential_read_on_follower_sees_own_writes(autojump_clock) -> None:
+    async with open_memory_cluster(3, Journal) as cluster:
+        leader = await cluster.wait_for_leader()
+        follower = next(i for i in cluster.all_ids() if i != leader)
+        async with cluster.client([follower]) as client:
+            for i in range(20):
+                await client.submit(Record(f"r{i}"))
+                got = await client.submit(Records(), consistency=Consistency.SEQUENTIAL)
+                assert got[-1] == f"r{i}"
+
+
+async def test_minority_leader_cannot_answer_linearizable_or_expired_lease_reads(
+    autojump_clock,
+) -> None:
+    async with open_memory_cluster(5, Journal, election_timeout=1.0) as cluster:
+        old = await cluster.wait_for_leader()
+        async with cluster.client([old], timeout=3, request_timeout=1) as client:
+            await client.submit(Record("before"))
+            # Within the lease, the leader serves lease reads by itself.
+            assert await client.submit(Records(), consistency=Consistency.LINEARIZABLE_LEASE)
+            cluster.isolate(old)
+            await trio.sleep(1.0)  # past the lease (0.75 x election timeout)
+            with pytest.raises((NoLeaderError, QueryError)):
+                await client.submit(Records(), consistency=Consistency.LINEARIZABLE_LEASE)
+            with pytest.raises((NoLeaderError, QueryError)):
+                await client.submit(Records())
+            cluster.network.heal()
+
+
+async def test_events_arrive_in_order_exactly_once_across_failover(autojump_clock) -> None:
+    async with open_memory_cluster(3, Journal) as cluster:
+        leader = await cluster.wait_for_leader()
+        async with cluster.client() as client:
+            received: list[int] = []
+            async with client.events("shout") as events:
+
+                async def collect() -> None:
+                    async for event in events:
+                        received.append(event.payload)
+                        if len(received) == 60:
+                            return
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(collect)
+                    for i in range(6):
+                        await client.submit(Shout(5))
+                        if i == 2:
+                            cluster.crash(leader)
+                            await cluster.wait_for_leader()
+                    for _ in range(6):
+                        await client.submit(Shout(5))
+        assert received == list(range(1, 61))
+
+
+async def test_silent_client_session_expires_by_log_time(autojump_clock) -> None:
+    async with open_memory_cluster(3, Journal) as cluster:
+        await cluster.wait_for_leader()
+        async with trio.open_nursery() as nursery:
+            ready = trio.Event()
+            ids: list[int] = []
+
+            async def doomed() -> None:
+                async with cluster.client(host="doomed", session_timeout=2.0) as client:
+                    ids.append(client.session_id)
+                    await client.submit(Record("hello"))
+                    ready.set()
+                    await trio.sleep_forever()
+
+            nursery.start_soon(doomed)
+            await ready.wait()
+            cluster.cut_off_host("doomed")
+            await trio.sleep(10)
+            nursery.cancel_scope.cancel()
+        for server in cluster.servers.values():
+            assert server.state_machine.expired == ids
+
+
+async def test_client_closes_when_its_session_expired(autojump_clock) -> None:
+    async with open_memory_cluster(3, Journal) as cluster:
+        await cluster.wait_for_leader()
+        async with cluster.client(host="sleepy", session_timeout=2.0) as client:
+            cluster.cut_off_host("sleepy")
+            await trio.sleep(10)
+            cluster.network.heal()
+            await client.state.wait_value(lambda s: s is ClientState.CLOSED)
+            with pytest.raises(UnknownSessionError):
+                await client.submit(Record("late"))
+
+
+async def test_recover_strategy_opens_a_new_session(autojump_clock) -> None:
+    async with open_memory_cluster(3, Journal) as cluster:
+        await cluster.wait_for_leader()
+        async with cluster.client(
+            host="sleepy", session_timeout=2.0, recovery=RecoveryStrategy.RECOVER
+        ) as client:
+            first = client.session_id
+            cluster.cut_off_host("sleepy")
+            await trio.sleep(10)
+            cluster.network.heal()
+            await trio.sleep(5)
+            assert client.session_id != first
+            assert client.state.value is ClientState.CONNECTED
+            await client.submit(Record("after recovery"))
+
+
+async def test_lock_is_released_when_holder_session_expires(autojump_clock) -> None:
+    async with open_memory_cluster(3, LockStateMachine) as cluster:
+        await cluster.wait_for_leader()
+        acquired = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def holder() -> None:
+                async with cluster.client(host="holder", session_timeout=2.0) as client:
+                    await Lock(client, "job").acquire()
+                    acquired.set()
+                    await trio.sleep_forever()
+
+            nursery.start_soon(holder)
+            await acquired.wait()
+            async with cluster.client(host="waiter") as client:
+                waiter_lock = Lock(client, "job")
+                cluster.cut_off_host("holder")  # the holder's process "dies"
+                started = trio.current_time()
+                with trio.fail_after(30):
+                    await waiter_lock.acquire()
+                waited = trio.current_time() - started
+                assert waited >= 2.0  # not before the holder's session timed out
+                assert await client.submit(Holder("job")) == client.session_id
+                assert await waiter_lock.release()
+            nursery.cancel_scope.cancel()
+
+
+async def test_lock_handed_over_on_release(autojump_clock) -> None:
+    async with open_memory_cluster(3, LockStateMachine) as cluster:
+        await cluster.wait_for_leader()
+        async with cluster.client(host="a") as a, cluster.client(host="b") as b:
+            await Lock(a, "x").acquire()
+            order: list[str] = []
+            async with trio.open_nursery() as nursery:
+
+                async def wait_b() -> None:
+                    await Lock(b, "x").acquire()
+                    order.append("b")
+
+                nursery.start_soon(wait_b)
+                await trio.sleep(1)
+                order.append("a releases")
+                await Lock(a, "x").release()
+            assert order == ["a releases", "b"]
+
+
+async def test_counter(autojump_clock) -> None:
+    async with open_memory_cluster(3, Counter) as cluster:
+        await cluster.wait_for_leader()
+        async with cluster.client() as client:
+            assert await client.submit(Increment(5)) == 5
+            assert await client.submit(Increment(-2)) == 3
+            assert await client.submit(Value()) == 3
+
+
+async def test_election_among_clients(autojump_clock) -> None:
+    async with open_memory_cluster(3, ElectionStateMachine) as cluster:
+        await cluster.wait_for_leader()
+        async with cluster.client(host="a") as a, cluster.client(host="b") as b:
+            assert await Election(a, "s").run() == 1
+            async with trio.open_nursery() as nursery:
+                epochs: list[int] = []
+
+                async def run_b() -> None:
+                    epochs.append(await Election(b, "s").run())
+
+                nursery.start_soon(run_b)
+                await trio.sleep(1)
+                assert epochs == []
+                await Election(a, "s").resign()
+            assert epochs == [2]
+
+
+async def test_retried_commands_whose_answers_were_lost_apply_once(autojump_clock) -> None:
+    async with open_memory_cluster(3, Journal) as cluster:
+        leader = await cluster.wait_for_leader()
+        async with cluster.client([leader], host="c", request_timeout=1.0) as client:
+            # Requests arrive and apply, but every answer is lost: the client resubmits.
+            cluster.network.cut_one_way(cluster.address(leader), "c")
+            results: dict[str, int] = {}
+
+            async def one(value: str) -> None:
+                results[value] = await client.submit(Record(value))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(50):
+                    nursery.start_soon(one, f"v{i}")
+                await trio.sleep(3.5)  # several resubmissions, all answered into the void
+                assert len(cluster.servers[leader].state_machine.records) == 50
+                cluster.network.heal()
+            records = await client.submit(Records())
+        assert sorted(records) == sorted(results) and len(records) == 50
+        assert sorted(results.values()) == list(range(1, 51))
