@@ -47,6 +47,10 @@ class RaftLog:
         return self._snapshot_index
 
     @property
+    def snapshot_term(self) -> int:
+        return self._snapshot_term
+
+    @property
     def last_index(self) -> int:
         return self._snapshot_index + len(self._entries)
 
@@ -113,6 +117,25 @@ class RaftLog:
         for i in range(index, self.last_index + 1):
             self._sizes.pop(i, None)
         del self._entries[index - self._snapshot_index - 1 :]
+
+    def compact(self, index: int) -> None:
+        """Forget entries up to index (they are in a snapshot); their last term is kept."""
+        if index <= self._snapshot_index:
+            return
+        if index > self.last_index:
+            raise LogError(f"cannot compact to {index}: the log ends at {self.last_index}")
+        term = self.term_at(index)
+        assert term is not None
+        for i in range(self._snapshot_index + 1, index + 1):
+            self._sizes.pop(i, None)
+        del self._entries[: index - self._snapshot_index]
+        self._snapshot_index, self._snapshot_term = index, term
+
+    def reset(self, index: int, term: int) -> None:
+        """Drop everything: the log now starts after a snapshot at (index, term)."""
+        self._entries.clear()
+        self._sizes.clear()
+        self._snapshot_index, self._snapshot_term = index, term
 
     def is_up_to_date(self, last_term: int, last_index: int) -> bool:
         """Whether a log ending at (last_term, last_index) is at least as up to date as this one

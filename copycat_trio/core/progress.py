@@ -13,6 +13,8 @@ from collections import deque
 class ProgressState(enum.Enum):
     PROBE = "probe"
     REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
+    """The entries it needs were compacted away: a snapshot is being sent; appends wait."""
 
 
 class Progress:
@@ -43,6 +45,8 @@ class Progress:
         """No new append may be sent now (a probe outstanding, or the window full)."""
         if self.state is ProgressState.PROBE:
             return self.probe_sent
+        if self.state is ProgressState.SNAPSHOT:
+            return True
         return len(self.inflight) >= self.max_inflight
 
     def sent(self, last_index: int) -> None:
@@ -63,7 +67,7 @@ class Progress:
             self.next_index = match_index + 1
         while self.inflight and self.inflight[0] <= match_index:
             self.inflight.popleft()
-        if self.state is ProgressState.PROBE:
+        if self.state is not ProgressState.REPLICATE:
             self.state = ProgressState.REPLICATE
             self.inflight.clear()
             self.probe_sent = False
@@ -72,7 +76,7 @@ class Progress:
 
     def reject(self, rejected_index: int, hint: int) -> bool:
         """A failed append reply; returns False if it is stale and was ignored."""
-        if rejected_index < self.match_index:
+        if rejected_index < self.match_index or self.state is ProgressState.SNAPSHOT:
             return False
         if self.state is ProgressState.PROBE and rejected_index != self.next_index - 1:
             return False
@@ -85,6 +89,18 @@ class Progress:
         self.inflight.clear()
         self.probe_sent = False
         self.next_index = max(self.next_index, self.match_index + 1)
+
+    def become_snapshot(self) -> None:
+        self.state = ProgressState.SNAPSHOT
+        self.inflight.clear()
+        self.probe_sent = False
+
+    def snapshot_done(self, index: int, succeeded: bool) -> None:
+        """The snapshot up to index was installed (or the attempt failed): probe onwards."""
+        if succeeded and index > self.match_index:
+            self.match_index = index
+        self.next_index = self.match_index + 1
+        self.become_probe()
 
     def heartbeat_due(self) -> None:
         """Called every heartbeat: unpause a probe, and recover a pipeline whose appends were

@@ -33,7 +33,7 @@ from ..protocol.messages import (
     VoteResponse,
 )
 from .log import RaftLog, candidate_log_ok, default_entry_size
-from .progress import Progress
+from .progress import Progress, ProgressState
 from .quorum import has_quorum, majority_index
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,9 @@ class Ready:
     """Confirmed read-index requests: (context, index to wait for before reading)."""
     failed_reads: list[Any] = attrs.Factory(list)
     """Read requests that can no longer be confirmed (this member lost leadership)."""
+    snapshots: list[int] = attrs.Factory(list)
+    """Peers that need the latest snapshot (their next entry was compacted away); the shell
+    sends it and reports back with `snapshot_sent`."""
 
     def __bool__(self) -> bool:
         return bool(
@@ -128,6 +131,7 @@ class Ready:
             or self.committed
             or self.reads
             or self.failed_reads
+            or self.snapshots
         )
 
 
@@ -456,6 +460,60 @@ class RaftCore:
         self._votes[source] = response.voted
         self._tally(now)
 
+    def accept_leader(self, term: int, leader: int, now: float) -> bool:
+        """A leader-only request (such as a snapshot chunk) arrived: adopt its term and leader,
+        as an append would, or return False if it comes from a stale term."""
+        if term < self.term:
+            return False
+        if term > self.term or self.role is not Role.FOLLOWER:
+            self._become_follower(now, term, leader)
+        self.leader = leader
+        self._last_leader_contact = now
+        self._reset_election_deadline(now)
+        return True
+
+    def snapshot_sent(self, peer: int, index: int, succeeded: bool) -> None:
+        """The shell finished sending a snapshot up to index to peer."""
+        progress = self.progress.get(peer) if self.role is Role.LEADER else None
+        if progress is None:
+            return
+        progress.snapshot_done(index, succeeded)
+        if succeeded:
+            self._maybe_commit()
+        self._send_append(peer, progress, heartbeat=True)
+
+    def compact(self, index: int) -> None:
+        """Entries up to index are in a durable snapshot: drop them from the log."""
+        if index > self._handed_index:
+            raise ValueError(f"cannot compact past the applied index {self._handed_index}")
+        self.log.compact(index)
+        in_force = [(i, m) for i, m in self._configurations if i <= index][-1:]
+        self._configurations = in_force + [(i, m) for i, m in self._configurations if i > index]
+
+    def restore(
+        self, index: int, term: int, members: Sequence[Member], configuration_index: int
+    ) -> bool:
+        """Adopt a snapshot up to (index, term) that the leader sent. Returns False if this log
+        already holds everything in it. Entries after it that match are kept."""
+        if index <= self.commit_index:
+            return False
+        if self.log.term_at(index) == term:
+            self.log.compact(index)
+        else:
+            self.log.reset(index, term)
+        self._configurations = [(configuration_index, tuple(members))] + [
+            (i, m) for i, m in self._configurations if i > index and i <= self.log.last_index
+        ]
+        self.commit_index = index
+        self._handed_index = index
+        self.persisted_index = max(self.persisted_index, index)
+        return True
+
+    @property
+    def applied_handed_index(self) -> int:
+        """The last index handed to the shell to apply."""
+        return self._handed_index
+
     def _on_append(self, source: int, request: AppendRequest, now: float) -> None:
         if request.term < self.term:
             self._send(
@@ -686,6 +744,13 @@ class RaftCore:
 
     def _send_append(self, peer: int, progress: Progress, *, heartbeat: bool = False) -> None:
         """Send entries if the peer can take more; otherwise a heartbeat when one is due."""
+        if progress.state is ProgressState.SNAPSHOT:
+            return  # the snapshot stream keeps the peer's election timer at bay
+        if progress.next_index <= self.log.snapshot_index:
+            # The entries this peer needs were compacted into a snapshot: send that instead.
+            progress.become_snapshot()
+            self._ready.snapshots.append(peer)
+            return
         has_entries = progress.next_index <= self.log.last_index
         if has_entries and not progress.paused:
             prev = progress.next_index - 1
@@ -701,8 +766,8 @@ class RaftCore:
         else:
             return
         prev_term = self.log.term_at(prev)
-        if prev_term is None:
-            return  # compacted away: snapshot install is the storage layer's work
+        if prev_term is None:  # a heartbeat at a match point now compacted away
+            prev, prev_term = self.log.snapshot_index, self.log.snapshot_term
         self._send(
             peer,
             AppendRequest(

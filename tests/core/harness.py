@@ -51,9 +51,27 @@ class Cluster:
             self.applied[member_id].extend(ready.committed)
             self.reads[member_id].extend(ready.reads)
             self.failed_reads[member_id].extend(ready.failed_reads)
+            for peer in ready.snapshots:
+                self.send_snapshot(member_id, peer)
         if core.role is Role.LEADER:
             self.leaders_by_term.setdefault(core.term, set()).add(member_id)
             assert len(self.leaders_by_term[core.term]) == 1, "two leaders in one term"
+
+    def send_snapshot(self, leader_id: int, peer: int) -> None:
+        """Move the leader's snapshot (everything up to its first log index - 1) to peer at
+        once, as the server's install stream would, unless the two are cut apart."""
+        leader = self.cores[leader_id]
+        index = leader.log.snapshot_index
+        if frozenset((leader_id, peer)) in self.cut:
+            leader.snapshot_sent(peer, index, False)
+            return
+        follower = self.cores[peer]
+        if follower.accept_leader(leader.term, leader_id, self.now):
+            term = leader.log.term_at(index)
+            assert term is not None
+            if follower.restore(index, term, leader.members, leader.configuration_index):
+                self.applied[peer] = [e for e in self.applied[leader_id] if e.index <= index]
+            leader.snapshot_sent(peer, index, True)
 
     def process_all(self) -> None:
         for member_id in self.cores:

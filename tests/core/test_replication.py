@@ -278,3 +278,35 @@ def test_no_lease_before_own_term_entry_commits() -> None:
     leader = cluster.core(1)
     assert leader.role is Role.LEADER
     assert not leader.lease_valid(cluster.now)
+
+
+def test_follower_behind_a_compacted_log_catches_up_by_snapshot() -> None:
+    cluster = Cluster(3)
+    cluster.elect(1)
+    cluster.isolate(3)
+    cluster.propose(1, range(40))
+    cluster.advance(0.5)
+    leader = cluster.core(1)
+    applied = leader.applied_handed_index
+    leader.compact(applied - 5)
+    cluster.core(2).compact(cluster.core(2).applied_handed_index)
+    assert leader.log.first_index > cluster.core(3).log.last_index + 1
+    cluster.heal()
+    cluster.propose(1, ["after"])
+    cluster.advance(1.0)
+    follower = cluster.core(3)
+    assert follower.commit_index == leader.commit_index
+    ops = [e.operation for e in cluster.applied[3] if isinstance(e, CommandEntry)]
+    assert ops == [*range(40), "after"]
+    assert follower.log.last_index == leader.log.last_index
+
+
+def test_snapshot_restore_keeps_matching_suffix_and_drops_conflicts() -> None:
+    core = follower([cmd(1, 1), cmd(1, 2), cmd(1, 3), cmd(1, 4)])
+    assert core.restore(2, 1, members(3), 0)
+    assert core.log.first_index == 3 and core.log.last_index == 4
+    other = follower([cmd(1, 1), cmd(1, 2), cmd(1, 3)])
+    assert other.restore(3, 2, members(3), 0)  # term differs at 3: nothing of the log is kept
+    assert other.log.last_index == 3 and other.log.first_index == 4
+    assert other.commit_index == 3
+    assert not other.restore(2, 1, members(3), 0)  # older than what is committed
