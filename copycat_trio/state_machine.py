@@ -11,7 +11,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import attrs
 
@@ -21,6 +21,9 @@ __all__ = [
     "Commit",
     "Scheduled",
     "ServerSession",
+    "SnapshotSink",
+    "SnapshotSource",
+    "Snapshottable",
     "StateMachine",
     "StateMachineContext",
     "UnknownOperationError",
@@ -77,6 +80,46 @@ class Scheduled:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+
+class SnapshotSink(Protocol):
+    """Where a state machine writes its snapshot: a stream, never one object in memory."""
+
+    def write(self, data: bytes) -> None:
+        """Append raw bytes."""
+        ...
+
+    def write_object(self, value: Any) -> None:
+        """Append one CBOR-encodable value (plain data or registered classes)."""
+        ...
+
+
+class SnapshotSource(Protocol):
+    """Where a state machine reads its snapshot back, in the order it was written."""
+
+    def read(self, size: int) -> bytes:
+        """Up to `size` raw bytes; b"" at the end."""
+        ...
+
+    def read_object(self) -> Any:
+        """The next value written with write_object."""
+        ...
+
+
+class Snapshottable:
+    """Mix into a StateMachine to let the server snapshot it and compact the log.
+
+    Both methods run in a worker thread while nothing is applied, so the state is consistent;
+    they must not touch the event loop. `install` must discard all previous state. Scheduled
+    callbacks are functions and cannot be snapshotted: `install` must schedule again whatever
+    it needs.
+    """
+
+    def snapshot(self, writer: SnapshotSink) -> None:
+        raise NotImplementedError
+
+    def install(self, reader: SnapshotSource) -> None:
+        raise NotImplementedError
 
 
 class StateMachineContext:

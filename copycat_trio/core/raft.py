@@ -157,24 +157,36 @@ class RaftCore:
         now: float,
         timestamp: Callable[[], int] = lambda: 0,
         entry_size: Callable[[Entry], int] = default_entry_size,
+        snapshot: tuple[int, int, tuple[Member, ...], int] | None = None,
     ) -> None:
+        """`snapshot` is (index, term, members, configuration index) of the snapshot the
+        state machine was restored from; `entries` may start before it (they are skipped)."""
         self.id = member_id
         self.config = config
         self.rng = rng
         self._timestamp = timestamp
         self.term = hard_state.term
         self.vote = hard_state.vote
-        self.log = RaftLog(entries, entry_size=entry_size)
+        snapshot_index, snapshot_term = snapshot[:2] if snapshot else (0, 0)
+        entries = _entries_after(entries, snapshot_index, snapshot_term)
+        self.log = RaftLog(
+            entries,
+            snapshot_index=snapshot_index,
+            snapshot_term=snapshot_term,
+            entry_size=entry_size,
+        )
         self.role = Role.FOLLOWER
         self.leader: int | None = None
-        self.commit_index = 0
+        self.commit_index = snapshot_index
         self.persisted_index = self.log.last_index
-        self._handed_index = 0
+        self._handed_index = snapshot_index
         # The configuration in force is the last one in the log, else the bootstrap one.
         self._bootstrap_members = tuple(members)
         self._configurations: list[tuple[int, tuple[Member, ...]]] = [
             (e.index, e.members) for e in entries if isinstance(e, ConfigurationEntry)
         ]
+        if snapshot is not None:
+            self._configurations.insert(0, (snapshot[3], tuple(snapshot[2])))
         self._ready = Ready()
         self._saved_hard_state = HardState(self.term, self.vote)
         self._votes: dict[int, bool] = {}
@@ -793,6 +805,20 @@ class RaftCore:
 
     def _send(self, target: int, message: RaftMessage) -> None:
         self._ready.messages.append(Envelope(self.id, target, message))
+
+
+def _entries_after(entries: Sequence[Entry], index: int, term: int) -> list[Entry]:
+    """The stored entries that continue a snapshot at (index, term): contiguous from index + 1
+    with terms not below it. Anything else is an uncommitted leftover of a replaced log."""
+    out: list[Entry] = []
+    for entry in entries:
+        if entry.index <= index:
+            continue
+        expected = index + 1 + len(out)
+        if entry.index != expected or entry.term < (out[-1].term if out else term):
+            break
+        out.append(entry)
+    return out
 
 
 _HANDLERS: dict[type, Callable[[RaftCore, int, Any, float], None]] = {

@@ -366,12 +366,16 @@ class InstallRequest:
     offset: int
     data: bytes = b""
     complete: bool = False
+    snapshot_term: int = 0
+    """The term of the last entry the snapshot covers (index is its index)."""
 
 
 @attrs.frozen(kw_only=True)
 class InstallResponse:
     status: Status
     error: ErrorInfo | None = None
+    offset: int = 0
+    """The next byte offset the follower expects (to resume after a failure)."""
 
 
 @attrs.frozen(kw_only=True)

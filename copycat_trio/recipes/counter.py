@@ -6,7 +6,7 @@ import attrs
 
 from ..protocol.codec import registry
 from ..protocol.operations import Command, Query
-from ..state_machine import Commit, StateMachine
+from ..state_machine import Commit, SnapshotSink, SnapshotSource, Snapshottable, StateMachine
 
 __all__ = ["Counter", "Increment", "Value"]
 
@@ -23,11 +23,17 @@ class Value(Query):
     """The current value."""
 
 
-class Counter(StateMachine):
+class Counter(StateMachine, Snapshottable):
     """One integer, starting at 0."""
 
     def __init__(self) -> None:
-        self.value = 0
+        self.value: int = 0
+
+    def snapshot(self, writer: SnapshotSink) -> None:
+        writer.write_object(self.value)
+
+    def install(self, reader: SnapshotSource) -> None:
+        self.value = int(reader.read_object())
 
     def increment(self, commit: Commit[Increment]) -> int:
         self.value += commit.operation.delta

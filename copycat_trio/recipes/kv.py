@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from ..protocol.operations import Command, Query
-from ..state_machine import Commit, StateMachine
+from ..state_machine import Commit, SnapshotSink, SnapshotSource, Snapshottable, StateMachine
 
 __all__ = ["CompareAndSet", "Delete", "Get", "KeyValueStore", "Keys", "Put", "Size"]
 
@@ -69,11 +69,29 @@ class Size(Query):
     """How many keys are present."""
 
 
-class KeyValueStore(StateMachine):
+SNAPSHOT_BATCH = 1000
+
+
+class KeyValueStore(StateMachine, Snapshottable):
     """A dict replicated by Raft: every server applies the same commands in the same order."""
 
     def __init__(self) -> None:
         self._data: dict[str, Any] = {}
+
+    def snapshot(self, writer: SnapshotSink) -> None:
+        """Stream the items in batches: the count, then lists of [key, value] pairs."""
+        items = list(self._data.items())
+        writer.write_object(len(items))
+        for start in range(0, len(items), SNAPSHOT_BATCH):
+            writer.write_object([[k, v] for k, v in items[start : start + SNAPSHOT_BATCH]])
+
+    def install(self, reader: SnapshotSource) -> None:
+        count = reader.read_object()
+        data: dict[str, Any] = {}
+        while len(data) < count:
+            for key, value in reader.read_object():
+                data[key] = value
+        self._data = data
 
     @property
     def data(self) -> Mapping[str, Any]:

@@ -14,7 +14,7 @@ import collections
 import heapq
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -28,13 +28,16 @@ from ..protocol.errors import (
     CopycatError,
     ErrorInfo,
     ErrorType,
+    InternalError,
     UnknownSessionError,
 )
 from ..protocol.messages import (
     CommandEntry,
+    ConfigurationEntry,
     Entry,
     Event,
     KeepAliveEntry,
+    Member,
     NoOpEntry,
     RegisterEntry,
     UnregisterEntry,
@@ -43,9 +46,12 @@ from ..state_machine import (
     Commit,
     Scheduled,
     ServerSession,
+    Snapshottable,
     StateMachine,
     StateMachineContext,
 )
+from ..storage.snapshots import SnapshotInfo, SnapshotStore
+from .snapshots import SnapshotHeader, ThreadSink, ThreadSource, read_snapshot, write_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +98,25 @@ class _Context(StateMachineContext):
 class Executor:
     """Owns the state machine and the session table; the raft loop hands it committed entries."""
 
-    def __init__(self, state_machine: StateMachine) -> None:
+    def __init__(
+        self,
+        state_machine: StateMachine,
+        *,
+        members: tuple[Member, ...] = (),
+        snapshots: SnapshotStore | None = None,
+        snapshot_every: int = 10_000,
+        on_snapshot: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
         self.state_machine = state_machine
+        self.configuration: tuple[int, tuple[Member, ...]] = (0, members)
+        """The configuration in force at the applied index: (its index, its members)."""
+        self.snapshots = snapshots if isinstance(state_machine, Snapshottable) else None
+        self.snapshot_every = snapshot_every
+        self._on_snapshot = on_snapshot
+        self.snapshot_index = 0
+        self.applied_term = 0
+        self.lock = trio.Lock()
+        """Held while applying; a snapshot or an install takes it so nothing changes meanwhile."""
         self.context = _Context(self)
         state_machine.context = self.context
         self.sessions = SessionTable()
@@ -125,12 +148,71 @@ class Executor:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
-            count = 0
-            while self._queue:
-                self.apply(self._queue.popleft())
-                count += 1
-                if count % 256 == 0:
-                    await trio.lowlevel.checkpoint()
+            async with self.lock:
+                count = 0
+                while self._queue:
+                    self.apply(self._queue.popleft())
+                    count += 1
+                    if count % 256 == 0:
+                        await trio.lowlevel.checkpoint()
+                if self.snapshot_due():
+                    await self.take_snapshot()
+
+    # --- snapshots -------------------------------------------------------------------------
+
+    def snapshot_due(self) -> bool:
+        return (
+            self.snapshots is not None
+            and self.applied_index.value - self.snapshot_index >= self.snapshot_every
+        )
+
+    async def take_snapshot(self) -> None:
+        """Write a snapshot at the applied index (the caller holds the lock), then let the
+        log before it be compacted."""
+        assert self.snapshots is not None
+        index = self.applied_index.value
+        header = SnapshotHeader(
+            index=index,
+            term=self.applied_term,
+            log_time=self.log_time,
+            members=self.configuration[1],
+            configuration_index=self.configuration[0],
+        )
+        async with self.snapshots.create(index, self.applied_term) as writer:
+            sink = ThreadSink(writer)
+            await trio.to_thread.run_sync(
+                write_snapshot, sink, header, self.sessions, self.state_machine
+            )
+        self.snapshot_index = index
+        log.info("snapshot taken at index %s (term %s)", index, self.applied_term)
+        if self._on_snapshot is not None:
+            await self._on_snapshot(index)
+
+    async def install_snapshot(self, info: SnapshotInfo) -> SnapshotHeader:
+        """Replace the state machine and sessions with a snapshot's (the caller holds the
+        lock). Entries queued up to its index are dropped: the snapshot contains them."""
+        assert self.snapshots is not None
+        async with self.snapshots.open(info) as reader:
+            source = ThreadSource(reader)
+            header, table = await trio.to_thread.run_sync(read_snapshot, source, self.state_machine)
+        self.sessions = table
+        for handle in self.handles.values():
+            handle.closed = True
+        self.handles = {
+            s.id: ServerSession(s.id, s.client, self._publish) for s in table.sessions.values()
+        }
+        self.log_time = max(self.log_time, header.log_time)
+        self.configuration = (header.configuration_index, header.members)
+        self.snapshot_index = header.index
+        self.applied_term = header.term
+        self._queue = collections.deque(e for e in self._queue if e.index > header.index)
+        for index in [i for i in self.pending if i <= header.index]:
+            self.pending.pop(index).resolve(
+                error=InternalError(f"entry {index} was superseded by a snapshot; outcome unknown")
+            )
+        self.applied_index.value = max(self.applied_index.value, header.index)
+        self.session_changed.set()
+        return header
 
     # --- scheduling ------------------------------------------------------------------------
 
@@ -184,6 +266,8 @@ class Executor:
             self.session_changed.set()
         elif isinstance(entry, UnregisterEntry):
             error = self._apply_unregister(entry)
+        elif isinstance(entry, ConfigurationEntry):
+            self.configuration = (entry.index, entry.members)
         elif isinstance(entry, NoOpEntry):
             # A new leader: sessions get a full timeout from now to find it.
             self.sessions.touch_all(self.log_time)
@@ -197,6 +281,7 @@ class Executor:
                         f"entry {entry.index} was replaced by a new leader's entry; not applied"
                     )
                 )
+        self.applied_term = entry.term
         self.applied_index.value = entry.index
 
     def _apply_command(self, entry: CommandEntry) -> tuple[Any, CopycatError | None, int]:

@@ -8,7 +8,8 @@ after every step (each heartbeat from the leader pushes it back).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import attrs
 import trio
@@ -67,7 +68,20 @@ class ReadIndex:
     error: CopycatError | None = None
 
 
-Input = Step | Tick | Propose | Reconfigure | ReadIndex
+@attrs.define(eq=False)
+class Call:
+    """Run a function on the core inside the loop (so the loop stays its only owner) and
+    hand back its result: snapshot bookkeeping and leader contact from a snapshot stream."""
+
+    function: Callable[[RaftCore, float], Any]
+    storage_op: Callable[[LogStorage, Any], Awaitable[None]] | None = None
+    """Storage work that must follow, in order with the loop's own saves (given the result)."""
+    reply: trio.Event = attrs.Factory(trio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+Input = Step | Tick | Propose | Reconfigure | ReadIndex | Call
 
 
 class RaftLoop:
@@ -80,7 +94,10 @@ class RaftLoop:
         peers: PeerLinks,
         executor: Executor,
         clock: Callable[[], float] = trio.current_time,
+        on_snapshot_needed: Callable[[int], None] = lambda peer: None,
     ) -> None:
+        self.on_snapshot_needed = on_snapshot_needed
+        self._deferred: list[Call] = []
         self.core = core
         self.storage = storage
         self.peers = peers
@@ -148,6 +165,15 @@ class RaftLoop:
             except ConfigurationChangeError as exc:
                 item.error = ConfigurationError(str(exc))
             item.reply.set()
+        elif isinstance(item, Call):
+            try:
+                item.result = item.function(core, now)
+            except Exception as exc:
+                item.error = exc
+            if item.storage_op is not None and item.error is None:
+                self._deferred.append(item)
+            else:
+                item.reply.set()
         elif isinstance(item, ReadIndex):
             try:
                 core.read_index(item)
@@ -157,8 +183,23 @@ class RaftLoop:
 
     async def _process_ready(self) -> None:
         core = self.core
+        while self._deferred:
+            call = self._deferred.pop(0)
+            assert call.storage_op is not None
+            try:
+                await call.storage_op(self.storage, call.result)
+            except Exception as exc:
+                call.error = exc
+            call.reply.set()
         while core.has_ready():
             ready = core.ready()
+            # A leader may send its new entries before its own write is durable (it counts
+            # itself toward a commit only after `persisted`); anything else waits for the disk,
+            # so no vote or acknowledgement leaves before what it promises is durable.
+            early = ready.hard_state is None and core.role is Role.LEADER
+            if early:
+                for envelope in ready.messages:
+                    self.peers.send(envelope)
             if ready.hard_state is not None or ready.entries or ready.truncate_from is not None:
                 await self.storage.save(
                     hard_state=ready.hard_state,
@@ -168,8 +209,11 @@ class RaftLoop:
                 core.persisted(core.log.last_index)
             if any(isinstance(e, ConfigurationEntry) for e in ready.entries):
                 self._learn_addresses(core.members)
-            for envelope in ready.messages:
-                self.peers.send(envelope)
+            if not early:
+                for envelope in ready.messages:
+                    self.peers.send(envelope)
+            for peer in ready.snapshots:
+                self.on_snapshot_needed(peer)
             if ready.committed:
                 self.executor.hand_over(ready.committed)
             for context, index in ready.reads:
@@ -214,6 +258,20 @@ class RaftLoop:
             raise request.error
         assert request.pending is not None
         return request.pending
+
+    async def call(
+        self,
+        function: Callable[[RaftCore, float], Any],
+        storage_op: Callable[[LogStorage, Any], Awaitable[None]] | None = None,
+    ) -> Any:
+        """Run `function(core, now)` in the loop, then `storage_op(storage, result)` in order
+        with the loop's saves, and return the function's result."""
+        item = Call(function, storage_op)
+        await self.inbox_send.send(item)
+        await item.reply.wait()
+        if item.error is not None:
+            raise item.error
+        return item.result
 
     def lease_valid(self) -> bool:
         return self.core.lease_valid(self.clock())

@@ -35,6 +35,8 @@ from ..protocol.messages import (
     ConnectRequest,
     Envelope,
     ErrorResponse,
+    InstallRequest,
+    InstallResponse,
     JoinRequest,
     JoinResponse,
     KeepAliveRequest,
@@ -50,6 +52,7 @@ from ..protocol.messages import (
 )
 from ..storage.base import LogStorage
 from ..storage.memory import MemoryStorage
+from ..storage.snapshots import SnapshotStore
 from ..transport.base import MessageStream, Transport, TransportError
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
 from ..transport.tcp import TcpTransport
@@ -58,6 +61,7 @@ from .executor import Executor
 from .loop import RaftLoop, Step
 from .options import ServerOptions, validate_members
 from .peers import PeerLinks
+from .replication import SnapshotReplication, align_storage
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +113,15 @@ class CopycatServer:
         request_timeout: float = 10.0,
         rng: random.Random | None = None,
         wall_clock_ms: Callable[[], int] | None = None,
+        snapshot_every: int = 10_000,
+        catch_up_entries: int = 1_000,
     ) -> None:
+        if snapshot_every < 1 or catch_up_entries < 0:
+            raise ConfigurationError("snapshot_every must be >= 1 and catch_up_entries >= 0")
+        self.snapshot_every = snapshot_every
+        """Applied entries between automatic snapshots (for Snapshottable state machines)."""
+        self.catch_up_entries = catch_up_entries
+        """Entries kept in the log behind a snapshot for followers that are a little behind."""
         self.options = ServerOptions(
             member_id=member_id,
             address=address,
@@ -132,6 +144,7 @@ class CopycatServer:
         self._executor: Executor | None = None
         self._pool: ConnectionPool | None = None
         self._service: ClientService | None = None
+        self._replication: SnapshotReplication | None = None
 
     # --- starting ------------------------------------------------------------------------
 
@@ -172,6 +185,24 @@ class CopycatServer:
     ) -> None:
         options = self.options
         stored = await self.storage.load()
+        state_machine = options.state_machine()
+        store = getattr(self.storage, "snapshots", None)
+        store = store if isinstance(store, SnapshotStore) else None
+        self._executor = executor = Executor(
+            state_machine,
+            members=tuple(members),
+            snapshots=store,
+            snapshot_every=self.snapshot_every,
+            on_snapshot=self._compact,
+        )
+        snapshot = None
+        if executor.snapshots is not None:
+            info = await executor.snapshots.latest()
+            if info is not None:
+                async with executor.lock:
+                    header = await executor.install_snapshot(info)
+                snapshot = (header.index, header.term, header.members, header.configuration_index)
+                log.info("member %s restored snapshot %s", self.id, header.index)
         core = RaftCore(
             self.id,
             config=RaftConfig(
@@ -185,8 +216,17 @@ class CopycatServer:
             now=trio.current_time(),
             timestamp=self.wall_clock_ms,
             entry_size=lambda entry: len(registry.encode(entry)),
+            snapshot=snapshot,
         )
-        self._executor = executor = Executor(options.state_machine())
+        await align_storage(self.storage, core)
+        if stored.entries or snapshot:
+            log.info(
+                "member %s recovered term %s, log %s..%s",
+                self.id,
+                core.term,
+                core.log.first_index,
+                core.log.last_index,
+            )
         try:
             async with trio.open_nursery() as nursery:
                 peers = PeerLinks(
@@ -194,6 +234,17 @@ class CopycatServer:
                 )
                 self._pool = ConnectionPool(self.transport, nursery)
                 self._loop = loop = RaftLoop(core, self.storage, peers, executor)
+                if executor.snapshots is not None:
+                    self._replication = SnapshotReplication(
+                        self.id,
+                        loop,
+                        executor,
+                        executor.snapshots,
+                        self._pool,
+                        nursery,
+                        options.request_timeout,
+                    )
+                    loop.on_snapshot_needed = self._replication.start_sending
                 self._service = ClientService(
                     loop,
                     executor,
@@ -222,6 +273,21 @@ class CopycatServer:
             self._loop = None
             with trio.CancelScope(shield=True):
                 await self.storage.aclose()
+
+    async def _compact(self, index: int) -> None:
+        """A snapshot at index is durable: drop the log before it, keeping some entries so that
+        followers slightly behind catch up from the log rather than by snapshot."""
+        assert self._loop is not None
+        upto = index - self.catch_up_entries
+        if upto <= self._loop.core.log.snapshot_index:
+            return
+
+        async def drop_segments(storage: LogStorage, _result: object) -> None:
+            compact_before = getattr(storage, "compact_before", None)
+            if compact_before is not None:
+                await compact_before(upto + 1)
+
+        await self._loop.call(lambda core, _now: core.compact(upto), storage_op=drop_segments)
 
     async def _leader_duties(self) -> None:
         """While this server leads, its leader-only tasks run in a nursery that is cancelled the
@@ -355,6 +421,7 @@ class CopycatServer:
             ConnectRequest: functools.partial(service.connect, connection=connection),
             StatusRequest: self._on_status,
             JoinRequest: self._on_join,
+            InstallRequest: self._on_install,
         }
         handler = handlers.get(type(body))
         if handler is None:
@@ -385,6 +452,18 @@ class CopycatServer:
             return make_error(
                 ErrorInfo(ErrorType.INTERNAL, f"outcome unknown: forwarded to leader, {exc}")
             )
+
+    async def _on_install(self, request: InstallRequest) -> InstallResponse:
+        if self._replication is None:
+            return InstallResponse(
+                status=Status.ERROR,
+                error=ErrorInfo(
+                    ErrorType.ILLEGAL_MEMBER_STATE,
+                    "this member keeps no snapshots (memory storage or a state machine that is "
+                    "not Snapshottable)",
+                ),
+            )
+        return await self._replication.on_install(request)
 
     async def _on_status(self, request: StatusRequest) -> StatusResponse:
         await trio.lowlevel.checkpoint()

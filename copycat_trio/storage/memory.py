@@ -19,6 +19,14 @@ class MemoryStorage:
         self.hard_state = HardState()
         self.entries: list[Entry] = []
 
+    @property
+    def first_index(self) -> int:
+        return self.entries[0].index if self.entries else 0
+
+    @property
+    def last_index(self) -> int:
+        return self.entries[-1].index if self.entries else 0
+
     async def load(self) -> StoredState:
         await trio.lowlevel.checkpoint()
         return StoredState(self.hard_state, tuple(self.entries))

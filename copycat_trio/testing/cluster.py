@@ -21,6 +21,7 @@ from .._nursery import open_background_nursery
 from ..client.client import CopycatClient, open_client
 from ..protocol.messages import Member
 from ..server.server import CopycatServer
+from ..storage.base import LogStorage
 from ..transport.memory import MemoryNetwork
 
 
@@ -36,7 +37,14 @@ class MemoryCluster:
         seed: int,
         election_timeout: float,
         heartbeat_interval: float,
+        storage: Callable[[int], LogStorage] | None = None,
+        server_options: dict[str, Any] | None = None,
     ) -> None:
+        self.storage = storage
+        """Makes each member's storage from its id (a DISK storage on a per-member directory
+        survives `crash` and `restart`); None for fresh MEMORY storage each start."""
+        self.server_options = server_options or {}
+        self.bootstrap_members: list[Member] = []
         self.nursery = nursery
         self.network = network
         self.state_machine = state_machine
@@ -45,6 +53,7 @@ class MemoryCluster:
         self.heartbeat_interval = heartbeat_interval
         self.servers: dict[int, CopycatServer] = {}
         self.scopes: dict[int, trio.CancelScope] = {}
+        self.stopped: dict[int, trio.Event] = {}
 
     @staticmethod
     def address(member_id: int) -> str:
@@ -65,16 +74,22 @@ class MemoryCluster:
             session_timeout=self.election_timeout * 5,
             rng=random.Random(self.seed * 1000 + member_id),
             wall_clock_ms=lambda: int(trio.current_time() * 1000),
+            storage=self.storage(member_id) if self.storage is not None else None,
+            **self.server_options,
         )
 
     async def _run(self, server: CopycatServer, start: Any, *args: Any, task_status: Any) -> None:
-        with trio.CancelScope() as scope:
-            self.scopes[server.id] = scope
-            await start(*args, task_status=task_status)
+        stopped = self.stopped[server.id] = trio.Event()
+        try:
+            with trio.CancelScope() as scope:
+                self.scopes[server.id] = scope
+                await start(*args, task_status=task_status)
+        finally:
+            stopped.set()
 
     async def bootstrap(self, ids: list[int]) -> None:
         """Start these servers as a new cluster; returns when all know the leader."""
-        members = self.members(ids)
+        members = self.bootstrap_members = self.members(ids)
         async with trio.open_nursery() as starting:
             for member_id in ids:
                 server = self.servers[member_id] = self._new_server(member_id)
@@ -86,6 +101,17 @@ class MemoryCluster:
         server = self.servers[member_id] = self._new_server(member_id)
         await self.nursery.start(self._run, server, server.join, [self.address(i) for i in via])
         return server
+
+    async def restart(self, member_ids: list[int]) -> None:
+        """Start crashed members again from their storage; returns once they know a leader."""
+        for member_id in member_ids:
+            await self.stopped[member_id].wait()  # its storage is closed (the lock released)
+        async with trio.open_nursery() as starting:
+            for member_id in member_ids:
+                server = self.servers[member_id] = self._new_server(member_id)
+                starting.start_soon(
+                    self.nursery.start, self._run, server, server.bootstrap, self.bootstrap_members
+                )
 
     def crash(self, member_id: int) -> None:
         """Stop a server at once, as if its process died (memory storage: its state is gone)."""
@@ -149,6 +175,8 @@ async def open_memory_cluster(
     seed: int = 0,
     election_timeout: float = 1.0,
     heartbeat_interval: float = 0.1,
+    storage: Callable[[int], LogStorage] | None = None,
+    **server_options: Any,
 ) -> AsyncIterator[MemoryCluster]:
     """Bootstrap `size` servers (ids 1..size) on a fresh in-memory network."""
     async with open_background_nursery() as nursery:
@@ -159,6 +187,8 @@ async def open_memory_cluster(
             seed=seed,
             election_timeout=election_timeout,
             heartbeat_interval=heartbeat_interval,
+            storage=storage,
+            server_options=server_options,
         )
         await cluster.bootstrap(list(range(1, size + 1)))
         yield cluster

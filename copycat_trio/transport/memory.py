@@ -107,8 +107,11 @@ class MemoryStream:
             self._decoder.feed(data)
 
     async def aclose(self) -> None:
-        await self._send.aclose()
-        await self._receive.aclose()
+        # Close both ends before the checkpoint: a cancelled closer must not leave one open
+        # (the peer would go on sending into a buffer nobody reads).
+        self._send.close()
+        self._receive.close()
+        await trio.lowlevel.checkpoint()
 
 
 class MemoryTransport:

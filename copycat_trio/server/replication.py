@@ -1,0 +1,226 @@
+"""Snapshot traffic between members: the leader streams its latest snapshot to a follower whose
+next entry was compacted away; the follower writes the chunks durably, then installs them.
+
+Chunks carry their byte offset, so a broken transfer resumes or restarts cleanly, and nothing is
+installed before the whole file is on disk and its checksum verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import trio
+
+from ..core.raft import RaftCore, Role
+from ..protocol.errors import ErrorInfo, ErrorType, Status
+from ..protocol.messages import InstallRequest, InstallResponse
+from ..storage.base import LogStorage
+from ..storage.snapshots import SnapshotStore, SnapshotWriter
+from ..transport.rpc import ConnectionPool
+from .executor import Executor
+from .loop import RaftLoop
+from .snapshots import SnapshotHeader, ThreadSource
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 512 * 1024
+
+
+async def align_storage(storage: LogStorage, core: RaftCore) -> None:
+    """Make the stored log match the core's after a snapshot: drop stored entries the core
+    does not hold (leftovers of a replaced log, or a log that ends before the snapshot)."""
+    first = getattr(storage, "first_index", 0)
+    last = getattr(storage, "last_index", 0)
+    if not last:
+        return
+    snapshot_index, core_last = core.log.snapshot_index, core.log.last_index
+    if last < snapshot_index:
+        cut = first
+    elif last > core_last:
+        cut = max(first, core_last + 1)
+    else:
+        return
+    await storage.save(hard_state=None, truncate_from=cut, entries=())
+
+
+class SnapshotReplication:
+    """Both ends of snapshot transfer for one server."""
+
+    def __init__(
+        self,
+        member_id: int,
+        loop: RaftLoop,
+        executor: Executor,
+        store: SnapshotStore,
+        pool: ConnectionPool,
+        nursery: trio.Nursery,
+        request_timeout: float,
+    ) -> None:
+        self.id = member_id
+        self.loop = loop
+        self.executor = executor
+        self.store = store
+        self.pool = pool
+        self.nursery = nursery
+        self.request_timeout = request_timeout
+        self.retry_after = request_timeout / 4
+        self._sending: set[int] = set()
+        self._incoming: _Incoming | None = None
+        self.sent = 0
+        self.installed = 0
+
+    # --- the leader's side -----------------------------------------------------------------
+
+    def start_sending(self, peer: int) -> None:
+        if peer not in self._sending:
+            self._sending.add(peer)
+            self.nursery.start_soon(self._send, peer)
+
+    async def _send(self, peer: int) -> None:
+        core = self.loop.core
+        term = core.term
+        index = 0
+        succeeded = False
+        try:
+            info = await self.store.latest()
+            member = core.member(peer)
+            if info is None or member is None:
+                return
+            index = info.index
+            async with self.store.open(info) as reader:
+                offset = 0
+                while True:
+                    if core.role is not Role.LEADER or core.term != term:
+                        return
+                    data = await reader.read(CHUNK_SIZE)
+                    request = InstallRequest(
+                        term=term,
+                        leader=self.id,
+                        index=info.index,
+                        offset=offset,
+                        data=data,
+                        complete=reader.remaining == 0,
+                        snapshot_term=info.term,
+                    )
+                    response = await self.pool.request(
+                        member.address, request, self.request_timeout
+                    )
+                    if not isinstance(response, InstallResponse) or response.error is not None:
+                        log.info("snapshot to %s refused: %s", peer, getattr(response, "error", ""))
+                        return
+                    offset += len(data)
+                    if request.complete:
+                        break
+            succeeded = True
+            self.sent += 1
+            log.info("sent snapshot %s to member %s", index, peer)
+        except Exception as exc:
+            log.info("sending snapshot to %s failed: %s", peer, exc)
+        finally:
+            if not succeeded:
+                with trio.move_on_after(self.retry_after):
+                    await trio.sleep_forever()  # do not hammer a peer that is down
+            self._sending.discard(peer)
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self.loop.call(lambda c, _now: c.snapshot_sent(peer, index, succeeded))
+
+    # --- the follower's side ---------------------------------------------------------------
+
+    async def on_install(self, request: InstallRequest) -> InstallResponse:
+        def error(kind: ErrorType, message: str, offset: int = 0) -> InstallResponse:
+            return InstallResponse(
+                status=Status.ERROR, error=ErrorInfo(kind, message), offset=offset
+            )
+
+        accepted = await self.loop.call(
+            lambda c, now: c.accept_leader(request.term, request.leader, now)
+        )
+        if not accepted:
+            return error(ErrorType.ILLEGAL_MEMBER_STATE, "snapshot from a stale term")
+        incoming = self._incoming
+        key = (request.leader, request.term, request.index, request.snapshot_term)
+        if request.offset == 0:
+            if incoming is not None:
+                await incoming.abort()
+            incoming = self._incoming = await _Incoming.open(self.store, key)
+        elif incoming is None or incoming.key != key or incoming.offset != request.offset:
+            expected = incoming.offset if incoming is not None and incoming.key == key else 0
+            return error(ErrorType.INTERNAL, f"expected the chunk at offset {expected}", expected)
+        try:
+            await incoming.writer.write(request.data)
+        except Exception:
+            await incoming.abort()
+            self._incoming = None
+            raise
+        incoming.offset += len(request.data)
+        if not request.complete:
+            return InstallResponse(status=Status.OK, offset=incoming.offset)
+        self._incoming = None
+        info = await incoming.commit()
+        await self._install(info)
+        return InstallResponse(status=Status.OK, offset=incoming.offset)
+
+    async def _install(self, info: Any) -> None:
+        header = await read_header(self.store, info)
+        async with self.executor.lock:
+            restored = await self.loop.call(
+                lambda c, _now: c.restore(
+                    header.index, header.term, header.members, header.configuration_index
+                ),
+                storage_op=lambda storage, _result: align_storage(storage, self.loop.core),
+            )
+            if restored:
+                await self.executor.install_snapshot(info)
+                self.installed += 1
+                log.info("installed snapshot %s from the leader", header.index)
+
+
+class _Incoming:
+    """A snapshot being received: its temp file stays open across requests."""
+
+    def __init__(
+        self,
+        key: tuple[int, int, int, int],
+        stack: contextlib.AsyncExitStack,
+        writer: SnapshotWriter,
+    ) -> None:
+        self.key = key
+        self.stack = stack
+        self.writer = writer
+        self.offset = 0
+
+    @classmethod
+    async def open(cls, store: SnapshotStore, key: tuple[int, int, int, int]) -> _Incoming:
+        stack = contextlib.AsyncExitStack()
+        writer = await stack.enter_async_context(store.create(key[2], key[3]))
+        return cls(key, stack, writer)
+
+    async def commit(self) -> Any:
+        await self.stack.aclose()
+        return self.writer.info
+
+    async def abort(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.stack.__aexit__(RuntimeError, RuntimeError("transfer abandoned"), None)
+
+
+async def read_header(store: SnapshotStore, info: Any) -> SnapshotHeader:
+    """Just the header of a stored snapshot (its checksum is verified on open)."""
+    from .snapshots import FORMAT
+
+    async with store.open(info) as reader:
+        source = ThreadSource(reader)
+        head = await trio.to_thread.run_sync(source.read_object)
+    if not isinstance(head, dict) or head.get("format") != FORMAT:
+        from ..storage.errors import StorageCorruptionError
+
+        raise StorageCorruptionError(f"snapshot {info.path} has an unknown header")
+    return SnapshotHeader(
+        index=head["index"],
+        term=head["term"],
+        log_time=head["log_time"],
+        members=tuple(head["members"]),
+        configuration_index=head["configuration_index"],
+    )

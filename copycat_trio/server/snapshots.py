@@ -1,0 +1,173 @@
+"""Snapshot contents: what the server writes into a snapshot file and reads back.
+
+A snapshot is a stream of frames (4-byte length, CBOR) and raw bytes: a header (index, term,
+log time, the configuration in force), the session table (so exactly-once survives compaction:
+sequence numbers, cached results, unacknowledged events), then whatever the user's
+`Snapshottable.snapshot` writes. User code runs in a worker thread while the executor applies
+nothing; its writes reach the file through `trio.from_thread`, a buffer at a time.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import Any
+
+import attrs
+import trio
+
+from ..core.sessions import CachedResult, EventBatch, Session, SessionTable
+from ..protocol.codec import registry
+from ..protocol.errors import ProtocolError
+from ..protocol.messages import Member
+from ..storage.errors import StorageCorruptionError
+from ..storage.snapshots import SnapshotReader, SnapshotWriter
+
+FORMAT = 1
+FLUSH_AT = 1 << 20
+_LENGTH = struct.Struct(">I")
+
+
+@attrs.frozen
+class SnapshotHeader:
+    index: int
+    term: int
+    log_time: int
+    members: tuple[Member, ...]
+    configuration_index: int
+
+
+class ThreadSink:
+    """A SnapshotSink for user code in a worker thread, writing to an async SnapshotWriter."""
+
+    def __init__(self, writer: SnapshotWriter) -> None:
+        self._writer = writer
+        self._buffer = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= FLUSH_AT:
+            self.flush()
+
+    def write_object(self, value: Any) -> None:
+        payload = registry.encode(value)
+        self.write(_LENGTH.pack(len(payload)) + payload)
+
+    def flush(self) -> None:
+        if self._buffer:
+            data, self._buffer = bytes(self._buffer), bytearray()
+            trio.from_thread.run(self._writer.write, data)
+
+
+class ThreadSource:
+    """A SnapshotSource for user code in a worker thread, reading an async SnapshotReader."""
+
+    def __init__(self, reader: SnapshotReader) -> None:
+        self._reader = reader
+        self._buffer = bytearray()
+        self._eof = False
+
+    def _fill(self, size: int) -> None:
+        while len(self._buffer) < size and not self._eof:
+            chunk = trio.from_thread.run(self._reader.read, max(size, FLUSH_AT))
+            if not chunk:
+                self._eof = True
+            self._buffer += chunk
+
+    def read(self, size: int) -> bytes:
+        self._fill(size)
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def read_object(self) -> Any:
+        head = self.read(_LENGTH.size)
+        if len(head) < _LENGTH.size:
+            raise EOFError("the snapshot has no more objects")
+        (length,) = _LENGTH.unpack(head)
+        payload = self.read(length)
+        if len(payload) < length:
+            raise EOFError("the snapshot ends inside an object")
+        return registry.decode(payload)
+
+
+def _encode_session(session: Session) -> list[Any]:
+    return [
+        session.id,
+        session.client,
+        session.timeout,
+        session.last_active,
+        session.command_sequence,
+        [
+            [seq, r.index, r.event_index, r.result, r.error]
+            for seq, r in sorted(session.results.items())
+        ],
+        session.event_index,
+        [[b.index, b.previous_index, list(b.events)] for b in session.events],
+        session.acknowledged_event_index,
+    ]
+
+
+def _decode_session(record: list[Any]) -> Session:
+    (sid, client, timeout, last_active, command_sequence, results, event_index, events, acked) = (
+        record
+    )
+    return Session(
+        id=sid,
+        client=client,
+        timeout=timeout,
+        last_active=last_active,
+        command_sequence=command_sequence,
+        results={
+            seq: CachedResult(index, ev, result, error) for seq, index, ev, result, error in results
+        },
+        event_index=event_index,
+        events=deque(EventBatch(i, p, list(evs)) for i, p, evs in events),
+        acknowledged_event_index=acked,
+    )
+
+
+def write_snapshot(
+    sink: ThreadSink, header: SnapshotHeader, sessions: SessionTable, user: Any
+) -> None:
+    """Runs in a worker thread: the whole snapshot, header first."""
+    sink.write_object(
+        {
+            "format": FORMAT,
+            "index": header.index,
+            "term": header.term,
+            "log_time": header.log_time,
+            "members": list(header.members),
+            "configuration_index": header.configuration_index,
+            "sessions": len(sessions),
+        }
+    )
+    for session in sessions.sessions.values():
+        sink.write_object(_encode_session(session))
+    if user is not None:
+        user.snapshot(sink)
+    sink.flush()
+
+
+def read_snapshot(source: ThreadSource, user: Any) -> tuple[SnapshotHeader, SessionTable]:
+    """Runs in a worker thread: the header and sessions, then the user's state is installed."""
+    try:
+        head = source.read_object()
+        if not isinstance(head, dict) or head.get("format") != FORMAT:
+            raise StorageCorruptionError("snapshot header is not in a known format")
+        header = SnapshotHeader(
+            index=head["index"],
+            term=head["term"],
+            log_time=head["log_time"],
+            members=tuple(head["members"]),
+            configuration_index=head["configuration_index"],
+        )
+        table = SessionTable()
+        for _ in range(head["sessions"]):
+            session = _decode_session(source.read_object())
+            table.sessions[session.id] = session
+    except (ProtocolError, KeyError, ValueError, TypeError, EOFError) as exc:
+        raise StorageCorruptionError(f"snapshot contents are damaged: {exc}") from exc
+    if user is not None:
+        user.install(source)
+    return header, table
