@@ -9,6 +9,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from .protocol.errors import CopycatError
 from .protocol.messages import Member, StatusResponse
 from .server.server import CopycatServer
 from .state_machine import StateMachine
+from .storage import Storage, StorageLevel
 from .transport.base import split_address
 
 EXIT_USAGE = 2
@@ -85,12 +87,24 @@ async def _serve(args: argparse.Namespace) -> None:
     address = args.address or own.address
     if address != own.address:
         raise UsageError(f"--address {address} differs from member {args.id}'s {own.address}")
+    state_machine = load_state_machine(args.state_machine)
+    if args.storage == "memory":
+        if args.data_dir is not None:
+            raise UsageError("--data-dir goes with --storage disk")
+        storage = Storage(level=StorageLevel.MEMORY)
+        where = "memory (nothing survives this process)"
+    else:
+        data_dir = args.data_dir or os.path.join("copycat-data", f"member-{args.id}")
+        storage = Storage(data_dir, StorageLevel.DISK)
+        where = os.path.abspath(data_dir)
     server = CopycatServer(
         args.id,
         address,
-        state_machine=load_state_machine(args.state_machine),
+        state_machine=state_machine,
+        storage=storage,
         election_timeout=args.election_timeout,
         heartbeat_interval=args.heartbeat_interval,
+        snapshot_every=args.snapshot_every,
     )
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
@@ -108,7 +122,8 @@ async def _serve(args: argparse.Namespace) -> None:
                 await nursery.start(server.bootstrap, members)
             status = server.status()
             print(
-                f"member {args.id} serving at {server.address}; leader is {status.leader}",
+                f"member {args.id} serving at {server.address}; leader is {status.leader}; "
+                f"data in {where}",
                 flush=True,
             )
 
@@ -214,7 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--address", help="HOST:PORT to listen on (default: from --members)")
     serve.add_argument("--members", required=True, help="ID=HOST:PORT,... every initial member")
     serve.add_argument("--join", action="store_true", help="join an existing cluster")
-    serve.add_argument("--data-dir", help="directory for durable storage (not available yet)")
+    serve.add_argument(
+        "--data-dir",
+        help="directory for the log, term, vote and snapshots (default: ./copycat-data/member-ID)",
+    )
+    serve.add_argument(
+        "--storage",
+        choices=("disk", "memory"),
+        default="disk",
+        help="disk (default: durable, fsynced) or memory (lost when the process ends)",
+    )
+    serve.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=10_000,
+        metavar="ENTRIES",
+        help="snapshot the state machine and compact the log every this many entries",
+    )
     serve.add_argument(
         "--state-machine",
         default="copycat_trio.recipes.kv:KeyValueStore",
@@ -298,11 +329,6 @@ def _report(exc: BaseException) -> None:
 
 def _run_command(args: argparse.Namespace) -> None:
     if args.command == "serve":
-        if args.data_dir is not None:
-            raise UsageError(
-                "--data-dir: durable disk storage is not in this version yet; "
-                "members keep their log in memory"
-            )
         trio.run(_serve, args)
     elif args.command == "kv":
         trio.run(_kv, args)

@@ -60,6 +60,8 @@ class DemoCluster:
                     self.members,
                     "--election-timeout",
                     str(ELECTION_TIMEOUT),
+                    "--data-dir",
+                    os.path.join(self.workdir, f"data{member_id}"),
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

@@ -78,6 +78,11 @@ class Progress:
         """A failed append reply; returns False if it is stale and was ignored."""
         if rejected_index < self.match_index or self.state is ProgressState.SNAPSHOT:
             return False
+        if rejected_index == self.match_index and hint <= self.match_index:
+            # It no longer holds what it acknowledged (its disk lost a damaged tail): its log
+            # still matches up to its end, so replicate again from there. Commits already made
+            # stand; a lower match only makes later commits wait for it.
+            self.match_index = hint - 1
         if self.state is ProgressState.PROBE and rejected_index != self.next_index - 1:
             return False
         self.next_index = max(self.match_index + 1, min(rejected_index, hint))

@@ -310,3 +310,20 @@ def test_snapshot_restore_keeps_matching_suffix_and_drops_conflicts() -> None:
     assert other.log.last_index == 3 and other.log.first_index == 4
     assert other.commit_index == 3
     assert not other.restore(2, 1, members(3), 0)  # older than what is committed
+
+
+def test_follower_that_lost_acknowledged_tail_is_replicated_again() -> None:
+    # Disk damage cut a follower's last acknowledged entries (recovery treats a damaged last
+    # record as torn): the leader must notice and send them again, not stall.
+    cluster = Cluster(3)
+    cluster.elect(1)
+    cluster.propose(1, range(5))
+    cluster.advance(0.5)
+    follower = cluster.core(3)
+    last = follower.log.last_index
+    follower.log.truncate_from(last - 2)
+    follower.persisted_index = follower.log.last_index
+    cluster.propose(1, ["more"])
+    cluster.advance(1.0)
+    assert follower.log.last_index == cluster.core(1).log.last_index
+    assert follower.commit_index == cluster.core(1).commit_index

@@ -10,6 +10,7 @@ from __future__ import annotations
 import attrs
 
 from copycat_trio import Command, Commit, Query, StateMachine, register
+from copycat_trio.state_machine import SnapshotSink, SnapshotSource, Snapshottable
 
 
 @register(40200)
@@ -26,11 +27,23 @@ class Items(Query):
     """The whole list, in the order the commands were applied."""
 
 
-class AppendLog(StateMachine):
+class AppendLog(StateMachine, Snapshottable):
     """Every server applies the same appends in the same order, so every list is the same."""
 
     def __init__(self) -> None:
         self._items: list[str] = []
+
+    def snapshot(self, writer: SnapshotSink) -> None:
+        writer.write_object(len(self._items))
+        for start in range(0, len(self._items), 1000):
+            writer.write_object(self._items[start : start + 1000])
+
+    def install(self, reader: SnapshotSource) -> None:
+        count = reader.read_object()
+        items: list[str] = []
+        while len(items) < count:
+            items.extend(reader.read_object())
+        self._items = items
 
     def append(self, commit: Commit[Append]) -> int:
         self._items.append(commit.operation.value)

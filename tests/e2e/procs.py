@@ -85,8 +85,12 @@ class ProcessCluster:
         state_machine: str = APPEND_LOG,
         election_timeout: float = 0.5,
         heartbeat_interval: float = 0.1,
+        storage: str = "disk",
+        snapshot_every: int | None = None,
     ) -> None:
         self.workdir = workdir
+        self.storage = storage
+        self.snapshot_every = snapshot_every
         self.state_machine = state_machine
         self.election_timeout = election_timeout
         self.heartbeat_interval = heartbeat_interval
@@ -129,17 +133,31 @@ class ProcessCluster:
             str(self.election_timeout),
             "--heartbeat-interval",
             str(self.heartbeat_interval),
+            *self._storage_options(member_id),
         ]
 
-    async def start(self) -> None:
-        """Start every member's process (it does not wait for an election: see wait_for_leader)."""
+    def _storage_options(self, member_id: int) -> list[str]:
+        if self.storage == "memory":
+            return ["--storage", "memory"]
+        options = ["--data-dir", str(self.data_dir(member_id))]
+        if self.snapshot_every is not None:
+            options += ["--snapshot-every", str(self.snapshot_every)]
+        return options
+
+    def data_dir(self, member_id: int) -> Path:
+        return self.workdir / f"data{member_id}"
+
+    async def start(self, ids: Iterable[int] | None = None) -> None:
+        """Start members' processes (no wait for an election: see wait_for_leader). A member
+        whose process ended may start again only with disk storage."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
         )
         env["PYTHONUNBUFFERED"] = "1"
-        for member_id, server in self.servers.items():
-            if server.process is not None:
+        for member_id in self.servers if ids is None else ids:
+            server = self.servers[member_id]
+            if server.process is not None and (server.running or self.storage == "memory"):
                 raise RuntimeError(
                     f"member {member_id} was started already (restarts with memory "
                     "storage would forget the member's vote)"
