@@ -21,6 +21,7 @@ from .client import open_client
 from .client.admin import fetch_status
 from .protocol.errors import CopycatError
 from .protocol.messages import Member, StatusResponse
+from .server.options import ServerOptions
 from .server.server import CopycatServer
 from .state_machine import StateMachine
 from .storage import Storage, StorageLevel
@@ -88,6 +89,14 @@ async def _serve(args: argparse.Namespace) -> None:
     if address != own.address:
         raise UsageError(f"--address {address} differs from member {args.id}'s {own.address}")
     state_machine = load_state_machine(args.state_machine)
+    # Check the settings before anything touches the disk.
+    ServerOptions(
+        member_id=args.id,
+        address=address,
+        state_machine=state_machine,
+        election_timeout=args.election_timeout,
+        heartbeat_interval=args.heartbeat_interval,
+    )
     if args.storage == "memory":
         if args.data_dir is not None:
             raise UsageError("--data-dir goes with --storage disk")
