@@ -38,6 +38,16 @@ def demo(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """Many small commands on disk-backed processes; disk and memory sampled; restart timed.
+
+    Small by default; `nox -s soak -- --commands 1000000 --restart-keys 1000000` for the full one.
+    """
+    session.install(".")
+    session.run("python", "benchmarks/soak.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Throughput and latency of a three-process cluster on loopback (see docs/benchmarks.md).
 
