@@ -29,6 +29,7 @@ from ..protocol.messages import (
     PollRequest,
     PollResponse,
     RaftMessage,
+    TimeoutNowRequest,
     VoteRequest,
     VoteResponse,
 )
@@ -202,6 +203,9 @@ class RaftCore:
         self._pending_reads: list[_PendingRead] = []
         self._reads_awaiting_noop: list[Any] = []
         self._term_start_index = 0
+        self._transfer: tuple[int, float] | None = None
+        """(target, deadline) while handing leadership over; proposals wait meanwhile."""
+        self._now = now
 
     # --- views -----------------------------------------------------------------------------
 
@@ -271,8 +275,17 @@ class RaftCore:
     # --- time ------------------------------------------------------------------------------
 
     def _random_timeout(self) -> float:
+        """A wait in [T, 2T); with priorities, higher-priority members draw from earlier
+        slices of that range, so among up-to-date members they campaign first."""
         t = self.config.election_timeout
-        return t + self.rng.random() * t
+        levels = sorted(
+            {m.priority for m in self.members if m.type is MemberType.ACTIVE}, reverse=True
+        )
+        me = self.member(self.id)
+        if len(levels) <= 1 or me is None or me.priority not in levels:
+            return t + self.rng.random() * t
+        width = t / len(levels)
+        return t + (levels.index(me.priority) + self.rng.random()) * width
 
     def _reset_election_deadline(self, now: float) -> None:
         self._election_deadline = now + self._random_timeout()
@@ -290,6 +303,10 @@ class RaftCore:
 
     def tick(self, now: float) -> None:
         """Act on every deadline that has passed."""
+        self._now = now
+        if self.role is Role.LEADER and self._transfer is not None and now >= self._transfer[1]:
+            log.info("member %s: transfer to %s timed out", self.id, self._transfer[0])
+            self._transfer = None
         if self.role is Role.LEADER:
             if now >= self._check_quorum_deadline:
                 self._check_quorum(now)
@@ -346,7 +363,7 @@ class RaftCore:
                 self._send(voter, request)
         self._tally(now)
 
-    def _become_candidate(self, now: float) -> None:
+    def _become_candidate(self, now: float, *, transfer: bool = False) -> None:
         self.role = Role.CANDIDATE
         self.term += 1
         self.vote = self.id
@@ -359,6 +376,7 @@ class RaftCore:
             candidate=self.id,
             log_index=self.log.last_index,
             log_term=self.log.last_term,
+            transfer=transfer,
         )
         for voter in self.voters:
             if voter != self.id:
@@ -389,6 +407,7 @@ class RaftCore:
         self._heartbeat_deadline = float("inf")
         self._check_quorum_deadline = float("inf")
         if was_leader:
+            self._transfer = None
             self._lease_expiry = float("-inf")
             self._round_sent_at = {}
             self.progress = {}
@@ -423,8 +442,9 @@ class RaftCore:
         if isinstance(message, PollRequest):
             self._on_poll(source, message, now)
             return
+        self._now = now
         if isinstance(message, VoteRequest) and message.term > self.term:
-            if self._in_leader_lease(now):
+            if self._in_leader_lease(now) and not message.transfer:
                 self._send(source, VoteResponse(term=self.term, voted=False))
                 return
             self._become_follower(now, message.term, None)
@@ -440,6 +460,7 @@ class RaftCore:
     def _on_poll(self, source: int, request: PollRequest, now: float) -> None:
         granted = (
             request.term > self.term
+            and request.candidate in self.voters
             and not self._in_leader_lease(now)
             and self.log.is_up_to_date(request.log_term, request.log_index)
         )
@@ -458,6 +479,7 @@ class RaftCore:
     def _on_vote(self, source: int, request: VoteRequest, now: float) -> None:
         granted = (
             request.term == self.term
+            and request.candidate in self.voters
             and self.vote in (None, request.candidate)
             and self.log.is_up_to_date(request.log_term, request.log_index)
         )
@@ -601,7 +623,9 @@ class RaftCore:
         if response.succeeded:
             if progress.acknowledge(response.log_index):
                 self._maybe_commit()
+                self._maybe_hand_over(source, progress)
             self._send_append(source, progress)
+            self._maybe_send_timeout_now(source)
         elif progress.reject(response.rejected_index, response.log_index):
             self._send_append(source, progress)
 
@@ -615,14 +639,45 @@ class RaftCore:
 
     def propose_entry(self, build: Callable[..., Entry]) -> tuple[int, int]:
         """Append the entry `build(term=, index=, timestamp=)` makes; returns (index, term)."""
-        if self.role is not Role.LEADER:
-            raise NotLeaderError(self.leader)
+        if self.role is not Role.LEADER or self._transfer is not None:
+            raise NotLeaderError(self.leader if self._transfer is None else None)
         entry = build(term=self.term, index=self.log.last_index + 1, timestamp=self._timestamp())
         if isinstance(entry, ConfigurationEntry):
             raise ConfigurationChangeError("configuration entries go through propose_configuration")
         self._append(entry)
         self._broadcast_pending = True
         return entry.index, entry.term
+
+    def transfer_leadership(self, target: int, now: float) -> None:
+        """Hand leadership to `target`: once its log matches ours, tell it to campaign at once.
+        New proposals are refused meanwhile; the transfer is abandoned after an election
+        timeout."""
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader)
+        if target == self.id:
+            return
+        if target not in self.voters or target not in self.progress:
+            raise ConfigurationChangeError(f"member {target} is not a voting member")
+        self._transfer = (target, now + self.config.election_timeout)
+        self._maybe_send_timeout_now(target)
+
+    @property
+    def transferring_to(self) -> int | None:
+        return self._transfer[0] if self._transfer else None
+
+    def _maybe_send_timeout_now(self, peer: int) -> None:
+        if self._transfer is None or self._transfer[0] != peer:
+            return
+        progress = self.progress[peer]
+        if progress.match_index == self.log.last_index:
+            self._send(peer, TimeoutNowRequest(term=self.term, leader=self.id))
+        else:
+            self._send_append(peer, progress, heartbeat=True)
+
+    def _on_timeout_now(self, source: int, request: TimeoutNowRequest, now: float) -> None:
+        if request.term == self.term and request.leader == self.leader and self.is_voter:
+            log.info("member %s: asked by leader %s to take over", self.id, source)
+            self._become_candidate(now, transfer=True)
 
     def lease_valid(self, now: float) -> bool:
         """Whether this leader may serve a read from its own state without a quorum round."""
@@ -695,6 +750,23 @@ class RaftCore:
         self._broadcast_pending = True
         self._release_reads()
 
+    def _maybe_hand_over(self, peer: int, progress: Progress) -> None:
+        """Leadership settles where the operator wants it: hand over to a caught-up voter of
+        higher priority (only once this leader's term is established)."""
+        if self._transfer is not None or not self._committed_in_term():
+            return
+        me, other = self.member(self.id), self.member(peer)
+        if me is None or other is None or other.type is not MemberType.ACTIVE:
+            return
+        if other.priority > me.priority and progress.match_index == self.log.last_index:
+            best = max(
+                (m for m in self.members if m.type is MemberType.ACTIVE and m.id in self.progress),
+                key=lambda m: m.priority,
+            )
+            if best.id == peer:
+                log.info("member %s: handing over to member %s (higher priority)", self.id, peer)
+                self.transfer_leadership(peer, self._now)
+
     def _committed_in_term(self) -> bool:
         return self.log.term_at(self.commit_index) == self.term
 
@@ -739,6 +811,11 @@ class RaftCore:
         candidate = majority_index(matches)
         if candidate > self.commit_index and self.log.term_at(candidate) == self.term:
             self.commit_index = candidate
+            if not self.is_voter and self.configuration_index <= self.commit_index:
+                # Removed (or demoted) by a configuration that has now committed: step down.
+                log.info("member %s: no longer a voter; stepping down", self.id)
+                self._become_follower(self._now, self.term, None)
+                return
             self._broadcast_pending = True
             if self._reads_awaiting_noop:
                 waiting, self._reads_awaiting_noop = self._reads_awaiting_noop, []
@@ -827,6 +904,7 @@ _HANDLERS: dict[type, Callable[[RaftCore, int, Any, float], None]] = {
     PollResponse: RaftCore._on_poll_response,
     VoteRequest: RaftCore._on_vote,
     VoteResponse: RaftCore._on_vote_response,
+    TimeoutNowRequest: RaftCore._on_timeout_now,
 }
 
 __all__ = [

@@ -35,6 +35,9 @@ class Member:
     """HOST:PORT where it listens for servers (and for clients unless client_address is set)."""
     type: MemberType = MemberType.ACTIVE
     client_address: str | None = None
+    priority: int = 0
+    """Election preference: among up-to-date members, higher priority campaigns first, and a
+    leader hands over to a caught-up member of higher priority."""
 
     @property
     def effective_client_address(self) -> str:
@@ -176,6 +179,8 @@ class VoteRequest:
     candidate: int
     log_index: int
     log_term: int
+    transfer: bool = False
+    """Sent on the old leader's request (leadership transfer): voters set aside stickiness."""
 
 
 @attrs.frozen(kw_only=True)
@@ -184,8 +189,22 @@ class VoteResponse:
     voted: bool
 
 
+@attrs.frozen(kw_only=True)
+class TimeoutNowRequest:
+    """From the leader to a caught-up member: start an election at once (leadership transfer)."""
+
+    term: int
+    leader: int
+
+
 RaftMessage = (
-    AppendRequest | AppendResponse | PollRequest | PollResponse | VoteRequest | VoteResponse
+    AppendRequest
+    | AppendResponse
+    | PollRequest
+    | PollResponse
+    | VoteRequest
+    | VoteResponse
+    | TimeoutNowRequest
 )
 RAFT_MESSAGE_TYPES: tuple[type, ...] = (
     AppendRequest,
@@ -194,6 +213,7 @@ RAFT_MESSAGE_TYPES: tuple[type, ...] = (
     PollResponse,
     VoteRequest,
     VoteResponse,
+    TimeoutNowRequest,
 )
 
 
@@ -445,6 +465,22 @@ class StatusResponse:
     applied_index: int = 0
     last_log_index: int = 0
     members: tuple[Member, ...] = ()
+    unavailable: tuple[int, ...] = ()
+    """Members the leader has not heard from lately (reported by the leader only)."""
+
+
+@attrs.frozen(kw_only=True)
+class TransferRequest:
+    """Ask the leader to hand leadership to `member` (once it has caught up)."""
+
+    member: int
+
+
+@attrs.frozen(kw_only=True)
+class TransferResponse:
+    status: Status
+    error: ErrorInfo | None = None
+    leader: int | None = None
 
 
 @attrs.frozen
@@ -502,6 +538,9 @@ BUILTIN_TAGS: dict[type, int] = {
     StatusRequest: 32840,
     StatusResponse: 32841,
     ErrorResponse: 32842,
+    TimeoutNowRequest: 32796,
+    TransferRequest: 32843,
+    TransferResponse: 32844,
 }
 
 USER_TAG_MIN = 40000
