@@ -183,6 +183,7 @@ class RaftCore:
         self._handed_index = snapshot_index
         # The configuration in force is the last one in the log, else the bootstrap one.
         self._bootstrap_members = tuple(members)
+        self._pushed: tuple[int, tuple[Member, ...]] | None = None
         self._configurations: list[tuple[int, tuple[Member, ...]]] = [
             (e.index, e.members) for e in entries if isinstance(e, ConfigurationEntry)
         ]
@@ -211,14 +212,28 @@ class RaftCore:
 
     @property
     def members(self) -> tuple[Member, ...]:
-        """The configuration in force: the latest in the log, committed or not."""
+        """The configuration in force: the latest in the log, committed or not (or one the
+        leader pushed to this member, if newer: RESERVE members have no log)."""
+        if self._pushed is not None and self._pushed[0] > self._log_configuration_index:
+            return self._pushed[1]
         if self._configurations:
             return self._configurations[-1][1]
         return self._bootstrap_members
 
     @property
-    def configuration_index(self) -> int:
+    def _log_configuration_index(self) -> int:
         return self._configurations[-1][0] if self._configurations else 0
+
+    @property
+    def configuration_index(self) -> int:
+        if self._pushed is not None and self._pushed[0] > self._log_configuration_index:
+            return self._pushed[0]
+        return self._log_configuration_index
+
+    def adopt_configuration(self, index: int, members: Sequence[Member]) -> None:
+        """A configuration the leader pushed (ConfigureRequest) rather than replicated."""
+        if index > self.configuration_index:
+            self._pushed = (index, tuple(members))
 
     @property
     def voters(self) -> list[int]:

@@ -98,6 +98,8 @@ class RaftLoop:
     ) -> None:
         self.on_snapshot_needed = on_snapshot_needed
         self._deferred: list[Call] = []
+        self._started = clock()
+        self._last_heard: dict[int, float] = {}
         self.core = core
         self.storage = storage
         self.peers = peers
@@ -139,6 +141,7 @@ class RaftLoop:
     def _handle(self, item: Input, now: float) -> None:
         core = self.core
         if isinstance(item, Step):
+            self._last_heard[item.source] = now
             message = item.message
             if isinstance(message, AppendRequest):
                 # A member being added learns where the leader is from the configuration in
@@ -272,6 +275,18 @@ class RaftLoop:
         if item.error is not None:
             raise item.error
         return item.result
+
+    def heard_from(self, member_id: int) -> None:
+        """Note that a member answered (for members that send no Raft messages: RESERVE)."""
+        self._last_heard[member_id] = self.clock()
+
+    def silent_for(self, now: float) -> dict[int, float]:
+        """Seconds since each other member was last heard from (since start if never)."""
+        return {
+            m.id: now - self._last_heard.get(m.id, self._started)
+            for m in self.core.members
+            if m.id != self.core.id
+        }
 
     def lease_valid(self) -> bool:
         return self.core.lease_valid(self.clock())

@@ -27,11 +27,15 @@ from ..protocol.errors import (
     CopycatError,
     ErrorInfo,
     ErrorType,
+    IllegalMemberStateError,
     ProtocolError,
     Status,
+    error_from_info,
 )
 from ..protocol.messages import (
     CommandRequest,
+    ConfigureRequest,
+    ConfigureResponse,
     ConnectRequest,
     Envelope,
     ErrorResponse,
@@ -40,14 +44,17 @@ from ..protocol.messages import (
     JoinRequest,
     JoinResponse,
     KeepAliveRequest,
+    LeaveRequest,
     Member,
     MemberType,
     QueryRequest,
+    ReconfigureRequest,
     RegisterRequest,
     RpcRequest,
     RpcResponse,
     StatusRequest,
     StatusResponse,
+    TransferRequest,
     UnregisterRequest,
 )
 from ..storage.base import LogStorage
@@ -59,6 +66,7 @@ from ..transport.tcp import TcpTransport
 from .client_service import ClientConnection, ClientService
 from .executor import Executor
 from .loop import RaftLoop, Step
+from .membership import MembershipService, configure_response
 from .options import ServerOptions, validate_members
 from .peers import PeerLinks
 from .replication import SnapshotReplication, align_storage
@@ -89,6 +97,8 @@ class ServerStatus:
     applied_index: int
     last_log_index: int
     members: tuple[Member, ...]
+    unavailable: tuple[int, ...] = ()
+    """On the leader: members not heard from for an election timeout."""
 
 
 def _wall_clock_ms() -> int:
@@ -115,7 +125,16 @@ class CopycatServer:
         wall_clock_ms: Callable[[], int] | None = None,
         snapshot_every: int = 10_000,
         catch_up_entries: int = 1_000,
+        member_type: MemberType = MemberType.ACTIVE,
+        priority: int = 0,
+        replace_after: float | None = None,
     ) -> None:
+        self.member_type = member_type
+        """The type this member asks for when it joins (bootstrap members are ACTIVE)."""
+        self.priority = priority
+        self.replace_after = replace_after
+        """Seconds a voter may be unreachable before the leader replaces it with a standby
+        (None: never replace automatically)."""
         if snapshot_every < 1 or catch_up_entries < 0:
             raise ConfigurationError("snapshot_every must be >= 1 and catch_up_entries >= 0")
         self.snapshot_every = snapshot_every
@@ -144,7 +163,9 @@ class CopycatServer:
         self._executor: Executor | None = None
         self._pool: ConnectionPool | None = None
         self._service: ClientService | None = None
+        self._membership: MembershipService | None = None
         self._replication: SnapshotReplication | None = None
+        self._nursery: trio.Nursery | None = None
 
     # --- starting ------------------------------------------------------------------------
 
@@ -229,6 +250,7 @@ class CopycatServer:
             )
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 peers = PeerLinks(
                     self.transport, nursery, self.id, retry_interval=options.heartbeat_interval
                 )
@@ -254,6 +276,13 @@ class CopycatServer:
                     election_timeout=options.election_timeout,
                     wall_clock_ms=self.wall_clock_ms,
                 )
+                self._membership = MembershipService(
+                    loop,
+                    self._pool,
+                    self._forward,
+                    election_timeout=options.election_timeout,
+                    replace_after=self.replace_after,
+                )
                 await nursery.start(loop.run)
                 nursery.start_soon(executor.run)
                 nursery.start_soon(self._leader_duties)
@@ -274,6 +303,9 @@ class CopycatServer:
             with trio.CancelScope(shield=True):
                 await self.storage.aclose()
 
+    async def _no_connection(self, request: Any) -> Any:
+        raise IllegalMemberStateError("connect needs a client connection")
+
     async def _compact(self, index: int) -> None:
         """A snapshot at index is durable: drop the log before it, keeping some entries so that
         followers slightly behind catch up from the log rather than by snapshot."""
@@ -289,23 +321,44 @@ class CopycatServer:
 
         await self._loop.call(lambda core, _now: core.compact(upto), storage_op=drop_segments)
 
+    async def _until_promoted(self, cluster: list[str], me: Member) -> None:
+        """A member that joined to vote comes in as PASSIVE: keep asking until the leader,
+        seeing it caught up, makes it ACTIVE."""
+        assert self._loop is not None
+        while True:
+            current = self._loop.core.member(self.id)
+            if current is not None and current.type is me.type:
+                return
+            await trio.sleep(self.options.election_timeout)
+            with contextlib.suppress(CopycatError, TimeoutError, trio.TooSlowError):
+                await self._admin_request(JoinRequest(member=me), 2 * self.options.election_timeout)
+
     async def _leader_duties(self) -> None:
         """While this server leads, its leader-only tasks run in a nursery that is cancelled the
         moment it steps down."""
         assert self._loop is not None and self._service is not None
-        loop, service = self._loop, self._service
+        assert self._membership is not None
+        loop, service, membership = self._loop, self._service, self._membership
         check_interval = min(self.options.session_timeout / 4, self.options.election_timeout)
         while True:
             await loop.role.wait_value(lambda role: role is Role.LEADER)
             async with trio.open_nursery() as leader_nursery:
                 leader_nursery.start_soon(service.expire_sessions, check_interval)
+                leader_nursery.start_soon(membership.push_configuration)
+                leader_nursery.start_soon(membership.replace_failed)
                 await loop.role.wait_value(lambda role: role is not Role.LEADER)
                 leader_nursery.cancel_scope.cancel()
 
     async def _join_cluster(self, cluster: list[str]) -> None:
         """Seed 000's loop: ask each member in turn; retry every 2x election timeout."""
         assert self._pool is not None and self._loop is not None
-        me = Member(self.id, self.address, client_address=self.client_address)
+        me = Member(
+            self.id,
+            self.address,
+            type=self.member_type,
+            client_address=self.client_address,
+            priority=self.priority,
+        )
         retry = 2 * self.options.election_timeout
         attempt = 0
         while True:
@@ -321,6 +374,8 @@ class CopycatServer:
                 for member in response.members:
                     self._loop.peers.learn(member.id, member.address)
                 log.info("member %s joined at index %s", self.id, response.index)
+                assert self._nursery is not None
+                self._nursery.start_soon(self._until_promoted, cluster, me)
                 return
             error = getattr(response, "error", None)
             log.info("join via %s refused: %s", address, error)
@@ -343,6 +398,15 @@ class CopycatServer:
             applied_index=self._executor.applied_index.value,
             last_log_index=core.log.last_index,
             members=core.members,
+            unavailable=tuple(
+                sorted(
+                    member_id
+                    for member_id, silent in self._loop.silent_for(trio.current_time()).items()
+                    if silent > self.options.election_timeout
+                )
+            )
+            if core.role is Role.LEADER
+            else (),
         )
 
     @property
@@ -409,20 +473,36 @@ class CopycatServer:
         finally:
             limiter.release()
 
-    async def _dispatch(self, body: Any, connection: ClientConnection) -> Any:
-        assert self._service is not None
-        service = self._service
+    async def _dispatch(self, body: Any, connection: ClientConnection | None) -> Any:
+        assert self._service is not None and self._membership is not None
+        service, membership = self._service, self._membership
         handlers: dict[type, Callable[[Any], Awaitable[Any]]] = {
             CommandRequest: service.command,
             QueryRequest: service.query,
             RegisterRequest: service.register,
             KeepAliveRequest: service.keep_alive,
             UnregisterRequest: service.unregister,
-            ConnectRequest: functools.partial(service.connect, connection=connection),
+            ConnectRequest: functools.partial(service.connect, connection=connection)
+            if connection is not None
+            else self._no_connection,
             StatusRequest: self._on_status,
-            JoinRequest: self._on_join,
+            JoinRequest: membership.join,
+            LeaveRequest: membership.leave,
+            ReconfigureRequest: membership.reconfigure,
+            TransferRequest: membership.transfer,
+            ConfigureRequest: self._on_configure,
             InstallRequest: self._on_install,
         }
+        me = self._loop.core.member(self.id) if self._loop is not None else None
+        reserve = me is not None and me.type is MemberType.RESERVE
+        if reserve and isinstance(body, CLIENT_REQUESTS) and not isinstance(body, StatusRequest):
+            return ErrorResponse(
+                Status.ERROR,
+                ErrorInfo(
+                    ErrorType.ILLEGAL_MEMBER_STATE,
+                    f"member {self.id} is a RESERVE member and serves no clients",
+                ),
+            )
         handler = handlers.get(type(body))
         if handler is None:
             return ErrorResponse(
@@ -478,40 +558,79 @@ class CopycatServer:
             applied_index=status.applied_index,
             last_log_index=status.last_log_index,
             members=status.members,
+            unavailable=tuple(status.unavailable),
         )
 
-    async def _on_join(self, request: JoinRequest) -> JoinResponse:
+    async def _on_configure(self, request: ConfigureRequest) -> ConfigureResponse:
+        """The leader pushing the configuration to this (RESERVE) member."""
         assert self._loop is not None
 
-        def error(info: ErrorInfo) -> JoinResponse:
-            return JoinResponse(status=Status.ERROR, error=info)
+        def adopt(core: RaftCore, now: float) -> bool:
+            if not core.accept_leader(request.term, request.leader, now):
+                return False
+            core.adopt_configuration(request.index, request.members)
+            return True
 
-        if not self._loop.is_leader:
-            return await self._forward(request, error)  # type: ignore[no-any-return]
+        if await self._loop.call(adopt):
+            return configure_response(True)
+        return configure_response(False, "configuration from a stale term")
+
+    # --- membership, for embedding applications ----------------------------------------------
+
+    async def leave(self, *, timeout: float = 30.0) -> None:
+        """Remove this member from the configuration (through the leader) and wait for it."""
+        me = Member(self.id, self.address, client_address=self.client_address)
+        response = await self._admin_request(LeaveRequest(member=me), timeout)
+        if response.error is not None:
+            raise error_from_info(response.error)
+
+    async def transfer_leadership(self, member_id: int, *, timeout: float = 30.0) -> None:
+        """Ask the leader to hand leadership to `member_id` once it has caught up."""
+        response = await self._admin_request(TransferRequest(member=member_id), timeout)
+        if response.error is not None:
+            raise error_from_info(response.error)
+
+    async def shutdown_gracefully(self, *, timeout: float | None = None) -> None:
+        """If this member leads, hand leadership to the most caught-up voter first, so the
+        cluster does not wait an election timeout for a new leader."""
+        assert self._loop is not None
         core = self._loop.core
-        joiner = request.member
-        for member in core.members:
-            if member.id == joiner.id and member.address != joiner.address:
-                return error(
-                    ErrorInfo(
-                        ErrorType.ILLEGAL_MEMBER_STATE,
-                        f"member id {joiner.id} is already used by {member.address}",
-                    )
-                )
-        existing = core.member(joiner.id)
-        if existing is None or existing.type is not MemberType.ACTIVE:
-            members = [m for m in core.members if m.id != joiner.id]
-            members.append(attrs.evolve(joiner, type=MemberType.ACTIVE))
-            pending = await self._loop.reconfigure(members)
-            await pending.event.wait()
-            if pending.error is not None:
-                return error(pending.error.to_info())
-        return JoinResponse(
-            status=Status.OK,
-            index=core.configuration_index,
-            term=core.term,
-            members=core.members,
-        )
+        if core.role is not Role.LEADER:
+            return
+        candidates = [
+            (progress.match_index, peer)
+            for peer, progress in core.progress.items()
+            if peer in core.voters
+        ]
+        if not candidates:
+            return
+        _, target = max(candidates)
+        with trio.move_on_after(timeout or 2 * self.options.election_timeout):
+            with contextlib.suppress(CopycatError):
+                await self.transfer_leadership(target)
+
+    async def _admin_request(self, body: Any, timeout: float) -> Any:
+        assert self._loop is not None and self._pool is not None
+        with trio.fail_after(timeout):
+            while True:
+                if self._loop.is_leader:
+                    response = await self._dispatch(body, None)
+                else:
+                    leader = self._loop.core.leader
+                    member = self._loop.core.member(leader) if leader is not None else None
+                    if member is None:
+                        await trio.sleep(0.05)
+                        continue
+                    try:
+                        response = await self._pool.request(member.address, body, timeout)
+                    except (RequestNotSent, ResponseLost):
+                        await trio.sleep(0.05)
+                        continue
+                error = getattr(response, "error", None)
+                if error is not None and error.type is ErrorType.NO_LEADER:
+                    await trio.sleep(0.05)
+                    continue
+                return response
 
 
 __all__ = ["CopycatServer", "ServerStatus"]
