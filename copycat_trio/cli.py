@@ -15,12 +15,22 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+import attrs
 import trio
 
 from .client import open_client
-from .client.admin import fetch_status
-from .protocol.errors import CopycatError
-from .protocol.messages import Member, StatusResponse
+from .client.admin import admin_request, fetch_status
+from .config import load_cluster_file
+from .protocol.errors import CopycatError, NoLeaderError
+from .protocol.messages import (
+    JoinRequest,
+    LeaveRequest,
+    Member,
+    MemberType,
+    ReconfigureRequest,
+    StatusResponse,
+    TransferRequest,
+)
 from .server.options import ServerOptions
 from .server.server import CopycatServer
 from .state_machine import StateMachine
@@ -81,10 +91,26 @@ def load_state_machine(spec: str) -> Callable[[], StateMachine]:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    members = parse_members(args.members)
+    cluster_file = load_cluster_file(args.config) if args.config else None
+    if cluster_file is not None:
+        members = list(cluster_file.members)
+        for name in ("election_timeout", "heartbeat_interval", "snapshot_every"):
+            if getattr(args, name) is None:
+                setattr(args, name, getattr(cluster_file, name))
+        if args.data_dir is None and args.storage is None:
+            args.storage = cluster_file.storage_level
+            args.data_dir = cluster_file.directory_for(args.id)
+    elif args.members:
+        members = parse_members(args.members)
+    else:
+        raise UsageError("serve needs --members or --config")
+    args.election_timeout = args.election_timeout or 1.0
+    args.heartbeat_interval = args.heartbeat_interval or 0.15
+    args.snapshot_every = args.snapshot_every or 10_000
+    args.storage = args.storage or "disk"
     own = next((m for m in members if m.id == args.id), None)
     if own is None:
-        raise UsageError(f"--id {args.id} is not in --members")
+        raise UsageError(f"--id {args.id} is not among the members")
     address = args.address or own.address
     if address != own.address:
         raise UsageError(f"--address {address} differs from member {args.id}'s {own.address}")
@@ -110,10 +136,15 @@ async def _serve(args: argparse.Namespace) -> None:
         args.id,
         address,
         state_machine=state_machine,
+        client_address=own.client_address,
         storage=storage,
         election_timeout=args.election_timeout,
         heartbeat_interval=args.heartbeat_interval,
+        session_timeout=cluster_file.session_timeout if cluster_file else 5.0,
         snapshot_every=args.snapshot_every,
+        member_type=own.type,
+        priority=own.priority,
+        replace_after=cluster_file.replace_after if cluster_file else None,
     )
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
@@ -121,6 +152,10 @@ async def _serve(args: argparse.Namespace) -> None:
             async def stop_on_signal() -> None:
                 async for signum in signals:
                     logging.getLogger("copycat_trio").info("signal %s: stopping", signum)
+                    if signum == signal.SIGTERM and server.is_leader:
+                        # Hand leadership over first, so the others need not wait for an
+                        # election timeout.
+                        await server.shutdown_gracefully()
                     nursery.cancel_scope.cancel()
 
             nursery.start_soon(stop_on_signal)
@@ -128,7 +163,8 @@ async def _serve(args: argparse.Namespace) -> None:
                 others = [m.address for m in members if m.id != args.id]
                 await nursery.start(server.join, others)
             else:
-                await nursery.start(server.bootstrap, members)
+                voters = [m for m in members if m.type is MemberType.ACTIVE or m.id == args.id]
+                await nursery.start(server.bootstrap, members if cluster_file else voters)
             status = server.status()
             print(
                 f"member {args.id} serving at {server.address}; leader is {status.leader}; "
@@ -223,6 +259,79 @@ def format_table(rows: list[dict[str, Any]], keys: Sequence[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
 
 
+# --- members -----------------------------------------------------------------------------
+
+PROMOTE = {MemberType.RESERVE: MemberType.PASSIVE, MemberType.PASSIVE: MemberType.ACTIVE}
+DEMOTE = {MemberType.ACTIVE: MemberType.PASSIVE, MemberType.PASSIVE: MemberType.RESERVE}
+
+
+async def _current_members(addresses: Sequence[str], timeout: float) -> StatusResponse:
+    """The leader's view (its member list is the freshest, and it knows who is unavailable)."""
+    answers = await fetch_status(addresses, timeout=timeout)
+    statuses = [s for s in answers if isinstance(s, StatusResponse)]
+    if not statuses:
+        raise NoLeaderError("no member answered")
+    leaders = [s for s in statuses if s.role == "leader"]
+    if leaders:
+        return leaders[0]
+    leader_ids = {s.leader for s in statuses if s.leader is not None}
+    for s in statuses:
+        for m in s.members:
+            if m.id in leader_ids:
+                (answer,) = await fetch_status([m.effective_client_address], timeout=timeout)
+                if isinstance(answer, StatusResponse):
+                    return answer
+    return statuses[0]
+
+
+async def _members(args: argparse.Namespace) -> None:
+    addresses = parse_cluster(args.cluster)
+    status = await _current_members(addresses, args.timeout)
+    by_id = {m.id: m for m in status.members}
+    body: Any
+    if args.action == "list":
+        rows = [
+            {
+                "id": m.id,
+                "address": m.address,
+                "type": m.type.name.lower(),
+                "status": "unavailable" if m.id in status.unavailable else "available",
+            }
+            for m in sorted(status.members, key=lambda m: m.id)
+        ]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(format_table(rows, ("id", "address", "type", "status")))
+        return
+    if args.action == "add":
+        try:
+            split_address(args.address)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        body = JoinRequest(member=Member(args.id, args.address, MemberType[args.type.upper()]))
+    else:
+        member = by_id.get(args.id)
+        if member is None:
+            raise UsageError(f"member {args.id} is not in the configuration {sorted(by_id)}")
+        if args.action == "remove":
+            body = LeaveRequest(member=member)
+        elif args.action == "transfer-leader":
+            body = TransferRequest(member=args.id)
+        else:
+            table = PROMOTE if args.action == "promote" else DEMOTE
+            if member.type not in table:
+                raise UsageError(
+                    f"member {args.id} is {member.type.name} and cannot be {args.action}d"
+                )
+            body = ReconfigureRequest(member=attrs.evolve(member, type=table[member.type]))
+    await admin_request(addresses, body, timeout=args.timeout)
+    if args.action == "add" and args.type == "active":
+        print(f"added member {args.id}: PASSIVE until it has caught up, then promote it")
+    else:
+        print("ok")
+
+
 # --- entry point -------------------------------------------------------------------------
 
 
@@ -236,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run one member of a cluster")
     serve.add_argument("--id", type=int, required=True, help="this member's stable id")
     serve.add_argument("--address", help="HOST:PORT to listen on (default: from --members)")
-    serve.add_argument("--members", required=True, help="ID=HOST:PORT,... every initial member")
+    serve.add_argument("--members", help="ID=HOST:PORT,... every initial member")
+    serve.add_argument("--config", help="a cluster file (TOML): members, timings, storage")
     serve.add_argument("--join", action="store_true", help="join an existing cluster")
     serve.add_argument(
         "--data-dir",
@@ -245,13 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--storage",
         choices=("disk", "memory"),
-        default="disk",
+        default=None,
         help="disk (default: durable, fsynced) or memory (lost when the process ends)",
     )
     serve.add_argument(
         "--snapshot-every",
         type=int,
-        default=10_000,
+        default=None,
         metavar="ENTRIES",
         help="snapshot the state machine and compact the log every this many entries",
     )
@@ -260,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="copycat_trio.recipes.kv:KeyValueStore",
         help="module:Class of the state machine (default: the key-value store)",
     )
-    serve.add_argument("--election-timeout", type=float, default=1.0, metavar="SECONDS")
-    serve.add_argument("--heartbeat-interval", type=float, default=0.15, metavar="SECONDS")
+    serve.add_argument("--election-timeout", type=float, default=None, metavar="SECONDS")
+    serve.add_argument("--heartbeat-interval", type=float, default=None, metavar="SECONDS")
 
     kv = commands.add_parser("kv", help="use the built-in key-value store")
     kv.add_argument("--cluster", required=True, help="HOST:PORT,... of any members")
@@ -281,6 +391,27 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--cluster", required=True, help="HOST:PORT,... of the members")
     status.add_argument("--json", action="store_true", help="a JSON list of objects")
     status.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
+
+    members = commands.add_parser("members", help="list and change the cluster's members")
+    members.add_argument("--cluster", required=True, help="HOST:PORT,... of any members")
+    members.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    member_actions = members.add_subparsers(dest="action", required=True)
+    listing = member_actions.add_parser("list", help="id, address, type, status of each member")
+    listing.add_argument("--json", action="store_true", help="a JSON list of objects")
+    add = member_actions.add_parser("add", help="add a member (ACTIVE joins as PASSIVE first)")
+    add.add_argument("id", type=int)
+    add.add_argument("address")
+    add.add_argument("--type", choices=("active", "passive", "reserve"), default="active")
+    member_actions.add_parser("remove", help="remove a member").add_argument("id", type=int)
+    member_actions.add_parser("promote", help="reserve -> passive -> active").add_argument(
+        "id", type=int
+    )
+    member_actions.add_parser("demote", help="active -> passive -> reserve").add_argument(
+        "id", type=int
+    )
+    member_actions.add_parser("transfer-leader", help="hand leadership over").add_argument(
+        "id", type=int
+    )
 
     demo = commands.add_parser("demo", help="a local three-node cluster with a failover")
     demo.add_argument("--writes", type=int, default=50, help="writes before and after failover")
@@ -343,6 +474,8 @@ def _run_command(args: argparse.Namespace) -> None:
         trio.run(_kv, args)
     elif args.command == "status":
         trio.run(_status, args)
+    elif args.command == "members":
+        trio.run(_members, args)
     elif args.command == "demo":
         from .demo import run_demo
 

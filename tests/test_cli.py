@@ -22,7 +22,7 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["serve", "--id", "4", "--members", "1=127.0.0.1:1"], "--id 4 is not in --members"),
+        (["serve", "--id", "4", "--members", "1=127.0.0.1:1"], "--id 4 is not among the members"),
         (["serve", "--id", "1", "--members", "1=nowhere"], "--members"),
         (["serve", "--id", "1", "--members", "x=127.0.0.1:1"], "is not ID=HOST:PORT"),
         (

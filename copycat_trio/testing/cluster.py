@@ -54,6 +54,14 @@ class MemoryCluster:
         self.servers: dict[int, CopycatServer] = {}
         self.scopes: dict[int, trio.CancelScope] = {}
         self.stopped: dict[int, trio.Event] = {}
+        self.clock_offsets: dict[int, float] = {}
+        """Seconds added to a member's wall clock (where its log timestamps come from): a
+        simulation steps one member's clock forward by raising its offset."""
+        self.starts: dict[int, int] = {}
+        """How many times each member was started (each start gets a fresh, seeded rng)."""
+        self.observe_state_machine: Callable[[int, Any], Any] | None = None
+        """If set, called with (member id, the fresh state machine) at each start, returning
+        the state machine to serve: a simulation wraps it to watch what each member applies."""
 
     @staticmethod
     def address(member_id: int) -> str:
@@ -62,27 +70,45 @@ class MemoryCluster:
     def members(self, ids: list[int]) -> list[Member]:
         return [Member(i, self.address(i)) for i in ids]
 
-    def _new_server(self, member_id: int) -> CopycatServer:
+    def _new_server(self, member_id: int, **overrides: Any) -> CopycatServer:
         address = self.address(member_id)
+        starts = self.starts[member_id] = self.starts.get(member_id, 0) + 1
+
+        def wall_clock_ms() -> int:
+            return int((trio.current_time() + self.clock_offsets.get(member_id, 0.0)) * 1000)
+
+        def state_machine() -> Any:
+            made = self.state_machine()
+            if self.observe_state_machine is not None:
+                made = self.observe_state_machine(member_id, made)
+            return made
+
         return CopycatServer(
             member_id,
             address,
-            state_machine=self.state_machine,
+            state_machine=state_machine,
             transport=self.network.transport(address),
             election_timeout=self.election_timeout,
             heartbeat_interval=self.heartbeat_interval,
             session_timeout=self.election_timeout * 5,
-            rng=random.Random(self.seed * 1000 + member_id),
-            wall_clock_ms=lambda: int(trio.current_time() * 1000),
+            rng=random.Random(self.seed * 1000 + member_id + 1_000_003 * (starts - 1)),
+            wall_clock_ms=wall_clock_ms,
             storage=self.storage(member_id) if self.storage is not None else None,
-            **self.server_options,
+            **{**self.server_options, **overrides},
         )
 
-    async def _run(self, server: CopycatServer, start: Any, *args: Any, task_status: Any) -> None:
+    async def _run(
+        self,
+        server: CopycatServer,
+        start: Any,
+        *args: Any,
+        scope: trio.CancelScope | None = None,
+        task_status: Any,
+    ) -> None:
         stopped = self.stopped[server.id] = trio.Event()
         try:
-            with trio.CancelScope() as scope:
-                self.scopes[server.id] = scope
+            with scope if scope is not None else trio.CancelScope() as entered:
+                self.scopes[server.id] = entered
                 await start(*args, task_status=task_status)
         finally:
             stopped.set()
@@ -97,8 +123,9 @@ class MemoryCluster:
                     self.nursery.start, self._run, server, server.bootstrap, members
                 )
 
-    async def join(self, member_id: int, via: list[int]) -> CopycatServer:
-        server = self.servers[member_id] = self._new_server(member_id)
+    async def join(self, member_id: int, via: list[int], **options: Any) -> CopycatServer:
+        """Start a new member that joins through `via` (options: member_type, priority...)."""
+        server = self.servers[member_id] = self._new_server(member_id, **options)
         await self.nursery.start(self._run, server, server.join, [self.address(i) for i in via])
         return server
 
@@ -113,10 +140,35 @@ class MemoryCluster:
                     self.nursery.start, self._run, server, server.bootstrap, self.bootstrap_members
                 )
 
+    def restart_soon(self, member_id: int, members: list[Member] | None = None) -> None:
+        """Start a crashed member again from its storage in the background, without waiting
+        for it to find a leader (it may be restarted inside a partition). `members` is the
+        member list it boots with (default: the bootstrap list); its log's own configuration
+        takes precedence. `crash` may stop it again at any moment."""
+        scope = self.scopes[member_id] = trio.CancelScope()
+        self.nursery.start_soon(self._restart_in_background, member_id, scope, members)
+
+    async def _restart_in_background(
+        self, member_id: int, scope: trio.CancelScope, members: list[Member] | None
+    ) -> None:
+        previous = self.stopped.get(member_id)
+        if previous is not None:
+            await previous.wait()  # its storage is closed
+        if scope.cancel_called:
+            return
+        server = self.servers[member_id] = self._new_server(member_id)
+        await self._run(
+            server,
+            server.bootstrap,
+            members or self.bootstrap_members,
+            scope=scope,
+            task_status=trio.TASK_STATUS_IGNORED,
+        )
+
     def crash(self, member_id: int) -> None:
         """Stop a server at once, as if its process died (memory storage: its state is gone)."""
         self.scopes[member_id].cancel()
-        del self.servers[member_id]
+        self.servers.pop(member_id, None)
 
     def isolate(self, member_id: int) -> None:
         """Cut a server off from the other servers (clients can still reach it)."""
