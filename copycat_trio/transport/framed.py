@@ -7,10 +7,13 @@ from typing import Any
 import trio
 
 from ..protocol.codec import TypeRegistry, registry
+from ..protocol.errors import ProtocolError
 from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
 from .base import TransportError
 
 RECEIVE_CHUNK = 65536
+PARTIAL_FRAME_TIMEOUT = 30.0
+"""Seconds a peer may leave a frame half-sent before the connection is closed (slowloris)."""
 
 
 class FramedStream:
@@ -53,7 +56,15 @@ class FramedStream:
             if frame is not None:
                 return self._codec.decode(frame)
             try:
-                data = await self._stream.receive_some(RECEIVE_CHUNK)
+                if self._decoder.buffered:
+                    with trio.fail_after(PARTIAL_FRAME_TIMEOUT):
+                        data = await self._stream.receive_some(RECEIVE_CHUNK)
+                else:
+                    data = await self._stream.receive_some(RECEIVE_CHUNK)
+            except trio.TooSlowError:
+                raise ProtocolError(
+                    f"{self._peer} left a frame unfinished for {PARTIAL_FRAME_TIMEOUT:.0f}s"
+                ) from None
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise TransportError(f"connection to {self._peer} broke: {exc}") from exc
             if not data:

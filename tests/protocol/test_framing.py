@@ -138,3 +138,19 @@ def test_any_split_of_the_stream_gives_the_same_frames(
         frames.extend(decoder.frames())
     assert frames == payloads
     assert decoder.buffered == 0
+
+
+async def test_a_frame_left_unfinished_closes_the_connection(autojump_clock) -> None:
+    import trio
+    import trio.testing
+
+    from copycat_trio.protocol.errors import ProtocolError as _ProtocolError
+    from copycat_trio.transport import framed
+
+    client, server = trio.testing.memory_stream_pair()
+    stream = framed.FramedStream(server, "slow peer")
+    await client.send_all(b"\x00\x00\x00\x10abc")  # 16 bytes announced, 3 sent, then silence
+    started = trio.current_time()
+    with pytest.raises(_ProtocolError, match="unfinished"):
+        await stream.receive()
+    assert trio.current_time() - started >= framed.PARTIAL_FRAME_TIMEOUT
