@@ -1,0 +1,658 @@
+"""Throughput and latency of a three-process copycat_trio cluster on loopback.
+
+    python benchmarks/bench_cluster.py [--seconds S] [--writers 1,16,64] [--reads] [--json FILE]
+        [--storage disk|memory] [--via leader|follower] [--max-ops N] [--profile DIR]
+
+Starts three `python -m copycat_trio serve` processes on 127.0.0.1 (free ports), waits for a
+leader, then for each task count N runs N concurrent tasks that share ONE client (one pipelined
+connection per member), each submitting operations back to back:
+
+  put       Put(f"w{task}-{i}", 16-character value)     a command: logged, replicated, applied
+  get-lin   Get(key), Consistency.LINEARIZABLE          --reads: read index confirmed by a quorum
+  get-seq   Get(key), Consistency.SEQUENTIAL            --reads: answered by the member asked
+
+Each phase has a warm-up (default 1 s) that is not recorded, then a measured window of --seconds,
+ended early once --max-ops operations have completed. Only operations that both start and finish
+inside the window count. Latency is time.perf_counter() around `await client.submit(...)`. The
+reads read keys written beforehand and check the values they get back.
+
+The client's address list starts with the leader (--via follower: with a follower, which forwards
+to the leader). Storage is `disk` (fsynced, in a temporary directory) where `serve` supports it,
+else memory; --storage memory writes nothing. The client and the three servers share the
+machine's cores, so the table also shows, for the measured window, the CPU each process used
+(100 = one core), the whole machine's busy time (box%, other processes included) and how long
+the leader was runnable but waiting for a core (L wait%), all from /proc on Linux.
+
+Exit status: 0 if every phase ran without an unexpected error; 1 if the cluster never elected a
+leader (or a server exited) or any operation failed with anything but OutcomeUnknownError (those
+are counted in their own column: commands whose answer did not come within --op-timeout); 130 on
+Ctrl-C. The server processes are always stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import trio
+
+import copycat_trio
+from copycat_trio.client import open_client
+from copycat_trio.client.client import CopycatClient
+from copycat_trio.demo import ELECTION_TIMEOUT, DemoCluster, wait_for_leader
+from copycat_trio.protocol.errors import CopycatError, OutcomeUnknownError
+from copycat_trio.protocol.operations import Consistency
+from copycat_trio.recipes.kv import Get, Put
+
+VALUE = "v" * 16
+READ_KEYS = 1000
+LEADER_TIMEOUT = 30.0
+DRAIN_GRACE = 2.0
+ERROR_PAUSE = 0.01
+
+
+PROFILED_SERVER = """
+import cProfile, sys, time
+out = sys.argv[1]
+sys.argv = sys.argv[2:]
+from copycat_trio.cli import main
+profiler = cProfile.Profile(time.process_time)
+try:
+    profiler.runcall(main)
+except SystemExit:
+    pass
+finally:
+    profiler.dump_stats(out)
+"""
+"""A server under cProfile measuring CPU time (wall time would charge the time a process spends
+descheduled, e.g. when a send() wakes its peer on a shared core, to whatever was running)."""
+
+
+class BenchCluster(DemoCluster):
+    """The demo's three servers on free loopback ports, with a chosen storage level, optionally
+    each under cProfile (--profile DIR). Disk data lives in the temporary work directory."""
+
+    def __init__(self, workdir: str, storage: str, profile_dir: str | None = None) -> None:
+        super().__init__(workdir)
+        self.storage = storage
+        self.profile_dir = profile_dir
+
+    def serve_arguments(self, member_id: int) -> list[str]:
+        arguments = ["serve", "--id", str(member_id), "--members", self.members]
+        arguments += ["--election-timeout", str(ELECTION_TIMEOUT)]
+        if self.storage != "memory (only level)":
+            arguments += ["--storage", self.storage]
+        if self.storage == "disk":
+            arguments += ["--data-dir", os.path.join(self.workdir, f"data{member_id}")]
+        return arguments
+
+    def exited(self) -> list[int]:
+        return [i for i, p in self.processes.items() if p.returncode is not None]
+
+    async def start(self, member_id: int) -> None:
+        if self.profile_dir is None:
+            command = [sys.executable, "-m", "copycat_trio"]
+        else:
+            out = os.path.join(self.profile_dir, f"server{member_id}.prof")
+            command = [sys.executable, "-c", PROFILED_SERVER, out, "copycat-trio"]
+        log_path = os.path.join(self.workdir, f"server{member_id}.log")
+        with open(log_path, "ab") as log_file:
+            self.processes[member_id] = await trio.lowlevel.open_process(
+                [*command, *self.serve_arguments(member_id)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+
+    def log_tails(self, limit: int = 2000) -> str:
+        parts = []
+        for name in sorted(os.listdir(self.workdir)):
+            if not name.endswith(".log"):
+                continue
+            with open(os.path.join(self.workdir, name), errors="replace") as f:
+                parts.append(f"--- {name}\n{f.read()[-limit:]}")
+        return "\n".join(parts)
+
+
+# --- CPU accounting ----------------------------------------------------------------------
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def choose_storage(requested: str | None) -> str:
+    """The storage level to pass to `serve`; servers without --storage keep their log in memory.
+
+    Raises SystemExit when disk is requested of a server that cannot do it.
+    """
+    help_text = subprocess.run(
+        [sys.executable, "-m", "copycat_trio", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    ).stdout
+    if "--storage" in help_text:
+        return requested or "disk"
+    if requested == "disk":
+        raise SystemExit("--storage disk: this copycat_trio's `serve` has no --storage option")
+    return "memory (only level)"
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a child process from /proc (Linux); None where unavailable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all cores spent not idle (Linux /proc/stat); None where unavailable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    busy = sum(fields[:8]) - idle  # user..steal; guest time is already in user
+    return busy / _TICKS
+
+
+def run_queue_wait_seconds(pid: int) -> float | None:
+    """Time the process spent runnable but waiting for a CPU (Linux /proc/PID/schedstat)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+# --- one phase ---------------------------------------------------------------------------
+
+
+@dataclass
+class PhaseResult:
+    op: str
+    tasks: int
+    ops: int = 0
+    seconds: float = 0.0
+    ops_per_s: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    errors: int = 0
+    unknown: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    cpu: dict[str, float | None] = field(default_factory=dict)
+    """CPU used during the measured window, as a percentage of one core: the client, the
+    leader, each follower, and the whole machine (every process, kernel time included); and
+    `leader_waiting`, the share of the window the leader was runnable but had no core."""
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted, non-empty list."""
+    rank = max(1, min(len(sorted_values), math.ceil(q * len(sorted_values))))
+    return sorted_values[rank - 1]
+
+
+class Phase:
+    """N tasks submitting operations; records those that start and finish in the window."""
+
+    def __init__(self, op: str, tasks: int, max_ops: int) -> None:
+        self.result = PhaseResult(op, tasks)
+        self.max_ops = max_ops
+        self.latencies: list[float] = []
+        self.recording = False
+        self.window_start = 0.0
+        self.stopping = False
+        self.full = trio.Event()
+
+    def make_operation(self, task: int, i: int) -> tuple[Any, Consistency]:
+        op = self.result.op
+        if op == "put":
+            return Put(f"w{task}-{i}", VALUE), Consistency.LINEARIZABLE
+        key = f"r{(task * 7919 + i) % READ_KEYS}"
+        consistency = Consistency.LINEARIZABLE if op == "get-lin" else Consistency.SEQUENTIAL
+        return Get(key), consistency
+
+    def check_result(self, operation: Any, result: Any) -> str | None:
+        if isinstance(operation, Get):
+            expected = f"value-{operation.key[1:]}"
+            if result != expected:
+                return f"Get({operation.key!r}) returned {result!r}, expected {expected!r}"
+        return None
+
+    def note_error(self, message: str, *, unknown: bool = False) -> None:
+        if unknown:
+            self.result.unknown += 1
+        else:
+            self.result.errors += 1
+        if len(self.result.error_samples) < 5:
+            self.result.error_samples.append(message)
+
+    async def worker(self, client: CopycatClient, task: int, op_timeout: float) -> None:
+        i = 0
+        while not self.stopping:
+            operation, consistency = self.make_operation(task, i)
+            i += 1
+            started = time.perf_counter()
+            try:
+                result = await client.submit(operation, consistency=consistency, timeout=op_timeout)
+            except OutcomeUnknownError as exc:
+                self.note_error(f"OutcomeUnknownError: {exc}", unknown=True)
+                await trio.sleep(ERROR_PAUSE)
+                continue
+            except (CopycatError, ConnectionError) as exc:
+                # Pause: a failure raised before any checkpoint must not starve the other tasks.
+                self.note_error(f"{type(exc).__name__}: {exc}")
+                await trio.sleep(ERROR_PAUSE)
+                continue
+            finished = time.perf_counter()
+            problem = self.check_result(operation, result)
+            if problem is not None:
+                self.note_error(problem)
+                await trio.sleep(ERROR_PAUSE)
+                continue
+            if self.recording and started >= self.window_start:
+                self.latencies.append(finished - started)
+                if len(self.latencies) >= self.max_ops:
+                    self.full.set()
+
+
+async def run_phase(
+    client: CopycatClient,
+    cluster: BenchCluster,
+    leader_id: int,
+    op: str,
+    tasks: int,
+    *,
+    warmup: float,
+    seconds: float,
+    max_ops: int,
+    op_timeout: float,
+) -> PhaseResult:
+    phase = Phase(op, tasks, max_ops)
+    pids = {member_id: p.pid for member_id, p in cluster.processes.items()}
+    async with trio.open_nursery() as nursery:
+        for task in range(tasks):
+            nursery.start_soon(phase.worker, client, task, op_timeout)
+        await trio.sleep(warmup)
+
+        cpu_before = {m: process_cpu_seconds(pid) for m, pid in pids.items()}
+        wait_before = run_queue_wait_seconds(pids[leader_id])
+        own_before = own_cpu_seconds()
+        busy_before = machine_busy_seconds()
+        phase.window_start = time.perf_counter()
+        phase.recording = True
+        with trio.move_on_after(seconds):
+            await phase.full.wait()
+        phase.recording = False
+        window = time.perf_counter() - phase.window_start
+        own_after = own_cpu_seconds()
+        busy_after = machine_busy_seconds()
+        cpu_after = {m: process_cpu_seconds(pid) for m, pid in pids.items()}
+        wait_after = run_queue_wait_seconds(pids[leader_id])
+
+        phase.stopping = True
+        # Let in-flight operations finish (each is bounded by op_timeout), then cut them off.
+        nursery.cancel_scope.deadline = trio.current_time() + op_timeout + DRAIN_GRACE
+
+    result = phase.result
+    result.seconds = window
+    latencies = sorted(phase.latencies)
+    result.ops = len(latencies)
+    result.ops_per_s = result.ops / window if window > 0 else 0.0
+    if latencies:
+        result.p50_ms = percentile(latencies, 0.50) * 1000
+        result.p99_ms = percentile(latencies, 0.99) * 1000
+        result.max_ms = latencies[-1] * 1000
+
+    def pct(before: float | None, after: float | None) -> float | None:
+        if before is None or after is None or window <= 0:
+            return None
+        return 100 * (after - before) / window
+
+    result.cpu["client"] = pct(own_before, own_after)
+    for member_id in sorted(pids):
+        role = "leader" if member_id == leader_id else f"follower{member_id}"
+        result.cpu[role] = pct(cpu_before[member_id], cpu_after[member_id])
+    result.cpu["machine"] = pct(busy_before, busy_after)
+    result.cpu["leader_waiting"] = pct(wait_before, wait_after)
+    return result
+
+
+async def seed_read_keys(client: CopycatClient) -> None:
+    """Write the keys the read phases read (r0..r999 -> value-0..value-999), 32 at a time."""
+    limiter = trio.Semaphore(32)
+    failures: list[CopycatError] = []
+
+    async def put(i: int) -> None:
+        async with limiter:
+            if failures:
+                return
+            try:
+                await client.submit(Put(f"r{i}", f"value-{i}"))
+            except CopycatError as exc:
+                failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(READ_KEYS):
+            nursery.start_soon(put, i)
+    if failures:
+        raise failures[0]
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def format_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_cpu(cpu: dict[str, float | None]) -> str:
+    def one(v: float | None) -> str:
+        return "?" if v is None else f"{v:.0f}"
+
+    leader = cpu.get("leader")
+    followers = [v for k, v in sorted(cpu.items()) if k.startswith("follower")]
+    return f"{one(cpu.get('client'))}/{one(leader)}/" + "/".join(one(v) for v in followers)
+
+
+def format_results(results: list[PhaseResult]) -> str:
+    header = (
+        "op",
+        "tasks",
+        "ops",
+        "ops/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "unknown",
+        "cpu% cl/L/F/F",
+        "box%",
+        "L wait%",
+    )
+    rows = [header] + [
+        (
+            r.op,
+            str(r.tasks),
+            str(r.ops),
+            f"{r.ops_per_s:.0f}",
+            format_ms(r.p50_ms),
+            format_ms(r.p99_ms),
+            format_ms(r.max_ms),
+            str(r.errors),
+            str(r.unknown),
+            format_cpu(r.cpu),
+            "?" if r.cpu.get("machine") is None else f"{r.cpu['machine']:.0f}",
+            "?" if r.cpu.get("leader_waiting") is None else f"{r.cpu['leader_waiting']:.0f}",
+        )
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def git_revision(directory: str) -> str:
+    """The commit checked out where `directory` is, or a note saying there is none."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "."],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    return f"git {sha} + uncommitted changes" if dirty else f"git {sha}"
+
+
+def machine_facts() -> dict[str, Any]:
+    package_dir = os.path.dirname(os.path.abspath(copycat_trio.__file__))
+    usable: int | None
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "platform": platform.platform(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "trio": trio.__version__,
+        "load": " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?",
+        "package": f"{package_dir} ({git_revision(package_dir)})",
+    }
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+def parse_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list like 1,16,64") from None
+    if not counts or any(n < 1 or n > 4096 for n in counts):
+        raise argparse.ArgumentTypeError("writer counts must be between 1 and 4096")
+    return counts
+
+
+def positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=positive, default=5.0, help="measured window per phase")
+    p.add_argument("--warmup", type=float, default=1.0, help="unrecorded warm-up per phase")
+    p.add_argument(
+        "--writers", type=parse_counts, default=[1, 16, 64], help="task counts, e.g. 1,16,64"
+    )
+    p.add_argument("--reads", action="store_true", help="also linearizable and sequential Gets")
+    p.add_argument("--max-ops", type=int, default=200_000, help="end a window after this many")
+    p.add_argument("--op-timeout", type=positive, default=10.0, help="per-operation timeout")
+    p.add_argument(
+        "--via",
+        choices=("leader", "follower"),
+        default="leader",
+        help="which member the client tries first (a follower forwards to the leader)",
+    )
+    p.add_argument(
+        "--storage",
+        choices=("disk", "memory"),
+        help="server storage: disk (fsynced, in a temporary directory under $TMPDIR; the "
+        "default where `serve` has --storage) or memory (nothing written)",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--profile", metavar="DIR", help="run each server under cProfile into DIR")
+    return p
+
+
+async def bench(args: argparse.Namespace, facts: dict[str, Any]) -> int:
+    say = print
+    with tempfile.TemporaryDirectory(prefix="copycat-bench-") as workdir:
+        cluster = BenchCluster(workdir, args.storage, profile_dir=args.profile)
+        results: list[PhaseResult] = []
+        try:
+            for member_id in cluster.addresses:
+                await cluster.start(member_id)
+            all_addresses = list(cluster.addresses.values())
+            leader = await wait_for_cluster(cluster, all_addresses)
+            if leader is None:
+                say(f"FAILED: no leader elected within {LEADER_TIMEOUT:.0f}s; logs follow")
+                say(cluster.log_tails())
+                return 1
+            leader_id = leader["id"]
+            leader_address = cluster.addresses[leader_id]
+            others = [a for a in all_addresses if a != leader_address]
+            if args.via == "leader":
+                addresses = [leader_address, *others]
+            else:
+                addresses = [*others, leader_address]
+            say(
+                f"servers: {', '.join(f'{i}={a}' for i, a in cluster.addresses.items())}; "
+                f"leader: member {leader_id} (term {leader['term']}); "
+                f"client goes first to {addresses[0]} ({args.via}); storage: {args.storage}"
+                + (f" in {workdir}" if args.storage == "disk" else "")
+            )
+            facts.update(
+                leader=leader_id, via=args.via, storage=args.storage, addresses=cluster.addresses
+            )
+
+            phases = [("put", n) for n in args.writers]
+            if args.reads:
+                phases += [("get-lin", n) for n in args.writers]
+                phases += [("get-seq", n) for n in args.writers]
+            async with open_client(addresses, timeout=args.op_timeout) as client:
+                if args.reads:
+                    await seed_read_keys(client)
+                for op, tasks in phases:
+                    result = await run_phase(
+                        client,
+                        cluster,
+                        leader_id,
+                        op,
+                        tasks,
+                        warmup=args.warmup,
+                        seconds=args.seconds,
+                        max_ops=args.max_ops,
+                        op_timeout=args.op_timeout,
+                    )
+                    results.append(result)
+                    say(
+                        f"  {op:7} x{tasks:<4} {result.ops:7} ops  {result.ops_per_s:8.0f}/s  "
+                        f"p50 {format_ms(result.p50_ms)} ms  p99 {format_ms(result.p99_ms)} ms"
+                        + (
+                            f"  errors {result.errors} unknown {result.unknown}"
+                            if result.errors or result.unknown
+                            else ""
+                        )
+                    )
+            rows = await _final_status(all_addresses)
+        except CopycatError as exc:
+            say(f"FAILED: {type(exc).__name__}: {exc}; logs follow")
+            say(cluster.log_tails())
+            return 1
+        finally:
+            await cluster.stop_all()
+
+        say("")
+        say(format_results(results))
+        say(
+            "cpu%: client / leader / followers during the measured window (100 = one core); "
+            f"box%: the whole machine, all processes ({100 * (facts['usable_cpus'] or 1)} = "
+            "every core busy); L wait%: leader runnable but waiting for a core"
+        )
+        if rows:
+            say(f"final status: {rows}")
+        failed = [r for r in results if r.errors]
+        unknown = [r for r in results if r.unknown]
+        for r in failed + unknown:
+            for sample in r.error_samples:
+                say(f"  {r.op} x{r.tasks}: {sample}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"facts": facts, "results": [asdict(r) for r in results]}, f, indent=2)
+            say(f"wrote {args.json}")
+        if failed:
+            say(f"FAILED: unexpected errors in {len(failed)} phase(s)")
+            return 1
+        if unknown:
+            say("note: some commands timed out with unknown outcome (see the unknown column)")
+        return 0
+
+
+async def wait_for_cluster(cluster: BenchCluster, addresses: list[str]) -> dict[str, Any] | None:
+    """The leader's status row, or None if none was elected in time or a server exited."""
+    deadline = trio.current_time() + LEADER_TIMEOUT
+    while trio.current_time() < deadline:
+        if cluster.exited():
+            return None
+        try:
+            return await wait_for_leader(addresses, timeout=1.0)
+        except trio.TooSlowError:
+            continue
+    return None
+
+
+async def _final_status(addresses: list[str]) -> list[tuple[Any, ...]]:
+    from copycat_trio.cli import collect_status
+
+    rows = await collect_status(addresses, timeout=2.0)
+    return [(r["id"], r["role"], r["term"], r["commit_index"], r["applied_index"]) for r in rows]
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.max_ops < 1:
+        raise SystemExit("--max-ops must be at least 1")
+    args.storage = choose_storage(args.storage)
+    if args.profile:
+        args.profile = os.path.abspath(args.profile)
+        os.makedirs(args.profile, exist_ok=True)
+    facts = machine_facts()
+    before = machine_busy_seconds()
+    time.sleep(1.0)
+    after = machine_busy_seconds()
+    facts["busy_before_start"] = None if before is None or after is None else 100 * (after - before)
+    print(f"command: {facts['command']}")
+    print(f"python:  {facts['python']} on {facts['platform']}; trio {facts['trio']}")
+    busy = facts["busy_before_start"]
+    print(
+        f"cpus:    {facts['cpus']} (usable {facts['usable_cpus']}); load {facts['load']}; "
+        f"busy before start: {'?' if busy is None else f'{busy:.0f}'}% over 1 s "
+        "(other processes; 100 = one core)"
+    )
+    print(f"date:    {facts['date']}")
+    print(f"code:    {facts['package']}")
+    code = 130
+    try:
+        code = trio.run(bench, args, facts)
+    except* KeyboardInterrupt:  # the servers were stopped on the way out (stop_all is shielded)
+        print("interrupted", file=sys.stderr)
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()
