@@ -17,6 +17,8 @@ from ..transport.base import MessageStream, Transport, TransportError
 log = logging.getLogger(__name__)
 
 OUTBOX_CAPACITY = 1024
+SEND_BATCH = 64
+"""Envelopes queued for a peer go out together, in one write, up to this many."""
 
 
 @attrs.define
@@ -57,9 +59,20 @@ class PeerLink:
                             self.stats.dropped_unreachable += 1
                             await self._drain_for(self.retry_interval)
                             continue
+                    batch = [envelope]
+                    while len(batch) < SEND_BATCH:
+                        try:
+                            batch.append(self.outbox_receive.receive_nowait())
+                        except trio.WouldBlock:
+                            break
                     try:
-                        await stream.send(envelope)
-                        self.stats.sent += 1
+                        send_many = getattr(stream, "send_many", None)
+                        if send_many is not None:
+                            await send_many(batch)  # one write for all that queued up
+                        else:
+                            for message in batch:
+                                await stream.send(message)
+                        self.stats.sent += len(batch)
                     except TransportError as exc:
                         log.debug("lost connection to %s: %s", self.address, exc)
                         self.stats.dropped_unreachable += 1

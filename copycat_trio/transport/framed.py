@@ -42,6 +42,11 @@ class FramedStream:
         data = encode_frame(self._codec.encode(message), self._max_frame_size)
         await self.send_raw(data)
 
+    async def send_many(self, messages: list[Any]) -> None:
+        """Send several messages in one write (fewer system calls under load)."""
+        data = b"".join(encode_frame(self._codec.encode(m), self._max_frame_size) for m in messages)
+        await self.send_raw(data)
+
     async def send_raw(self, data: bytes) -> None:
         """Send bytes that are already a frame (lets a caller encode once for many peers)."""
         async with self._send_lock:
