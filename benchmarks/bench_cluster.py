@@ -9,6 +9,7 @@ connection per member), each submitting operations back to back:
 
   put       Put(f"w{task}-{i}", 16-character value)     a command: logged, replicated, applied
   get-lin   Get(key), Consistency.LINEARIZABLE          --reads: read index confirmed by a quorum
+  get-lease Get(key), Consistency.LINEARIZABLE_LEASE    --reads: the leader's lease, no quorum round
   get-seq   Get(key), Consistency.SEQUENTIAL            --reads: answered by the member asked
 
 Each phase has a warm-up (default 1 s) that is not recorded, then a measured window of --seconds,
@@ -228,7 +229,10 @@ class Phase:
         if op == "put":
             return Put(f"w{task}-{i}", VALUE), Consistency.LINEARIZABLE
         key = f"r{(task * 7919 + i) % READ_KEYS}"
-        consistency = Consistency.LINEARIZABLE if op == "get-lin" else Consistency.SEQUENTIAL
+        consistency = {
+            "get-lin": Consistency.LINEARIZABLE,
+            "get-lease": Consistency.LINEARIZABLE_LEASE,
+        }.get(op, Consistency.SEQUENTIAL)
         return Get(key), consistency
 
     def check_result(self, operation: Any, result: Any) -> str | None:
@@ -543,6 +547,7 @@ async def bench(args: argparse.Namespace, facts: dict[str, Any]) -> int:
             phases = [("put", n) for n in args.writers]
             if args.reads:
                 phases += [("get-lin", n) for n in args.writers]
+                phases += [("get-lease", n) for n in args.writers]
                 phases += [("get-seq", n) for n in args.writers]
             async with open_client(addresses, timeout=args.op_timeout) as client:
                 if args.reads:
