@@ -61,42 +61,48 @@ class Board(StateMachine):
 
 
 async def board_demo() -> None:
-    async with open_memory_cluster(3, Board, election_timeout=0.5) as cluster:
-        async with cluster.client(host="reader") as reader, cluster.client(host="writer") as writer:
-            await reader.submit(Subscribe("news"))
-            async with reader.events("post") as posts:
-                for text in ("hello", "world"):
-                    await writer.submit(Post("news", text))
-                for _ in range(2):
-                    event = await posts.receive()
-                    print("event:", event.payload["text"])
-            # Three ways to read:
-            print("linearizable:", await writer.submit(History("news")))
-            print(
-                "lease:",
-                await writer.submit(History("news"), consistency=Consistency.LINEARIZABLE_LEASE),
-            )
-            print(
-                "sequential:",
-                await writer.submit(History("news"), consistency=Consistency.SEQUENTIAL),
-            )
+    async with (
+        open_memory_cluster(3, Board, election_timeout=0.5) as cluster,
+        cluster.client(host="reader") as reader,
+        cluster.client(host="writer") as writer,
+    ):
+        await reader.submit(Subscribe("news"))
+        async with reader.events("post") as posts:
+            for text in ("hello", "world"):
+                await writer.submit(Post("news", text))
+            for _ in range(2):
+                event = await posts.receive()
+                print("event:", event.payload["text"])
+        # Three ways to read:
+        print("linearizable:", await writer.submit(History("news")))
+        print(
+            "lease:",
+            await writer.submit(History("news"), consistency=Consistency.LINEARIZABLE_LEASE),
+        )
+        print(
+            "sequential:",
+            await writer.submit(History("news"), consistency=Consistency.SEQUENTIAL),
+        )
 
 
 async def lock_demo() -> None:
-    async with open_memory_cluster(3, LockStateMachine, election_timeout=0.5) as cluster:
-        async with cluster.client(host="a") as a, cluster.client(host="b") as b:
-            await Lock(a, "printer").acquire()
-            print("a holds the printer")
-            async with trio.open_nursery() as nursery:
+    async with (
+        open_memory_cluster(3, LockStateMachine, election_timeout=0.5) as cluster,
+        cluster.client(host="a") as a,
+        cluster.client(host="b") as b,
+    ):
+        await Lock(a, "printer").acquire()
+        print("a holds the printer")
+        async with trio.open_nursery() as nursery:
 
-                async def b_waits() -> None:
-                    await Lock(b, "printer").acquire()
-                    print("b got the printer (woken by an event)")
+            async def b_waits() -> None:
+                await Lock(b, "printer").acquire()
+                print("b got the printer (woken by an event)")
 
-                nursery.start_soon(b_waits)
-                await trio.sleep(0.5)
-                print("a releases")
-                await Lock(a, "printer").release()
+            nursery.start_soon(b_waits)
+            await trio.sleep(0.5)
+            print("a releases")
+            await Lock(a, "printer").release()
 
 
 async def main() -> None:
