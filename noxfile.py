@@ -55,3 +55,15 @@ def bench(session: nox.Session) -> None:
     """
     session.install(".")
     session.run("python", "benchmarks/bench_cluster.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def simulate(session: nox.Session) -> None:
+    """Deterministic simulation under faults, checked for linearizability and Raft invariants.
+
+    `nox -s simulate` runs 20 seeds; `-- --seeds 500 --jobs 2` runs more; `-- --seed 17`
+    replays one seed verbosely (its fault schedule, trace and history); see docs/testing.md.
+    """
+    session.install("-e", ".")
+    args = session.posargs or ["--seeds", "20"]
+    session.run("python", "-m", "copycat_trio.testing.simulation", *args)

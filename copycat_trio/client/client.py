@@ -200,9 +200,26 @@ class CopycatClient:
         self._completed.value = 0
         self._finished.clear()
         self._event_index.value = 0
-        await self._connect(self._address or self.addresses[0])
+        await self._connect_after_register()
         self.state.value = ClientState.CONNECTED
         self._nursery.start_soon(self._keep_alive, self._session_generation)
+
+    async def _connect_after_register(self) -> None:
+        """Connect through the member that answered the registration, else the leader, else
+        any other: a member that has not applied the registration yet (say, a follower that
+        forwarded it and lags) refuses with UNKNOWN_SESSION after a while."""
+        first = self._address or self.addresses[0]
+        candidates = [first, self._leader_address() or first, *self.addresses]
+        failure: Exception | None = None
+        for address in dict.fromkeys(candidates):
+            try:
+                await self._connect(address)
+                return
+            except (CopycatError, RequestNotSent, ResponseLost) as exc:
+                log.debug("connect to %s failed: %s", address, exc)
+                failure = exc
+        assert failure is not None
+        raise failure
 
     async def _connect(self, address: str) -> None:
         """Tell `address` that this session talks through it, so it pushes our events."""

@@ -205,6 +205,7 @@ class RaftCore:
         self._reads_awaiting_noop: list[Any] = []
         self._term_start_index = 0
         self._transfer: tuple[int, float] | None = None
+        self._lease_void_in_term = -1
         """(target, deadline) while handing leadership over; proposals wait meanwhile."""
         self._now = now
 
@@ -674,7 +675,11 @@ class RaftCore:
         if target not in self.voters or target not in self.progress:
             raise ConfigurationChangeError(f"member {target} is not a voting member")
         self._transfer = (target, now + self.config.election_timeout)
-        self._maybe_send_timeout_now(target)
+        progress = self.progress[target]
+        if progress.match_index == self.log.last_index:
+            self._maybe_send_timeout_now(target)
+        else:
+            self._send_append(target, progress, heartbeat=True)  # normal replication catches up
 
     @property
     def transferring_to(self) -> int | None:
@@ -684,10 +689,14 @@ class RaftCore:
         if self._transfer is None or self._transfer[0] != peer:
             return
         progress = self.progress[peer]
+        # Only once the logs match: answering every response with another heartbeat while
+        # the target lags would start a message storm between the two (simulation seed 1083).
         if progress.match_index == self.log.last_index:
+            # The target's vote request will set the voters' stickiness aside, which is what a
+            # lease relies on: from now on this term's lease is void.
+            self._lease_void_in_term = self.term
+            self._lease_expiry = float("-inf")
             self._send(peer, TimeoutNowRequest(term=self.term, leader=self.id))
-        else:
-            self._send_append(peer, progress, heartbeat=True)
 
     def _on_timeout_now(self, source: int, request: TimeoutNowRequest, now: float) -> None:
         if request.term == self.term and request.leader == self.leader and self.is_voter:
@@ -696,7 +705,12 @@ class RaftCore:
 
     def lease_valid(self, now: float) -> bool:
         """Whether this leader may serve a read from its own state without a quorum round."""
-        return self.role is Role.LEADER and self._committed_in_term() and now < self._lease_expiry
+        return (
+            self.role is Role.LEADER
+            and self._lease_void_in_term != self.term
+            and self._committed_in_term()
+            and now < self._lease_expiry
+        )
 
     @property
     def term_start_index(self) -> int | None:

@@ -50,7 +50,7 @@ from ..state_machine import (
     StateMachine,
     StateMachineContext,
 )
-from ..storage.snapshots import SnapshotInfo, SnapshotStore
+from ..storage.snapshots import SnapshotInfo, SnapshotReader, SnapshotStore
 from .snapshots import SnapshotHeader, ThreadSink, ThreadSource, read_snapshot, write_snapshot
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ class _Context(StateMachineContext):
 
     def __init__(self, executor: Executor) -> None:
         self._executor = executor
+        self.sequence = 0
+        """The session sequence number of the command being applied (tests count these)."""
 
     @property
     def sessions(self) -> dict[int, ServerSession]:
@@ -179,10 +181,15 @@ class Executor:
             configuration_index=self.configuration[0],
         )
         async with self.snapshots.create(index, self.applied_term) as writer:
-            sink = ThreadSink(writer)
-            await trio.to_thread.run_sync(
-                write_snapshot, sink, header, self.sessions, self.state_machine
-            )
+            if runs_inline(self.snapshots):
+                buffered = BufferedSink(writer)
+                write_snapshot(buffered, header, self.sessions, self.state_machine)
+                await buffered.drain()
+            else:
+                sink = ThreadSink(writer)
+                await trio.to_thread.run_sync(
+                    write_snapshot, sink, header, self.sessions, self.state_machine
+                )
         self.snapshot_index = index
         log.info("snapshot taken at index %s (term %s)", index, self.applied_term)
         if self._on_snapshot is not None:
@@ -193,8 +200,13 @@ class Executor:
         lock). Entries queued up to its index are dropped: the snapshot contains them."""
         assert self.snapshots is not None
         async with self.snapshots.open(info) as reader:
-            source = ThreadSource(reader)
-            header, table = await trio.to_thread.run_sync(read_snapshot, source, self.state_machine)
+            if runs_inline(self.snapshots):
+                header, table = read_snapshot(await BufferedSource.load(reader), self.state_machine)
+            else:
+                source = ThreadSource(reader)
+                header, table = await trio.to_thread.run_sync(
+                    read_snapshot, source, self.state_machine
+                )
         self.sessions = table
         for handle in self.handles.values():
             handle.closed = True
@@ -307,6 +319,7 @@ class Executor:
         commit = Commit(
             operation=entry.operation, index=entry.index, time=self.log_time, session=handle
         )
+        self.context.sequence = entry.sequence
         result: Any = None
         error_info: ErrorInfo | None = None
         try:
@@ -383,6 +396,39 @@ class Executor:
             return None, exc.to_info()
         except Exception as exc:
             return None, ErrorInfo(ErrorType.APPLICATION, f"{type(exc).__qualname__}: {exc}")
+
+
+def runs_inline(store: object) -> bool:
+    """Whether snapshot code runs on the Trio thread, buffered in memory, rather than in a
+    worker thread: for stores that say `inline_snapshots = True` (the simulation's in-memory
+    store), so that a run on a MockClock stays deterministic (no thread to wait for)."""
+    return bool(getattr(store, "inline_snapshots", False))
+
+
+class BufferedSink(ThreadSink):
+    """A ThreadSink that keeps everything in memory until `drain` writes it (inline stores)."""
+
+    def flush(self) -> None:
+        pass
+
+    async def drain(self) -> None:
+        data, self._buffer = bytes(self._buffer), bytearray()
+        await self._writer.write(data)
+
+
+class BufferedSource(ThreadSource):
+    """A ThreadSource over a snapshot read whole into memory first (inline stores)."""
+
+    @classmethod
+    async def load(cls, reader: SnapshotReader) -> BufferedSource:
+        source = cls(reader)
+        while chunk := await reader.read():
+            source._buffer += chunk
+        source._eof = True
+        return source
+
+    def _fill(self, size: int) -> None:
+        pass
 
 
 def _error(info: ErrorInfo) -> CopycatError:

@@ -216,8 +216,13 @@ class MembershipService:
                     timestamp=0,
                     members=core.members,
                 )
+                silent = self.loop.silent_for(trio.current_time())
                 for member in core.members:
-                    if member.type is MemberType.RESERVE and member.id != core.id:
+                    # RESERVE members get no log; a member that has not answered for an
+                    # election timeout may not know where the leader is (it joined, or the
+                    # entry naming the leader was compacted away before it could see it).
+                    quiet = silent.get(member.id, 0.0) > self.election_timeout
+                    if member.id != core.id and (member.type is MemberType.RESERVE or quiet):
                         try:
                             answer = await self.pool.request(
                                 member.address, request, self.election_timeout / 2

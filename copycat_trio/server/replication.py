@@ -19,7 +19,7 @@ from ..protocol.messages import InstallRequest, InstallResponse
 from ..storage.base import LogStorage
 from ..storage.snapshots import SnapshotStore, SnapshotWriter
 from ..transport.rpc import ConnectionPool
-from .executor import Executor
+from .executor import BufferedSource, Executor, runs_inline
 from .loop import RaftLoop
 from .snapshots import SnapshotHeader, ThreadSource
 
@@ -172,6 +172,10 @@ class SnapshotReplication:
                 storage_op=lambda storage, _result: align_storage(storage, self.loop.core),
             )
             if restored:
+                # The snapshot's configuration may name members this server never heard of
+                # (one that joined while it was away): it must be able to reach them.
+                for member in self.loop.core.members:
+                    self.loop.peers.learn(member.id, member.address)
                 await self.executor.install_snapshot(info)
                 self.installed += 1
                 log.info("installed snapshot %s from the leader", header.index)
@@ -211,8 +215,11 @@ async def read_header(store: SnapshotStore, info: Any) -> SnapshotHeader:
     from .snapshots import FORMAT
 
     async with store.open(info) as reader:
-        source = ThreadSource(reader)
-        head = await trio.to_thread.run_sync(source.read_object)
+        if runs_inline(store):
+            head = (await BufferedSource.load(reader)).read_object()
+        else:
+            source = ThreadSource(reader)
+            head = await trio.to_thread.run_sync(source.read_object)
     if not isinstance(head, dict) or head.get("format") != FORMAT:
         from ..storage.errors import StorageCorruptionError
 

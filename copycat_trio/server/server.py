@@ -568,7 +568,12 @@ class CopycatServer:
         def adopt(core: RaftCore, now: float) -> bool:
             if not core.accept_leader(request.term, request.leader, now):
                 return False
-            core.adopt_configuration(request.index, request.members)
+            assert self._loop is not None
+            for member in request.members:
+                self._loop.peers.learn(member.id, member.address)
+            me = next((m for m in request.members if m.id == self.id), None)
+            if me is not None and me.type is MemberType.RESERVE:
+                core.adopt_configuration(request.index, request.members)
             return True
 
         if await self._loop.call(adopt):

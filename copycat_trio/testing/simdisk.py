@@ -1,0 +1,248 @@
+"""A simulated disk for one member: it keeps exactly what was durably saved, across crashes.
+
+`SimDisk` is a `LogStorage` (and, through `snapshots`, a snapshot store) that lives outside the
+server, so a member crashed with `MemoryCluster.crash` and started again finds what it had saved.
+Each save takes a little virtual time; a crash (the server's cancel scope) that lands in the
+middle of one keeps a prefix of it chosen by the seeded rng: the truncation, then some of the
+entries, then the hard state, in the order the DISK storage writes them. A save that returned
+is durable. `stall(seconds)` makes saves slow for a while (a disk that hangs).
+
+Nothing here runs in a thread or reads a real clock, so a simulation on a MockClock stays
+deterministic.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import attrs
+import trio
+
+from ..core.raft import HardState
+from ..protocol.messages import Entry
+from ..storage.base import StoredState
+from ..storage.errors import StorageError
+from ..storage.snapshots import SnapshotInfo, SnapshotReader, SnapshotStore, SnapshotWriter
+
+__all__ = ["DiskStatistics", "SimDisk", "SimSnapshotStore"]
+
+
+@attrs.define
+class DiskStatistics:
+    saves: int = 0
+    torn_saves: int = 0
+    """Saves cut short by a crash (a prefix of each was kept)."""
+    snapshots: int = 0
+    torn_snapshots: int = 0
+    """Snapshot writes cut short by a crash (none of each was kept)."""
+
+
+class SimDisk:
+    """One member's durable log, hard state and snapshots, in memory; survives `crash`."""
+
+    def __init__(
+        self,
+        name: str,
+        rng: random.Random,
+        *,
+        latency: float = 0.001,
+        snapshots: bool = True,
+        keep_snapshots: int = 2,
+    ) -> None:
+        self.name = name
+        self.rng = rng
+        self.latency = latency
+        """Longest time a save takes (each draws uniformly up to it)."""
+        self.hard_state = HardState()
+        self.entries: list[Entry] = []
+        self.snapshots: SimSnapshotStore | None = (
+            SimSnapshotStore(name, self, keep=keep_snapshots) if snapshots else None
+        )
+        self.stats = DiskStatistics()
+        self._stalled_until = 0.0
+        self.on_torn: Callable[[str], None] | None = None
+        """Told (with a description) whenever a crash tears a write: for the trace."""
+        self.crash_on_next_save: Callable[[], None] | None = None
+        """Called (once) when the next non-empty save starts: a simulation crashes the server
+        there, so that the save is torn."""
+
+    # --- LogStorage --------------------------------------------------------------------------
+
+    @property
+    def first_index(self) -> int:
+        return self.entries[0].index if self.entries else 0
+
+    @property
+    def last_index(self) -> int:
+        return self.entries[-1].index if self.entries else 0
+
+    async def load(self) -> StoredState:
+        await trio.lowlevel.checkpoint()
+        return StoredState(self.hard_state, tuple(self.entries))
+
+    def stall(self, seconds: float) -> None:
+        """Make every save started in the next `seconds` wait until then (a hung disk)."""
+        self._stalled_until = max(self._stalled_until, trio.current_time() + seconds)
+
+    def unstall(self) -> None:
+        self._stalled_until = 0.0
+
+    async def _write_time(self) -> None:
+        delay = self.rng.uniform(0, self.latency) if self.latency else 0.0
+        delay = max(delay, self._stalled_until - trio.current_time())
+        if delay > 0:
+            await trio.sleep(delay)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def save(
+        self,
+        *,
+        hard_state: HardState | None,
+        truncate_from: int | None,
+        entries: Sequence[Entry],
+    ) -> None:
+        steps: list[tuple[str, object]] = []
+        if truncate_from is not None:
+            steps.append(("truncate", truncate_from))
+        steps.extend(("append", entry) for entry in entries)
+        if hard_state is not None:
+            steps.append(("hard state", hard_state))
+        hook, self.crash_on_next_save = self.crash_on_next_save, None
+        if hook is not None and steps:
+            hook()
+        elif hook is not None:
+            self.crash_on_next_save = hook
+        try:
+            await self._write_time()
+        except trio.Cancelled:
+            kept = self.rng.randint(0, len(steps))
+            self._apply(steps[:kept])
+            self.stats.torn_saves += 1
+            if self.on_torn is not None and steps:
+                self.on_torn(f"{self.name}: save torn, kept {kept} of {len(steps)} steps")
+            raise
+        self._apply(steps)
+        self.stats.saves += 1
+
+    def _apply(self, steps: list[tuple[str, object]]) -> None:
+        for kind, value in steps:
+            if kind == "truncate":
+                assert isinstance(value, int)
+                first = self.entries[0].index if self.entries else 1
+                del self.entries[max(0, value - first) :]
+            elif kind == "append":
+                self.entries.append(value)  # type: ignore[arg-type]
+            else:
+                assert isinstance(value, HardState)
+                self.hard_state = value
+
+    async def compact_before(self, index: int) -> int:
+        """Forget entries before `index` (a durable snapshot covers them); returns how many."""
+        await trio.lowlevel.checkpoint()
+        dropped = 0
+        while self.entries and self.entries[0].index < index:
+            self.entries.pop(0)
+            dropped += 1
+        return dropped
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class _Writer(SnapshotWriter):
+    def __init__(self, path: Path) -> None:
+        super().__init__(-1, path)
+        self.buffer = bytearray()
+        self.open = True
+
+    async def write(self, data: bytes) -> None:
+        if not self.open:
+            raise StorageError(f"snapshot {self.path} is no longer open for writing")
+        await trio.lowlevel.checkpoint()
+        self.buffer += data
+        self.bytes_written += len(data)
+
+
+class _Reader(SnapshotReader):
+    def __init__(self, info: SnapshotInfo, data: bytes) -> None:
+        super().__init__(-1, info, 0)
+        self._data = data
+
+    async def read(self, max_bytes: int = 1 << 20) -> bytes:
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        await trio.lowlevel.checkpoint()
+        chunk = self._data[self._position : self._position + max_bytes]
+        self._position += len(chunk)
+        return chunk
+
+
+class SimSnapshotStore(SnapshotStore):
+    """Snapshots in memory, committed atomically when a write's block ends (a crash before
+    then keeps nothing). It is a SnapshotStore so that servers accept it; `inline_snapshots`
+    tells them to run snapshot code on the Trio thread rather than in a worker thread."""
+
+    inline_snapshots = True
+
+    def __init__(self, name: str, disk: SimDisk, *, keep: int = 2) -> None:
+        # Deliberately not SnapshotStore.__init__: there is no directory.
+        self.keep = keep
+        self.disk = disk
+        self.directory = Path(f"/sim/{name}/snapshots")
+        self._files: dict[tuple[int, int], bytes] = {}
+
+    def _describe(self, index: int, term: int) -> SnapshotInfo:
+        path = self.directory / f"{index:020d}-{term:020d}.snapshot"
+        return SnapshotInfo(index, term, path, len(self._files[index, term]))
+
+    async def list_all(self) -> list[SnapshotInfo]:
+        await trio.lowlevel.checkpoint()
+        return [self._describe(i, t) for i, t in sorted(self._files)]
+
+    async def latest(self) -> SnapshotInfo | None:
+        await trio.lowlevel.checkpoint()
+        if not self._files:
+            return None
+        index, term = max(self._files)
+        return self._describe(index, term)
+
+    def create(self, index: int, term: int) -> AbstractAsyncContextManager[SnapshotWriter]:
+        if type(index) is not int or type(term) is not int or index < 0 or term < 0:
+            raise ValueError(
+                f"index and term must be non-negative integers, not {index!r}, {term!r}"
+            )
+        return self._create_in_memory(index, term)
+
+    @asynccontextmanager
+    async def _create_in_memory(self, index: int, term: int) -> AsyncIterator[SnapshotWriter]:
+        writer = _Writer(self.directory / f"{index:020d}-{term:020d}.snapshot.tmp")
+        try:
+            yield writer
+            await self.disk._write_time()  # a crash now loses the whole snapshot
+        except BaseException:
+            writer.open = False
+            self.disk.stats.torn_snapshots += 1
+            if self.disk.on_torn is not None:
+                self.disk.on_torn(f"{self.disk.name}: snapshot {index} write lost")
+            raise
+        writer.open = False
+        self._files[index, term] = bytes(writer.buffer)
+        writer.info = self._describe(index, term)
+        self.disk.stats.snapshots += 1
+        for key in sorted(self._files)[: max(0, len(self._files) - self.keep)]:
+            del self._files[key]
+
+    def open(self, info: SnapshotInfo) -> AbstractAsyncContextManager[SnapshotReader]:
+        return self._open_in_memory(info)
+
+    @asynccontextmanager
+    async def _open_in_memory(self, info: SnapshotInfo) -> AsyncIterator[SnapshotReader]:
+        data = self._files.get((info.index, info.term))
+        if data is None:
+            raise StorageError(f"snapshot {info.index}-{info.term} is gone (pruned)")
+        await trio.lowlevel.checkpoint()
+        yield _Reader(info, data)

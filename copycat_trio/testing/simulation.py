@@ -1,0 +1,984 @@
+"""Deterministic simulation: a whole cluster, its clients and its faults in one seeded Trio run.
+
+    result = run_simulation(7)                  # the key-value workload under seed 7's faults
+    assert result.ok, result.report()
+
+Everything runs in one `trio.run` on `MockClock(autojump_threshold=0)`: N servers on the
+in-memory network, each with a `SimDisk` that keeps only what was durably saved, clients on the
+built-in key-value store, and a `FaultInjector` that partitions, crashes, pauses, skews clocks,
+stalls disks, drops, duplicates and delays messages and adds members. Every random choice comes
+from the seed: the configuration, the faults, the workload, each server's rng, client ids, the
+simulated disks and network, and Trio's own scheduling order (`seed_trio_scheduler`). The same
+seed therefore gives the same run, and `Trace.digest()` proves it.
+
+While it runs, `InvariantChecker` watches every member (one leader per term, log matching,
+leader completeness, the same command at each applied index, each session command applied once).
+At the end the faults are healed, the cluster must elect a leader, fresh reads of every key are
+added to the history, every member must converge on the same state, and the history must be
+linearizable (`copycat_trio.testing.linearizability.check`).
+
+From the command line (`nox -s simulate` runs this):
+
+    python -m copycat_trio.testing.simulation --seeds 200 --jobs 2
+    python -m copycat_trio.testing.simulation --seed 17        # replay one, verbosely
+
+For your own state machine, `open_simulation` gives the same cluster and faults inside a test;
+see docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import logging
+import random
+import sys
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+import trio.testing
+
+from .._nursery import open_background_nursery
+from ..client.client import CopycatClient
+from ..protocol.errors import CopycatError, UnknownSessionError
+from ..protocol.messages import ConfigurationEntry, Member
+from ..recipes.kv import Get, KeyValueStore
+from ..transport.base import TransportError
+from ..transport.memory import MemoryNetwork
+from .cluster import MemoryCluster
+from .faults import PROFILES, FaultInjector, FaultMix
+from .history import History, OpKind, Outcome
+from .invariants import Applied, InvariantChecker, observe
+from .linearizability import CheckResult, check
+from .simdisk import SimDisk
+from .workload import KvWorkload
+
+__all__ = [
+    "PROFILES",
+    "FaultMix",
+    "KvWorkload",
+    "Simulation",
+    "SimulationConfig",
+    "SimulationFailure",
+    "SimulationResult",
+    "Trace",
+    "main",
+    "open_simulation",
+    "run_simulation",
+    "seed_trio_scheduler",
+]
+
+log = logging.getLogger(__name__)
+
+
+# --- determinism -------------------------------------------------------------------------------
+
+
+def seed_trio_scheduler(seed: int | str) -> Callable[[], None]:
+    """Make Trio's scheduling order a function of `seed`; returns a function that undoes it.
+
+    Trio runs each batch of runnable tasks in a random order drawn from the module-level
+    `trio._core._run._r` (a random.Random). Trio has no public API for this; its Hypothesis
+    plugin does the same thing: with `_ALLOW_DETERMINISTIC_SCHEDULING` set, each batch is first
+    sorted by task creation order (so ties between equal deadlines, broken by `id()`, do not
+    matter) and then shuffled by `_r`, which we seed. Call it before `trio.run`, or at the top
+    of a test that must replay (tasks created earlier keep their relative order).
+    """
+    from trio._core import _run
+
+    previous_flag = _run._ALLOW_DETERMINISTIC_SCHEDULING
+    previous_state = _run._r.getstate()
+    _run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
+    _run._r.seed(f"trio-scheduler:{seed}")
+
+    def restore() -> None:
+        _run._ALLOW_DETERMINISTIC_SCHEDULING = previous_flag  # type: ignore[misc]
+        _run._r.setstate(previous_state)
+
+    return restore
+
+
+class Trace:
+    """What happened, one line per event with its virtual time: faults, heals, leaders,
+    operations. Two runs of a seed must give the same lines (and `digest`)."""
+
+    def __init__(self, clock: Callable[[], float] = trio.current_time) -> None:
+        self._clock = clock
+        self.events: list[tuple[float, str, str]] = []
+
+    def record(self, kind: str, text: str) -> None:
+        self.events.append((self._clock(), kind, text))
+
+    def lines(self, kinds: Sequence[str] | None = None) -> list[str]:
+        return [
+            f"{at:10.4f} {kind:<9} {text}"
+            for at, kind, text in self.events
+            if kinds is None or kind in kinds
+        ]
+
+    def digest(self) -> str:
+        """A hash of every event, times to the microsecond."""
+        sha = hashlib.sha256()
+        for at, kind, text in self.events:
+            sha.update(f"{at:.6f}|{kind}|{text}\n".encode())
+        return sha.hexdigest()[:16]
+
+    def format(self, kinds: Sequence[str] | None = None, limit: int | None = None) -> str:
+        lines = self.lines(kinds)
+        if limit is not None and len(lines) > limit:
+            lines = [f"... {len(lines) - limit} earlier lines", *lines[-limit:]]
+        return "\n".join(lines)
+
+
+STORM_THRESHOLD = 5_000
+"""Frames within 10 ms of virtual time that count as a message storm (busy runs send a few
+hundred)."""
+
+SCHEDULE_KINDS = ("fault", "heal", "crash", "restart", "pause", "resume", "clock", "join", "torn")
+"""The trace lines that make up a run's fault schedule."""
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class SimulationConfig:
+    """Everything a run depends on besides its seed's random streams."""
+
+    seed: int
+    profile: str = "mixed"
+    servers: int = 3
+    duration: float = 20.0
+    """Virtual seconds of workload under faults (then healing, final reads, convergence)."""
+    election_timeout: float = 1.0
+    heartbeat_interval: float = 0.1
+    disk_latency: float = 0.002
+    snapshot_every: int | None = None
+    """Applied entries between snapshots; None: no snapshots (the log is never compacted)."""
+    catch_up_entries: int = 1_000
+    faults: FaultMix = attrs.Factory(FaultMix)
+    workload: KvWorkload = attrs.Factory(KvWorkload)
+    poll_interval: float = 0.005
+    """How often (virtual seconds) the invariant checker looks at every member."""
+    settle_timeout: float = 60.0
+    """After healing: virtual seconds for a leader to emerge and members to converge."""
+    wall_limit: float = 300.0
+    """Real seconds before a run is stopped and reported as stuck."""
+
+    @classmethod
+    def for_seed(cls, seed: int, profile: str | None = None, **overrides: Any) -> SimulationConfig:
+        """The configuration seed `seed` stands for: its profile is PROFILES[seed % 8] unless
+        given, and its sizes and rates are drawn from the seed."""
+        rng = random.Random(f"config:{seed}")
+        profile = profile or PROFILES[seed % len(PROFILES)]
+        servers = rng.choice([3, 3, 5])
+        snapshot_every = rng.choice([None, None, 30, 80])
+        catch_up = rng.choice([0, 10, 1000])
+        if profile in ("snapshots", "mixed"):
+            snapshot_every = rng.choice([10, 20, 40])
+            catch_up = rng.choice([0, 3, 10])
+        faults = FaultMix.named(profile, rng)
+        workload = KvWorkload(
+            clients=rng.choice([3, 4, 5]),
+            keys=rng.choice([1, 2, 3]),
+            max_ops=rng.choice([80, 120, 250]),
+            bursty=rng.choice([0.0, 0.5]),
+            lease_reads=rng.choice([0.0, 0.3]),
+        )
+        values: dict[str, Any] = {
+            "seed": seed,
+            "profile": profile,
+            "servers": servers,
+            "duration": round(rng.uniform(12, 20), 3),
+            "snapshot_every": snapshot_every,
+            "catch_up_entries": catch_up,
+            "faults": faults,
+            "workload": workload,
+            "disk_latency": rng.choice([0.0005, 0.002, 0.01]),
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def describe(self) -> str:
+        w = self.workload
+        snapshots = f"every {self.snapshot_every}" if self.snapshot_every else "off"
+        return (
+            f"seed {self.seed}, profile {self.profile}: {self.servers} servers, "
+            f"{w.clients} clients on {w.keys} key(s) for {self.duration:g}s, snapshots "
+            f"{snapshots} (catch-up {self.catch_up_entries}), disk latency "
+            f"{self.disk_latency * 1000:g}ms; faults: {self.faults.describe()}"
+        )
+
+
+class SimulationFailure(AssertionError):
+    """A simulation broke an invariant (or its history was not linearizable)."""
+
+
+# --- the running simulation -------------------------------------------------------------------
+
+
+class Simulation:
+    """A cluster under faults, with the tools a test needs: clients, the trace, the checker.
+
+    Get one from `open_simulation`. Members are ids 1..servers; joined members follow.
+    """
+
+    def __init__(
+        self,
+        config: SimulationConfig,
+        nursery: trio.Nursery,
+        state_machine: Callable[[], Any],
+    ) -> None:
+        self.config = config
+        self.seed = config.seed
+        self.nursery = nursery
+        self.trace = Trace()
+        self.history = History(clock=trio.current_time)
+        self.invariants = InvariantChecker(self.trace.record)
+        self.network = MemoryNetwork(seed=0)
+        self.network.rng = self.rng("network")
+        self.network.nursery = nursery
+        self.network.faults = config.faults.link
+        self.network.storm_threshold = STORM_THRESHOLD
+        self.network.on_storm = self._on_storm
+        self.abort_scope: trio.CancelScope | None = None
+        """Cancelled when the run cannot usefully go on (a message storm)."""
+        self.disks: dict[int, SimDisk] = {}
+        options: dict[str, Any] = {"catch_up_entries": config.catch_up_entries}
+        if config.snapshot_every is not None:
+            options["snapshot_every"] = config.snapshot_every
+        self.cluster = MemoryCluster(
+            nursery,
+            self.network,
+            state_machine,
+            seed=config.seed,
+            election_timeout=config.election_timeout,
+            heartbeat_interval=config.heartbeat_interval,
+            storage=self._disk,
+            server_options=options,
+        )
+        self.cluster.observe_state_machine = self._observe
+        self.member_ids: list[int] = list(range(1, config.servers + 1))
+        self.bootstrap_ids = list(self.member_ids)
+        self.injector = FaultInjector(self, config.faults, self.rng("faults"))
+        self._paused: dict[int, trio.Event] = {}
+        self.client_hosts: list[str] = []
+        """Network hosts of the workload's clients (partitions may put them on a side)."""
+        self._clients = 0
+        self._faults_scope: trio.CancelScope | None = None
+
+    def _on_storm(self, at: float, frames: int) -> None:
+        self.invariants.violation(
+            f"message storm: over {frames - 1} frames sent within 10ms at virtual time "
+            f"{at:.4f} (a flood on a real network; here, with no latency, time barely moves). "
+            f"State: {self._status_line()}"
+        )
+        if self.abort_scope is not None:
+            self.abort_scope.cancel()
+
+    # --- seeded pieces -------------------------------------------------------------------------
+
+    def rng(self, name: str) -> random.Random:
+        """A random stream of its own for `name`, drawn from the seed (stable across runs)."""
+        return random.Random(f"{self.seed}:{name}")
+
+    def _disk(self, member_id: int) -> SimDisk:
+        disk = self.disks.get(member_id)
+        if disk is None:
+            disk = self.disks[member_id] = SimDisk(
+                f"member{member_id}",
+                self.rng(f"disk{member_id}"),
+                latency=self.config.disk_latency,
+                snapshots=self.config.snapshot_every is not None,
+            )
+            disk.on_torn = lambda text: self.trace.record("torn", text)
+        return disk
+
+    def _observe(self, member_id: int, state_machine: Any) -> Any:
+        return observe(state_machine, member_id, self._on_apply)
+
+    def _on_apply(self, applied: Applied) -> None:
+        self.invariants.on_apply(applied)
+
+    # --- looking ---------------------------------------------------------------------------
+
+    def current_leaders(self) -> list[int]:
+        return sorted(i for i, s in self.cluster.servers.items() if s.is_leader)
+
+    def client(
+        self, *, host: str = "client", name: str | None = None, **options: Any
+    ) -> AbstractAsyncContextManager[CopycatClient]:
+        """A client of every member (ids 1..n and joined ones) with a seeded client id."""
+        self._clients += 1
+        client_id = f"sim{self.seed}-{name or self._clients}"
+        return self.cluster.client(
+            sorted(self.member_ids), host=host, client_id=client_id, **options
+        )
+
+    # --- faults ----------------------------------------------------------------------------
+
+    def start_faults(self, seconds: float) -> None:
+        """Play the configured faults in the background for `seconds` (then `heal`)."""
+        self.nursery.start_soon(self.run_faults, trio.current_time() + seconds)
+
+    async def run_faults(self, until: float) -> None:
+        """Play the configured FaultMix until virtual time `until` (or `heal`)."""
+        with trio.CancelScope() as scope:
+            self._faults_scope = scope
+            await self.injector.run(until)
+
+    async def crash(
+        self, member_id: int, *, during_save: bool = False, within: float = 1.0
+    ) -> bool:
+        """Crash a member (in the middle of its next save if asked and one comes `within`
+        seconds, else at the end of them). Returns whether it was running."""
+        if member_id not in self.cluster.servers:
+            return False
+        if during_save:
+            fired = trio.Event()
+            disk = self.disks[member_id]
+
+            def hook() -> None:
+                self._crash_now(member_id, " in the middle of a save")
+                fired.set()
+
+            disk.crash_on_next_save = hook
+            with trio.move_on_after(within):
+                await fired.wait()
+            disk.crash_on_next_save = None
+            if fired.is_set():
+                return True
+            if member_id not in self.cluster.servers:
+                return False
+        self._crash_now(member_id, "")
+        return True
+
+    def _crash_now(self, member_id: int, how: str) -> None:
+        leader = " (leader)" if member_id in self.current_leaders() else ""
+        self.trace.record("crash", f"{member_id}{leader}{how}")
+        self.cluster.crash(member_id)
+
+    def restart(self, member_id: int) -> None:
+        """Start a crashed member again from its disk (in the background)."""
+        if member_id in self.bootstrap_ids:
+            self.trace.record("restart", f"{member_id}")
+            self.cluster.restart_soon(member_id)
+            return
+        members = self._known_configuration(member_id)
+        if members is None:
+            self.trace.record("restart", f"{member_id} (joins again: it kept no configuration)")
+            self.nursery.start_soon(self._join, member_id)
+        else:
+            self.trace.record("restart", f"{member_id} (joined member)")
+            self.cluster.restart_soon(member_id, members)
+
+    def _known_configuration(self, member_id: int) -> list[Member] | None:
+        """The members a joined member's disk knows, if they include it."""
+        disk = self.disks[member_id]
+        for entry in reversed(disk.entries):
+            if isinstance(entry, ConfigurationEntry):
+                members = list(entry.members)
+                return members if any(m.id == member_id for m in members) else None
+        if disk.snapshots is not None and disk.snapshots._files:
+            # The snapshot holds the configuration; boot with any list that includes us.
+            return self.cluster.members(sorted(self.member_ids))
+        return None
+
+    async def pause(self, member_id: int, seconds: float) -> None:
+        """Freeze a member for `seconds`: its raft loop stops (so its timers do nothing) and
+        its traffic is held, both ways; then everything held is delivered at once."""
+        server = self.cluster.servers.get(member_id)
+        loop = server._loop if server is not None else None
+        if loop is None:
+            return
+        resume = self._paused[member_id] = trio.Event()
+        address = self.cluster.address(member_id)
+        leader = " (leader)" if member_id in self.current_leaders() else ""
+        self.trace.record("pause", f"{member_id}{leader} for {seconds:.2f}s")
+
+        async def gate(_storage: object, _result: object) -> None:
+            await resume.wait()
+
+        self.network.hold(address)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(loop.call, lambda _core, _now: None, gate)
+                with trio.move_on_after(seconds):
+                    await resume.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            resume.set()
+            self._paused.pop(member_id, None)
+            self.network.release(address)
+            self.trace.record("resume", f"{member_id}")
+
+    def resume_all(self) -> None:
+        for event in list(self._paused.values()):
+            event.set()
+
+    def jump_clock(self, member_id: int, seconds: float) -> None:
+        """Step a member's wall clock (its log timestamps) forward by `seconds`."""
+        offset = self.cluster.clock_offsets.get(member_id, 0.0) + seconds
+        self.cluster.clock_offsets[member_id] = offset
+        leader = " (leader)" if member_id in self.current_leaders() else ""
+        self.trace.record("clock", f"{member_id}{leader} wall clock +{seconds:.2f}s")
+
+    async def add_member(self) -> None:
+        """Start a new member that joins the cluster (in the background)."""
+        member_id = max(self.member_ids) + 1
+        self.member_ids.append(member_id)
+        self.injector.joining.add(member_id)
+        self.nursery.start_soon(self._join, member_id)
+        await trio.lowlevel.checkpoint()
+
+    async def _join(self, member_id: int) -> None:
+        self.injector.joining.add(member_id)
+        running = sorted(i for i in self.cluster.servers if i != member_id)
+        rng = self.injector.rng
+        via = rng.sample(running, k=min(len(running), 2)) if running else self.bootstrap_ids
+        self.trace.record("join", f"{member_id} via {via}")
+        try:
+            await self.cluster.join(member_id, via)
+            self.trace.record("join", f"{member_id} joined")
+        finally:
+            self.injector.joining.discard(member_id)
+
+    async def transfer_leadership(self, target: int, *, timeout: float = 5.0) -> str:
+        """Ask the cluster (any member) to hand leadership to `target`, as an operator would;
+        returns how it went, in words."""
+        from ..client.admin import admin_request
+        from ..protocol.messages import TransferRequest
+
+        addresses = [self.cluster.address(i) for i in sorted(self.member_ids)]
+        try:
+            response = await admin_request(
+                addresses,
+                TransferRequest(member=target),
+                timeout=timeout,
+                transport=self.network.transport("admin"),
+            )
+        except CopycatError as exc:
+            return f"refused: {type(exc).__name__}: {exc}"
+        return f"done, leader {getattr(response, 'leader', None)}"
+
+    async def heal(self) -> None:
+        """Stop injecting faults and undo every one still in force."""
+        if self._faults_scope is not None:
+            self._faults_scope.cancel()
+        await trio.lowlevel.checkpoint()
+        self.injector.heal_all()
+
+    # --- the end ---------------------------------------------------------------------------
+
+    async def settle(self, timeout: float | None = None) -> int | None:
+        """Wait until every member runs and all agree on one leader and term; its id, or None
+        (recorded as a liveness failure) if that does not happen within `timeout`."""
+        timeout = self.config.settle_timeout if timeout is None else timeout
+        with trio.move_on_after(timeout):
+            while True:
+                leader = self._agreed_leader()
+                if leader is not None:
+                    self.trace.record("settled", f"leader {leader}")
+                    return leader
+                await trio.sleep(0.05)
+        self.invariants.violation(
+            f"liveness: no leader that every member agrees on {timeout:g}s after healing "
+            f"({self._status_line()})"
+        )
+        return None
+
+    def _agreed_leader(self) -> int | None:
+        if self.injector.joining or any(i not in self.cluster.servers for i in self.member_ids):
+            return None
+        cores = []
+        for server in self.cluster.servers.values():
+            if server._loop is None:
+                return None
+            cores.append(server._loop.core)
+        leaders = {c.id for c in cores if c.role.value == "leader"}
+        if len(leaders) != 1:
+            return None
+        (leader,) = leaders
+        term = next(c.term for c in cores if c.id == leader)
+        if all(c.leader == leader and c.term == term for c in cores):
+            return leader
+        return None
+
+    def _status_line(self) -> str:
+        parts = []
+        for member_id in sorted(self.member_ids):
+            server = self.cluster.servers.get(member_id)
+            if server is None or server._loop is None:
+                parts.append(f"{member_id}: down")
+                continue
+            core = server._loop.core
+            parts.append(
+                f"{member_id}: {core.role.value} term {core.term} leader {core.leader} "
+                f"commit {core.commit_index} last {core.log.last_index}"
+            )
+        return "; ".join(parts)
+
+    async def converge(
+        self, state: Callable[[Any], Any] | None = None, timeout: float = 30.0
+    ) -> bool:
+        """Wait until every member has applied the same index, then compare `state(sm)` across
+        members (if given). False (recorded as a failure) if they do not converge."""
+        with trio.move_on_after(timeout):
+            while True:
+                applied = {}
+                for member_id, server in sorted(self.cluster.servers.items()):
+                    if server._executor is None or server._loop is None:
+                        break
+                    applied[member_id] = server._executor.applied_index.value
+                else:
+                    commit = max(
+                        s._loop.core.commit_index for s in self.cluster.servers.values() if s._loop
+                    )
+                    if len(set(applied.values())) == 1 and min(applied.values()) >= commit:
+                        break
+                await trio.sleep(0.05)
+            if state is not None:
+                states = {
+                    i: state(s.state_machine) for i, s in sorted(self.cluster.servers.items())
+                }
+                first = next(iter(states.values()))
+                for member_id, value in states.items():
+                    if value != first:
+                        self.invariants.violation(
+                            f"convergence: members applied the same index but member "
+                            f"{member_id} has {value!r}, member {min(states)} has {first!r}"
+                        )
+                        return False
+            self.trace.record("converged", f"applied index {min(applied.values())}")
+            return True
+        self.invariants.violation(
+            f"liveness: members did not apply the same index within {timeout:g}s "
+            f"({self._status_line()})"
+        )
+        return False
+
+
+@asynccontextmanager
+async def open_simulation(
+    state_machine: Callable[[], Any] = KeyValueStore,
+    *,
+    seed: int = 0,
+    config: SimulationConfig | None = None,
+    faults: FaultMix | str | None = None,
+    check_invariants: bool = True,
+    deterministic: bool = True,
+    **config_overrides: Any,
+) -> AsyncIterator[Simulation]:
+    """A simulated cluster serving `state_machine`, inside a Trio test on a MockClock (use
+    pytest-trio's `autojump_clock` fixture).
+
+    `faults` is a FaultMix or a profile name (default: the seed's profile); other settings of
+    SimulationConfig (servers=, snapshot_every=, election_timeout=...) may be passed by name.
+    `sim.start_faults(seconds)` plays the faults in the background; `sim.heal()` stops them and
+    undoes what is in force. Invariants are checked all along; on leaving the block a
+    SimulationFailure is raised if any broke (unless `check_invariants=False`). With
+    `deterministic` (the default), Trio's scheduler is seeded for the block's duration.
+    """
+    if config is None:
+        if isinstance(faults, str):
+            config = SimulationConfig.for_seed(seed, faults, **config_overrides)
+        else:
+            config = SimulationConfig.for_seed(seed, **config_overrides)
+            if faults is not None:
+                config = attrs.evolve(config, faults=faults)
+    restore = seed_trio_scheduler(config.seed) if deterministic else None
+    try:
+        async with open_background_nursery() as nursery:
+            sim = Simulation(config, nursery, state_machine)
+            sim.trace.record("start", config.describe())
+            await sim.cluster.bootstrap(list(sim.bootstrap_ids))
+            nursery.start_soon(_watch, sim)
+            yield sim
+            if check_invariants and not sim.invariants.ok:
+                raise SimulationFailure(
+                    "invariants broken:\n"
+                    + "\n".join(sim.invariants.violations)
+                    + "\n\nfault schedule:\n"
+                    + sim.trace.format(SCHEDULE_KINDS)
+                )
+    finally:
+        if restore is not None:
+            restore()
+
+
+async def _watch(sim: Simulation) -> None:
+    while True:
+        sim.invariants.poll(sim.cluster.servers, sim.cluster.starts)
+        await trio.sleep(sim.config.poll_interval)
+
+
+# --- a whole run -------------------------------------------------------------------------------
+
+
+@attrs.define
+class SimulationResult:
+    """What one seed's run found."""
+
+    config: SimulationConfig
+    trace: Trace
+    history: History
+    violations: list[str]
+    linearizability: CheckResult | None
+    error: str | None = None
+    """A traceback if the run itself raised (a bug somewhere), or why it was stopped."""
+    virtual_time: float = 0.0
+    wall_time: float = 0.0
+    stats: dict[str, Any] = attrs.Factory(dict)
+    logged: list[str] = attrs.Factory(list)
+    """Warnings and errors the servers logged (not failures by themselves)."""
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.error is None
+            and not self.violations
+            and self.linearizability is not None
+            and self.linearizability.ok
+        )
+
+    @property
+    def digest(self) -> str:
+        return self.trace.digest()
+
+    def failures(self) -> list[str]:
+        found = list(self.violations)
+        if self.error is not None:
+            found.append(f"error: {self.error}")
+        if self.linearizability is not None and not self.linearizability.ok:
+            found.append(f"linearizability: {self.linearizability}")
+        return found
+
+    def summary(self) -> str:
+        s = self.stats
+        verdict = "ok  " if self.ok else "FAIL"
+        return (
+            f"{verdict} seed {self.config.seed:>6} {self.config.profile:<10} "
+            f"{self.config.servers} servers, {s.get('ops', 0):>4} ops "
+            f"({s.get('unknown', 0)} unknown, {s.get('failed', 0)} failed), "
+            f"{s.get('episodes', 0):>2} faults, "
+            f"{s.get('terms', 0):>2} terms, {self.virtual_time:6.1f}s virtual, "
+            f"{self.wall_time:5.1f}s real, trace {self.digest}"
+        )
+
+    def report(self, *, verbose: bool = False) -> str:
+        """The configuration, fault schedule, failures and (verbose or failing) the history
+        and the whole trace."""
+        parts = [self.summary(), self.config.describe()]
+        parts.append("fault schedule:\n" + (self.trace.format(SCHEDULE_KINDS) or "  (none)"))
+        parts.append("stats: " + ", ".join(f"{k}={v}" for k, v in sorted(self.stats.items())))
+        for failure in self.failures():
+            parts.append("FAILURE: " + failure)
+        if self.logged:
+            parts.append("server log (warnings and errors):\n" + "\n".join(self.logged[:20]))
+        if verbose or not self.ok:
+            parts.append("history:\n" + self.history.format())
+            parts.append("trace:\n" + self.trace.format(limit=None if verbose else 400))
+        parts.append(
+            f"replay: python -m copycat_trio.testing.simulation --seed {self.config.seed}"
+            + (
+                f" --profile {self.config.profile}"
+                if self.config.profile != _default_profile(self.config.seed)
+                else ""
+            )
+        )
+        return "\n\n".join(parts)
+
+
+def _default_profile(seed: int) -> str:
+    return PROFILES[seed % len(PROFILES)]
+
+
+def kv_state(state_machine: Any) -> Any:
+    """What must agree across members of a key-value store: its contents."""
+    return dict(state_machine.data)
+
+
+Workload = Callable[[Simulation, float], Awaitable[None]]
+
+
+async def _kv_run(sim: Simulation) -> None:
+    """The whole key-value scenario: workload under faults, heal, settle, read, converge."""
+    config = sim.config
+    until = trio.current_time() + config.duration
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sim.run_faults, until)
+        await config.workload.run(sim, until)
+        nursery.cancel_scope.cancel()
+    await sim.heal()
+    if await sim.settle() is None:
+        return
+    await final_reads(sim, config.workload.key_names())
+    await sim.converge(kv_state)
+
+
+async def final_reads(sim: Simulation, keys: Sequence[str], attempts: int = 5) -> None:
+    """Read every key once more through a fresh client, into the history: with the
+    linearizability check, this is what proves no acknowledged write was lost."""
+    for attempt in range(1, attempts + 1):
+        try:
+            async with sim.client(
+                host="final", name=f"final{attempt}", timeout=30.0, request_timeout=2.0
+            ) as client:
+                for key in keys:
+                    op = sim.history.invoke("final", OpKind.GET, key)
+                    try:
+                        value = await client.submit(Get(key))
+                    except Exception as exc:
+                        sim.history.unknown(op)
+                        sim.invariants.violation(f"liveness: final read of {key} failed: {exc!r}")
+                        continue
+                    sim.history.complete(op, value)
+                    sim.trace.record("ok", f"final GET {key} -> {value!r}")
+            return
+        except UnknownSessionError as exc:
+            # Nothing expires sessions now (no faults, fresh session): the client gave up on the
+            # session it had just registered.
+            sim.invariants.violation(f"client: open_client failed after healing: {exc!r}")
+            return
+        except (CopycatError, TransportError) as exc:
+            sim.trace.record("client", f"final client could not open a session: {exc!r}")
+            await trio.sleep(1.0)
+    sim.invariants.violation(f"liveness: no session could be opened in {attempts} attempts")
+
+
+class _Collect(logging.Handler):
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[str] = []
+        self._clock = clock
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < 200:
+            try:
+                now = f"{self._clock():10.4f}"
+            except RuntimeError:
+                now = "         ?"
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                text += f" [{type(record.exc_info[1]).__name__}: {record.exc_info[1]}]"
+            self.records.append(f"{now} {record.levelname} {record.name}: {text}")
+
+
+class _Watchdog(trio.abc.Instrument):
+    """Stops a run that takes too long in real time (say, tasks spinning without sleeping)."""
+
+    def __init__(self, limit: float) -> None:
+        self.deadline = time.monotonic() + limit
+        self.scope: trio.CancelScope | None = None
+        self.fired = False
+
+    def before_io_wait(self, timeout: float) -> None:
+        if not self.fired and self.scope is not None and time.monotonic() > self.deadline:
+            self.fired = True
+            self.scope.cancel()
+
+
+def run_simulation(
+    seed: int,
+    *,
+    profile: str | None = None,
+    config: SimulationConfig | None = None,
+    **overrides: Any,
+) -> SimulationResult:
+    """Run the key-value scenario for one seed in its own `trio.run` on a MockClock."""
+    config = config or SimulationConfig.for_seed(seed, profile, **overrides)
+    restore = seed_trio_scheduler(config.seed)
+    watchdog = _Watchdog(config.wall_limit)
+    started = time.monotonic()
+    holder: dict[str, Any] = {}
+    collector = _Collect(trio.current_time)
+    package_log = logging.getLogger("copycat_trio")
+    package_log.addHandler(collector)
+    try:
+        error: str | None = None
+        try:
+            trio.run(
+                _run_main,
+                config,
+                watchdog,
+                holder,
+                clock=trio.testing.MockClock(autojump_threshold=0),
+                instruments=[watchdog],
+            )
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            error = "".join(traceback.format_exception(exc))
+    finally:
+        package_log.removeHandler(collector)
+        restore()
+    sim: Simulation | None = holder.get("sim")
+    if sim is None:
+        raise RuntimeError(f"seed {seed}: the simulation did not start:\n{error}")
+    if holder.get("stuck"):
+        error = (error or "") + holder["stuck"]
+    ops = sim.history.operations()
+    linearizability = None
+    if error is None or not holder.get("stuck"):
+        linearizability = check(ops, max_states=500_000)
+    stats = {
+        "ops": len(ops),
+        "ok": sum(op.outcome is Outcome.OK for op in ops),
+        "unknown": sum(op.outcome is Outcome.UNKNOWN for op in ops),
+        "failed": sum(op.outcome is Outcome.FAILED for op in ops),
+        "episodes": sim.injector.episodes,
+        "terms": len(sim.invariants.leaders),
+        "committed": len(sim.invariants.committed),
+        "torn_saves": sum(d.stats.torn_saves for d in sim.disks.values()),
+        "snapshots": sum(d.stats.snapshots for d in sim.disks.values()),
+        "restarts": sum(n - 1 for n in sim.cluster.starts.values()),
+        "dropped": sim.network.stats.dropped,
+        "duplicated": sim.network.stats.duplicated,
+        "delayed": sim.network.stats.delayed,
+        "busiest_10ms": sim.network.stats.busiest_window,
+        **{f"fault_{k}": v for k, v in sorted(sim.injector.counts.items())},
+    }
+    return SimulationResult(
+        config=config,
+        trace=sim.trace,
+        history=sim.history,
+        violations=list(sim.invariants.violations),
+        linearizability=linearizability,
+        error=error,
+        virtual_time=holder.get("virtual_time", 0.0),
+        wall_time=time.monotonic() - started,
+        stats=stats,
+        logged=collector.records,
+    )
+
+
+async def _run_main(config: SimulationConfig, watchdog: _Watchdog, holder: dict[str, Any]) -> None:
+    seed_trio_scheduler(config.seed)
+    limit = config.duration + config.workload.op_timeout * 4 + config.settle_timeout + 120
+    try:
+        with trio.CancelScope() as scope:
+            watchdog.scope = scope
+            with trio.move_on_after(limit) as virtual:
+                async with open_simulation(
+                    KeyValueStore, config=config, check_invariants=False
+                ) as sim:
+                    holder["sim"] = sim
+                    sim.abort_scope = scope
+                    await _kv_run(sim)
+            if virtual.cancelled_caught:
+                holder["stuck"] = f"stopped after {limit:g}s of virtual time (stuck?)"
+        if watchdog.fired:
+            holder["stuck"] = f"stopped after {config.wall_limit:g}s of real time (spinning?)"
+    finally:
+        holder["virtual_time"] = trio.current_time()
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def _run_one(args: tuple[int, str | None, dict[str, Any]]) -> tuple[int, bool, str, str]:
+    seed, profile, overrides = args
+    logging.getLogger("copycat_trio").setLevel(logging.WARNING)
+    try:
+        result = run_simulation(seed, profile=profile, **overrides)
+    except Exception:
+        return seed, False, f"FAIL seed {seed}: could not run", traceback.format_exc()
+    return seed, result.ok, result.summary(), "" if result.ok else result.report()
+
+
+def _seeds(start: int, count: int) -> Iterator[int]:
+    return iter(range(start, start + count))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m copycat_trio.testing.simulation",
+        description="Deterministic simulation of a copycat_trio cluster under faults.",
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--seeds", type=int, default=20, help="how many seeds to run (default 20)")
+    group.add_argument("--seed", type=int, help="replay one seed verbosely")
+    parser.add_argument("--start", type=int, default=0, help="first seed of --seeds (default 0)")
+    parser.add_argument(
+        "--profile", choices=[*PROFILES, "none"], help="force a fault profile (default: by seed)"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="processes to run seeds in")
+    parser.add_argument("--duration", type=float, help="virtual seconds of workload per seed")
+    parser.add_argument(
+        "--check-replay", action="store_true", help="with --seed: run twice, compare traces"
+    )
+    parser.add_argument("--verbose", action="store_true", help="print full reports")
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if args.duration is not None:
+        overrides["duration"] = args.duration
+    if args.seed is not None:
+        result = run_simulation(args.seed, profile=args.profile, **overrides)
+        print(result.report(verbose=True))
+        if args.check_replay:
+            again = run_simulation(args.seed, profile=args.profile, **overrides)
+            same = again.digest == result.digest
+            print(f"\nreplay: trace {again.digest} {'matches' if same else 'DIFFERS'}")
+            if not same:
+                return 2
+        return 0 if result.ok else 1
+    jobs = [(seed, args.profile, overrides) for seed in _seeds(args.start, args.seeds)]
+    failures: list[tuple[int, str]] = []
+    began = time.monotonic()
+    if args.jobs > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            outcomes: Iterator[tuple[int, bool, str, str]] = pool.imap(_run_one, jobs)
+            failures = _print_outcomes(outcomes, verbose=args.verbose)
+    else:
+        failures = _print_outcomes(map(_run_one, jobs), verbose=args.verbose)
+    elapsed = time.monotonic() - began
+    print(
+        f"\n{len(jobs)} seeds from {args.start}, {len(failures)} failed, {elapsed:.0f}s "
+        f"({elapsed / max(1, len(jobs)):.1f}s per seed)"
+    )
+    for seed, _ in failures:
+        print(f"  failed: seed {seed} (replay with --seed {seed})")
+    return 1 if failures else 0
+
+
+def _print_outcomes(
+    outcomes: Iterator[tuple[int, bool, str, str]], *, verbose: bool
+) -> list[tuple[int, str]]:
+    failures = []
+    for seed, ok, summary, report in outcomes:
+        print(summary, flush=True)
+        if not ok:
+            failures.append((seed, report))
+            print(report if verbose else _short(report), flush=True)
+    return failures
+
+
+def _short(report: str) -> str:
+    """The configuration, failures (with the start of the checker's explanation) and how to
+    replay: what a batch run prints for a failing seed."""
+    lines = report.splitlines()
+    keep: list[str] = []
+    explaining = 0
+    for line in lines:
+        if line.startswith(("FAILURE", "replay", "seed")):
+            keep.append(line)
+            explaining = 12 if "linearizability" in line else 0
+        elif explaining and line:
+            keep.append(line)
+            explaining -= 1
+        else:
+            explaining = 0
+    return "\n".join("    " + line for line in keep[:40])
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

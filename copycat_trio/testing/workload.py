@@ -1,0 +1,223 @@
+"""A key-value workload for simulations: clients doing random puts, gets, CASes and deletes on a
+few keys, each operation recorded in a History with its outcome as the client can know it.
+
+How an outcome is classified is the heart of a sound check (see `command_outcome`): only an error
+that proves the command never entered the log makes it FAILED. A timeout, a lost connection, a
+lost session or anything unexpected makes it UNKNOWN: it may have taken effect, once, at any time
+after it was invoked. With sessions the client resubmits a command itself after COMMAND and
+NO_LEADER errors (the sequence number makes that safe), so those never reach the caller; an
+APPLICATION error means the command was applied (and raised).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ..client.client import ClientClosedError, CopycatClient
+from ..client.strategies import ServerSelection
+from ..protocol.errors import ApplicationError, CopycatError
+from ..protocol.operations import Consistency
+from ..recipes.kv import CompareAndSet, Delete, Get, Put
+from ..transport.base import TransportError
+from .history import History, OpKind, Outcome
+
+if TYPE_CHECKING:
+    from .simulation import Simulation
+
+__all__ = ["KvWorkload", "command_outcome"]
+
+
+def command_outcome(exc: BaseException) -> Outcome:
+    """What a command's exception proves about whether it took effect.
+
+    FAILED only for ClientClosedError, which `submit` raises before sending anything. Everything
+    else is UNKNOWN: OutcomeUnknownError (no answer in time, or the session was lost while the
+    command was being resubmitted), TooSlowError from an outer timeout, transport errors, and
+    errors the client is not expected to let through (COMMAND, NO_LEADER: it retries those).
+    ApplicationError is not an outcome question: the command was applied; callers record it
+    as completed (see KvWorkload).
+    """
+    if isinstance(exc, ClientClosedError):
+        return Outcome.FAILED
+    return Outcome.UNKNOWN
+
+
+@attrs.frozen(kw_only=True)
+class KvWorkload:
+    """Random operations on a few keys by several clients, each bounded in count and time."""
+
+    clients: int = 4
+    keys: int = 3
+    max_ops: int = 150
+    """Operations per client, at most."""
+    think: float | None = None
+    """Longest pause between a client's operations, in seconds (uniform); None spreads each
+    client's operations over the whole run (twice the mean gap)."""
+    bursty: float = 0.0
+    """Probability that a client skips its pause (operations come in bursts)."""
+    op_timeout: float = 3.0
+    """The client's per-operation timeout (after it a command is UNKNOWN)."""
+    request_timeout: float = 1.0
+    session_timeout: float = 5.0
+    weights: tuple[tuple[float, float, float, float], ...] = (
+        (0.4, 0.3, 0.2, 0.1),
+        (0.9, 0.05, 0.05, 0.0),
+        (0.1, 0.5, 0.3, 0.1),
+    )
+    """Relative frequencies of get, put, cas, delete: each client draws one of these (a
+    read-mostly client keeps reading where a writer's pending command would hold it up)."""
+    lease_reads: float = 0.3
+    """Fraction of gets made at LINEARIZABLE_LEASE rather than LINEARIZABLE."""
+
+    def key_names(self) -> list[str]:
+        return [f"k{i}" for i in range(self.keys)]
+
+    async def run(self, sim: Simulation, until: float) -> None:
+        """Run every client until virtual time `until` or its operation budget."""
+        sim.client_hosts.extend(f"client{index}" for index in range(self.clients))
+        async with trio.open_nursery() as nursery:
+            for index in range(self.clients):
+                rng = sim.rng(f"client{index}")
+                nursery.start_soon(self._client, sim, index, rng, until)
+
+    async def _client(self, sim: Simulation, index: int, rng: random.Random, until: float) -> None:
+        history = sim.history
+        think = self.think
+        if think is None:
+            think = 2 * max(0.0, until - trio.current_time()) / self.max_ops
+        done = 0
+        generation = 0
+        sessions = 0
+        seen: dict[str, Any] = {}
+        # Clients differ: whom they prefer, and how long they wait for one member's answer
+        # (a patient client may get an answer from a member that was paused meanwhile).
+        selection = rng.choice(list(ServerSelection))
+        weights = rng.choice(self.weights)
+        request_timeout = self.request_timeout * rng.choice([0.5, 1, 1, 4])
+        op_timeout = max(self.op_timeout * rng.choice([0.3, 1, 1]), request_timeout * 1.5)
+        lease_reads = rng.choice([0.0, self.lease_reads, 0.9]) if self.lease_reads else 0.0
+        if index == 0 and self.lease_reads:
+            # A dedicated lease reader: it keeps reading (no pending write of its own holds its
+            # reads back) and gives up quickly, so it reads often from whoever it can reach,
+            # a deposed leader included.
+            weights, lease_reads = (0.95, 0.05, 0.0, 0.0), 1.0
+            request_timeout = op_timeout = self.request_timeout / 2
+        while done < self.max_ops and trio.current_time() < until:
+            sessions += 1
+            try:
+                async with sim.client(
+                    host=f"client{index}",
+                    name=f"c{index}s{sessions}",
+                    timeout=op_timeout,
+                    request_timeout=request_timeout,
+                    session_timeout=self.session_timeout,
+                    selection=selection,
+                ) as client:
+                    sim.trace.record("client", f"c{index} opened session {client.session_id}")
+                    while done < self.max_ops and trio.current_time() < until:
+                        done += 1
+                        process = f"c{index}" if not generation else f"c{index}.{generation}"
+                        outcome = await self._one(
+                            sim,
+                            client,
+                            history,
+                            process,
+                            rng,
+                            f"{index}-{done}",
+                            seen,
+                            weights,
+                            lease_reads,
+                        )
+                        if outcome is Outcome.UNKNOWN:
+                            generation += 1  # a process with an operation in limbo is done
+                        if outcome is Outcome.FAILED:
+                            break  # the client is closed: open another session
+                        if rng.random() >= self.bursty:
+                            await trio.sleep(rng.uniform(0, think))
+                        else:
+                            await trio.lowlevel.checkpoint()
+            except (CopycatError, TransportError) as exc:
+                sim.trace.record("client", f"c{index} session ended: {type(exc).__name__}")
+                await trio.sleep(rng.uniform(0.1, 1.0))
+
+    async def _one(
+        self,
+        sim: Simulation,
+        client: CopycatClient,
+        history: History,
+        process: str,
+        rng: random.Random,
+        token: str,
+        seen: dict[str, Any],
+        weights: tuple[float, float, float, float],
+        lease_reads: float,
+    ) -> Outcome:
+        key = rng.choice(self.key_names())
+        kind = rng.choices([OpKind.GET, OpKind.PUT, OpKind.CAS, OpKind.DELETE], weights)[0]
+        # Outer guard: the client's own timeout should always fire first.
+        guard = client.timeout * 3 + client.request_timeout * 4
+        if kind is OpKind.GET:
+            lease = rng.random() < lease_reads
+            op = history.invoke(process, kind, key)
+            sim.trace.record("invoke", f"{process} GET {key}{' (lease)' if lease else ''}")
+            consistency = Consistency.LINEARIZABLE_LEASE if lease else Consistency.LINEARIZABLE
+            try:
+                with trio.fail_after(guard):
+                    read = await client.submit(Get(key), consistency=consistency)
+            except (CopycatError, TransportError, trio.TooSlowError) as exc:
+                history.unknown(op)  # a read that did not answer took no effect either way
+                sim.trace.record("unknown", f"{process} GET {key}: {type(exc).__name__}")
+                return Outcome.FAILED if isinstance(exc, ClientClosedError) else Outcome.OK
+            history.complete(op, read)
+            seen[key] = read
+            sim.trace.record("ok", f"{process} GET {key} -> {read!r}")
+            return Outcome.OK
+        value: Any
+        if kind is OpKind.PUT:
+            value = f"v{token}"
+            command: Any = Put(key, value)
+            text = f"PUT {key}={value}"
+        elif kind is OpKind.CAS:
+            expected = seen.get(key) if rng.random() < 0.8 else None
+            value = (expected, f"v{token}")
+            command = CompareAndSet(key, expected, value[1])
+            text = f"CAS {key} {expected}->{value[1]}"
+        else:
+            value = None
+            command = Delete(key)
+            text = f"DELETE {key}"
+        op = history.invoke(process, kind, key, value)
+        sim.trace.record("invoke", f"{process} {text}")
+        try:
+            with trio.fail_after(guard):
+                result = await client.submit(command)
+        except ApplicationError as exc:
+            # Applied (and raised): a write's effect is known; a CAS's is not.
+            if kind is OpKind.CAS:
+                history.unknown(op)
+                sim.trace.record("unknown", f"{process} {text}: {exc}")
+                return Outcome.UNKNOWN
+            history.complete(op, None)
+            sim.trace.record("ok", f"{process} {text}: applied, raised {exc}")
+            return Outcome.OK
+        except (CopycatError, TransportError, trio.TooSlowError) as exc:
+            outcome = command_outcome(exc)
+            if outcome is Outcome.FAILED:
+                history.fail(op)
+            else:
+                history.unknown(op)
+            sim.trace.record(outcome.value, f"{process} {text}: {type(exc).__name__}")
+            return outcome
+        history.complete(op, result)
+        if kind is OpKind.PUT:
+            seen[key] = value
+        elif kind is OpKind.CAS and result:
+            seen[key] = value[1]
+        elif kind is OpKind.DELETE:
+            seen[key] = None
+        sim.trace.record("ok", f"{process} {text} -> {result!r}")
+        return Outcome.OK

@@ -1,0 +1,92 @@
+"""Simulation seeds the default test run keeps: a sample across the fault profiles, and every
+seed that once exposed a bug (each with what it found), so that the bug stays fixed.
+
+A seed stands for a whole run: `SimulationConfig.for_seed(seed, profile)` picks its cluster size,
+workload and fault rates (and its profile, PROFILES[seed % 8], unless one is named), and
+everything random in the run is drawn from it. Replay one with
+`python -m copycat_trio.testing.simulation --seed SEED [--profile PROFILE]`.
+
+A seed means a run of the harness as it was when the seed was recorded; when the harness grows
+(new faults, a different workload) the same seed makes a different run. So each bug is also kept
+as a scripted scenario in test_simulation.py, which does not depend on the harness's draws.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Seed(NamedTuple):
+    seed: int
+    profile: str | None
+    """The fault profile it ran under (None: the seed's own)."""
+    found: str
+    """The bug, where it was, how it was fixed, and the scenario test that pins it."""
+
+
+SAMPLE = tuple(range(0, 24))
+"""Three seeds of each of the eight fault profiles."""
+
+REGRESSIONS: tuple[Seed, ...] = (
+    Seed(
+        55,
+        "mixed",
+        "After healing, open_client registered a session through member 1, whose disk was "
+        "still stalled: the leader applied the registration, but member 1 could not within an "
+        "election timeout and refused the ConnectRequest with UNKNOWN_SESSION; open_session gave "
+        "up, so open_client raised UnknownSessionError for the session it had just registered. "
+        "Fixed in client/client.py (_connect_after_register: connect through the leader or any "
+        "other member when the first refuses). Scenario: "
+        "test_open_client_connects_elsewhere_when_the_registering_member_lags.",
+    ),
+    Seed(
+        12,
+        "membership",
+        "Member 2 crashed; member 4 joined and was promoted; member 2 restarted and caught up "
+        "by installing a snapshot whose configuration includes member 4, but its peer links "
+        "only learn addresses from configuration entries in appends and from the log at start, "
+        "so member 2 had no address for member 4. Once member 2 led (after a leadership "
+        "transfer) it dropped every message to member 4, which stayed 22 entries behind as a "
+        "pre-candidate forever: a liveness failure after healing. Fixed in "
+        "server/replication.py (_install: learn the addresses of the installed configuration). "
+        "Scenario: test_member_restored_from_a_snapshot_can_reach_members_that_joined_meanwhile.",
+    ),
+    Seed(
+        1083,
+        "membership",
+        "Fixed in core/raft.py (TimeoutNow only once the logs match). "
+        "A message storm during a leadership transfer: leader 1 is "
+        "transferring to member 2, whose match index (99) lags the leader's last index (100) "
+        "because the append carrying entry 100 was dropped. Every AppendResponse from member 2 "
+        "runs _on_append_response -> _maybe_send_timeout_now, which, the logs not matching, "
+        "sends another heartbeat at the match point; member 2 answers it at once, and so on: "
+        "about 18,000 frames per 10 ms between the two until the pipeline is declared lost (a "
+        "heartbeat interval later) or the transfer times out. On a real network, a flood at "
+        "line rate; on the simulation's zero-latency network, virtual time barely moves (the "
+        "run used to hit the 300 s wall-clock limit). Fix: answer a response during a transfer "
+        "with TimeoutNow only once the logs match, and leave catching up to normal replication "
+        "(send the heartbeat only from transfer_leadership itself).",
+    ),
+    Seed(
+        1088,
+        "membership",
+        "Fixed: the leader pushes its configuration (ConfigureRequest) to members silent "
+        "for an election timeout, which learn the addresses from it. Member 1 heard nobody "
+        "(one-way partition) while "
+        "member 7 joined; the configuration entry naming member 7 was compacted into snapshots "
+        "before member 1 could receive it. Member 7 then became leader. Member 1 receives its "
+        "appends but has no address for member 7, so every answer (the rejection that would "
+        "make the leader send it a snapshot) is dropped ('no address for member 7'): member 1 "
+        "stays at index 277 of 642 forever, and the cluster has one voter fewer than it thinks. "
+        "A member learns addresses only from configuration entries in appends, from its log at "
+        "start and (since the fix for seed 12) from installed snapshots; a member whose leader "
+        "it cannot name never gets a snapshot. Fix options: carry the leader's address in "
+        "AppendRequest (or the Envelope), or have the leader push its configuration "
+        "(ConfigureRequest, as for RESERVE members) to a member that does not answer.",
+    ),
+)
+"""Seeds that found a bug (now fixed); each runs in the default test run."""
+
+KNOWN_FAILURES: tuple[Seed, ...] = ()
+"""Seeds that expose a bug not fixed yet. Each runs in the default test run and must still
+fail there (its report is printed) until the bug is fixed; then it moves to REGRESSIONS."""
