@@ -1,4 +1,5 @@
-"""Developer sessions: `nox -s tests`, `lint`, `typecheck`, `demo`, `bench`."""
+"""Developer sessions: `nox -s tests`, `lint`, `typecheck`, `demo`, `bench`, `soak`, `simulate`,
+`nemesis`."""
 
 from __future__ import annotations
 
@@ -67,3 +68,16 @@ def simulate(session: nox.Session) -> None:
     session.install("-e", ".")
     args = session.posargs or ["--seeds", "20"]
     session.run("python", "-m", "copycat_trio.testing.simulation", *args)
+
+
+@nox.session(python=PYTHON)
+def nemesis(session: nox.Session) -> None:
+    """Five real server processes under SIGKILL, SIGSTOP/SIGCONT and network partitions (in
+    network namespaces the run creates; as root), checked for linearizability.
+
+    `nox -s nemesis` runs 3 seeds of 60 s; `-- --runs 20 --seconds 120 --seed 100` runs more;
+    `-- --no-netns` plays kills and pauses only; see docs/testing.md.
+    """
+    session.install("-e", ".")
+    args = session.posargs or ["--runs", "3", "--seconds", "60"]
+    session.run("python", "-m", "copycat_trio.testing.nemesis", *args)

@@ -12,7 +12,8 @@ APPLICATION error means the command was applied (and raised).
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -25,10 +26,29 @@ from ..recipes.kv import CompareAndSet, Delete, Get, Put
 from ..transport.base import TransportError
 from .history import History, OpKind, Outcome
 
-if TYPE_CHECKING:
-    from .simulation import Simulation
+__all__ = ["KvWorkload", "WorkloadHost", "command_outcome"]
 
-__all__ = ["KvWorkload", "command_outcome"]
+
+class _Recorder(Protocol):
+    def record(self, kind: str, text: str) -> None: ...
+
+
+class WorkloadHost(Protocol):
+    """What a workload runs against: a simulation, or a cluster of real processes."""
+
+    client_hosts: list[str]
+
+    @property
+    def history(self) -> History: ...
+
+    @property
+    def trace(self) -> _Recorder: ...
+
+    def rng(self, name: str) -> random.Random: ...
+
+    def client(
+        self, *, host: str = ..., name: str | None = None, **options: Any
+    ) -> AbstractAsyncContextManager[CopycatClient]: ...
 
 
 def command_outcome(exc: BaseException) -> Outcome:
@@ -76,7 +96,7 @@ class KvWorkload:
     def key_names(self) -> list[str]:
         return [f"k{i}" for i in range(self.keys)]
 
-    async def run(self, sim: Simulation, until: float) -> None:
+    async def run(self, sim: WorkloadHost, until: float) -> None:
         """Run every client until virtual time `until` or its operation budget."""
         sim.client_hosts.extend(f"client{index}" for index in range(self.clients))
         async with trio.open_nursery() as nursery:
@@ -84,7 +104,9 @@ class KvWorkload:
                 rng = sim.rng(f"client{index}")
                 nursery.start_soon(self._client, sim, index, rng, until)
 
-    async def _client(self, sim: Simulation, index: int, rng: random.Random, until: float) -> None:
+    async def _client(
+        self, sim: WorkloadHost, index: int, rng: random.Random, until: float
+    ) -> None:
         history = sim.history
         think = self.think
         if think is None:
@@ -146,7 +168,7 @@ class KvWorkload:
 
     async def _one(
         self,
-        sim: Simulation,
+        sim: WorkloadHost,
         client: CopycatClient,
         history: History,
         process: str,

@@ -1,27 +1,13 @@
-"""Real `python -m copycat_trio serve` processes on loopback, for end-to-end tests.
-
-`ProcessCluster` starts N members on free 127.0.0.1 ports, each logging to its own file, and can
-SIGKILL, SIGSTOP and SIGCONT them. `aclose` always stops every process it started (SIGCONT, then
-SIGTERM, then SIGKILL after a grace period) and reaps it. The `start_cluster` fixture in conftest.py
-calls it even when a test fails, and the tail of every server's log is attached to a failure.
-"""
+"""Helpers for end-to-end tests: the process cluster with the tests' defaults, and a raw
+connection for sending what no client would send."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 import trio
 
-from copycat_trio.cli import collect_status
-from copycat_trio.demo import free_ports
 from copycat_trio.protocol import (
     FrameDecoder,
     RpcRequest,
@@ -30,252 +16,24 @@ from copycat_trio.protocol import (
     encode,
     encode_frame,
 )
+from copycat_trio.testing.processes import Agreement, ServerProcess
+from copycat_trio.testing.processes import ProcessCluster as _ProcessCluster
 from copycat_trio.transport.base import split_address
+
+__all__ = ["APPEND_LOG", "REPO_ROOT", "Agreement", "ProcessCluster", "ServerProcess"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APPEND_LOG = "tests.e2e.appendlog:AppendLog"
 
 
-@attrs.define(eq=False)
-class ServerProcess:
-    """One member: its id, address, log file and (once started) its OS process."""
+class ProcessCluster(_ProcessCluster):
+    """The package's process cluster running the tests' AppendLog state machine by default,
+    importable in the children through PYTHONPATH (as a user's own module would be)."""
 
-    member_id: int
-    address: str
-    log_path: Path
-    process: trio.Process | None = None
-    paused: bool = False
-
-    @property
-    def running(self) -> bool:
-        """Started and not exited (a SIGSTOPped process counts as running)."""
-        return self.process is not None and self.process.returncode is None
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.process is None else self.process.returncode
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-
-@attrs.frozen
-class Agreement:
-    """Every asked member names the same leader, and that leader says it leads."""
-
-    leader: int
-    term: int
-    rows: list[dict[str, Any]]
-
-
-class ProcessCluster:
-    """N `copycat-trio serve` child processes forming one cluster from the start."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        size: int = 3,
-        *,
-        state_machine: str = APPEND_LOG,
-        election_timeout: float = 0.5,
-        heartbeat_interval: float = 0.1,
-        storage: str = "disk",
-        snapshot_every: int | None = None,
-    ) -> None:
-        self.workdir = workdir
-        self.storage = storage
-        self.snapshot_every = snapshot_every
-        self.state_machine = state_machine
-        self.election_timeout = election_timeout
-        self.heartbeat_interval = heartbeat_interval
-        ports = free_ports(size)
-        self.servers: dict[int, ServerProcess] = {
-            i: ServerProcess(i, f"127.0.0.1:{port}", workdir / f"server{i}.log")
-            for i, port in enumerate(ports, start=1)
-        }
-        self.members = ",".join(f"{i}={s.address}" for i, s in self.servers.items())
-
-    # --- addresses -------------------------------------------------------------------------
-
-    def address(self, member_id: int) -> str:
-        return self.servers[member_id].address
-
-    def addresses(self, ids: Iterable[int] | None = None) -> list[str]:
-        return [self.servers[i].address for i in (self.servers if ids is None else ids)]
-
-    def ids(self) -> list[int]:
-        return list(self.servers)
-
-    def running_ids(self) -> list[int]:
-        return [i for i, s in self.servers.items() if s.running]
-
-    # --- lifecycle -------------------------------------------------------------------------
-
-    def _command(self, member_id: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "copycat_trio",
-            "serve",
-            "--id",
-            str(member_id),
-            "--members",
-            self.members,
-            "--state-machine",
-            self.state_machine,
-            "--election-timeout",
-            str(self.election_timeout),
-            "--heartbeat-interval",
-            str(self.heartbeat_interval),
-            *self._storage_options(member_id),
-        ]
-
-    def _storage_options(self, member_id: int) -> list[str]:
-        if self.storage == "memory":
-            return ["--storage", "memory"]
-        options = ["--data-dir", str(self.data_dir(member_id))]
-        if self.snapshot_every is not None:
-            options += ["--snapshot-every", str(self.snapshot_every)]
-        return options
-
-    def data_dir(self, member_id: int) -> Path:
-        return self.workdir / f"data{member_id}"
-
-    async def start(self, ids: Iterable[int] | None = None) -> None:
-        """Start members' processes (no wait for an election: see wait_for_leader). A member
-        whose process ended may start again only with disk storage."""
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-        )
-        env["PYTHONUNBUFFERED"] = "1"
-        for member_id in self.servers if ids is None else ids:
-            server = self.servers[member_id]
-            if server.process is not None and (server.running or self.storage == "memory"):
-                raise RuntimeError(
-                    f"member {member_id} was started already (restarts with memory "
-                    "storage would forget the member's vote)"
-                )
-            with open(server.log_path, "ab") as log_file:
-                server.process = await trio.lowlevel.open_process(
-                    self._command(member_id),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=self.workdir,  # importable only thanks to PYTHONPATH, as a user would do
-                )
-
-    def _signal(self, member_id: int, signum: int) -> None:
-        process = self.servers[member_id].process
-        if process is None or process.returncode is not None:
-            raise AssertionError(f"member {member_id} is not running")
-        process.send_signal(signum)
-
-    async def kill(self, member_id: int) -> None:
-        """SIGKILL a member and wait until it is gone."""
-        self._signal(member_id, signal.SIGKILL)
-        process = self.servers[member_id].process
-        assert process is not None
-        await process.wait()
-
-    def pause(self, member_id: int) -> None:
-        """SIGSTOP: the process keeps its sockets but does nothing until `resume`."""
-        self._signal(member_id, signal.SIGSTOP)
-        self.servers[member_id].paused = True
-
-    def resume(self, member_id: int) -> None:
-        self._signal(member_id, signal.SIGCONT)
-        self.servers[member_id].paused = False
-
-    async def aclose(self, grace: float = 5.0) -> None:
-        """Stop and reap every process started here: SIGTERM, then SIGKILL after `grace`."""
-        with trio.CancelScope(shield=True):
-            started = [s for s in self.servers.values() if s.process is not None]
-            for server in started:
-                if server.running:
-                    assert server.process is not None
-                    if server.paused:
-                        server.process.send_signal(signal.SIGCONT)
-                        server.paused = False
-                    server.process.terminate()
-            with trio.move_on_after(grace):
-                for server in started:
-                    assert server.process is not None
-                    await server.process.wait()
-            for server in started:
-                assert server.process is not None
-                if server.process.returncode is None:
-                    server.process.kill()
-                    await server.process.wait()
-
-    def kill_leftovers(self) -> None:
-        """Synchronous last resort (outside Trio): SIGKILL and reap whatever still runs."""
-        for server in self.servers.values():
-            process = server.process
-            if process is not None and process.returncode is None:
-                process.kill()
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(process.pid, 0)
-
-    # --- observation -----------------------------------------------------------------------
-
-    def assert_running(self, ids: Iterable[int] | None = None) -> None:
-        """Every given member's process is alive (it has not crashed or exited)."""
-        for member_id in self.servers if ids is None else ids:
-            server = self.servers[member_id]
-            if not server.running:
-                raise AssertionError(
-                    f"member {member_id} is not running (exit status {server.returncode}); "
-                    f"its log ends:\n{server.log_tail(30)}"
-                )
-
-    async def status(self, ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        return await collect_status(self.addresses(ids), timeout=0.5)
-
-    async def wait_for_leader(
-        self, ids: Sequence[int] | None = None, *, timeout: float = 15.0
-    ) -> Agreement:
-        """Poll status until every given member (default: all running) names the same leader,
-        that leader is one of them, and exactly one of them reports the role leader."""
-        ids = list(self.running_ids() if ids is None else ids)
-        rows: list[dict[str, Any]] = []
-        with trio.move_on_after(timeout):
-            while True:
-                self.assert_running(ids)
-                rows = await self.status(ids)
-                agreement = _agreement(rows)
-                if agreement is not None:
-                    return agreement
-                await trio.sleep(0.05)
-        raise AssertionError(f"members {ids} did not agree on a leader in {timeout}s: {rows}")
-
-    def logs_report(self, lines: int = 60) -> str:
-        parts = []
-        for member_id, server in self.servers.items():
-            state = "never started" if server.process is None else f"exit {server.returncode}"
-            parts.append(
-                f"--- member {member_id} at {server.address} ({state}), {server.log_path}:\n"
-                f"{server.log_tail(lines)}"
-            )
-        return "\n".join(parts)
-
-
-def _agreement(rows: list[dict[str, Any]]) -> Agreement | None:
-    leaders = {row["leader"] for row in rows}
-    leading = [row for row in rows if row["role"] == "leader"]
-    if len(leaders) != 1 or None in leaders or len(leading) != 1:
-        return None
-    (leader,) = leaders
-    if leading[0]["id"] != leader:
-        return None
-    return Agreement(leader=leader, term=leading[0]["term"], rows=rows)
+    def __init__(self, workdir: Path, size: int = 3, **options: Any) -> None:
+        options.setdefault("state_machine", APPEND_LOG)
+        options.setdefault("pythonpath", [REPO_ROOT])
+        super().__init__(workdir, size, **options)
 
 
 class ConnectionClosed(Exception):

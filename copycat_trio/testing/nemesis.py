@@ -1,0 +1,517 @@
+"""Real processes under faults: the simulation's workload and checker against `serve` processes.
+
+Five (by default) `copycat-trio serve` processes with disk storage run the key-value store; the
+simulation's clients (`KvWorkload`) put, get, compare-and-set and delete a few keys over real TCP
+while a nemesis plays faults one after another:
+
+- kill, kill-majority, kill-all: SIGKILL, then start again on the same data directory;
+- pause, pause-leader: SIGSTOP for longer than the lease and the election timeout, then SIGCONT;
+- partition-halves, partition-leader, partition-bridge, partition-oneway: silent packet drops
+  between members, made in network namespaces the run creates (`netns.py`); where namespaces
+  cannot be made (not root, no `ip`), the run says so and plays the other faults.
+
+A watcher polls every member's status: two members leading in one term, or a member that exits
+without being killed, is a failure. At the end every fault is healed, the cluster must elect a
+leader and every member catch up, a fresh client reads every key, and the whole history goes to
+the linearizability checker. Acknowledged writes lost to a crash, stale reads from a deposed
+leader and doubled retries all show up there.
+
+`python -m copycat_trio.testing.nemesis --seconds 60 --seed 7` (or `nox -s nemesis`); exit
+status 1 on any failure, with the fault schedule, the check's explanation and the servers' logs
+kept in the work directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from ..client import CopycatClient, open_client
+from ..client.admin import fetch_status
+from ..protocol.messages import StatusResponse
+from ..recipes.kv import Get
+from .history import History, OpKind
+from .linearizability import CheckResult, check
+from .netns import NetworkLab, open_network_lab, unavailable_reason
+from .processes import ProcessCluster
+from .simulation import Trace
+from .workload import KvWorkload
+
+__all__ = ["FAULTS", "NemesisConfig", "NemesisReport", "run_nemesis"]
+
+PROCESS_FAULTS = ("kill", "kill-majority", "kill-all", "pause", "pause-leader")
+NETWORK_FAULTS = ("partition-halves", "partition-leader", "partition-bridge", "partition-oneway")
+FAULTS = PROCESS_FAULTS + NETWORK_FAULTS
+PORT = 7300
+"""The port every member listens on inside its own namespace."""
+
+
+@attrs.frozen(kw_only=True)
+class NemesisConfig:
+    """One run: its seed, size, length, faults and timings."""
+
+    seed: int = 0
+    servers: int = 5
+    seconds: float = 60.0
+    """How long the workload and the nemesis run (recovery and the final reads come after)."""
+    faults: tuple[str, ...] = FAULTS
+    netns: bool | None = None
+    """True: partitions are required; False: never; None: used where namespaces can be made."""
+    election_timeout: float = 0.5
+    heartbeat_interval: float = 0.1
+    snapshot_every: int | None = 150
+    """Small, so that restarted members catch up from snapshots sent over TCP."""
+    clients: int = 5
+    ops_per_client: int = 1_000
+    quiet: tuple[float, float] = (0.5, 2.0)
+    """Seconds between one fault's heal and the next fault."""
+    hold: tuple[float, float] = (1.0, 4.0)
+    """Seconds a fault lasts."""
+    recovery: float = 45.0
+    """Seconds allowed after the last heal for a leader, catch-up and the final reads."""
+    wipe_on_restart: bool = False
+    """Self-check only: delete a killed member's data before starting it again (the bug of
+    Copycat's own Jepsen suite). Runs with it should fail; that they do shows this harness
+    can see lost writes."""
+
+    def __attrs_post_init__(self) -> None:
+        unknown = set(self.faults) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULTS)}")
+        if self.servers < 3:
+            raise ValueError("a nemesis run needs at least 3 servers")
+
+
+@attrs.define
+class NemesisReport:
+    """What a run did and found; `ok` only if the history is linearizable and nothing else broke."""
+
+    config: NemesisConfig
+    workdir: Path
+    netns: bool
+    netns_note: str
+    schedule: list[str]
+    problems: list[str]
+    check: CheckResult | None
+    operations: int
+    outcomes: dict[str, int]
+    terms: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.check is not None and self.check.ok and not self.problems
+
+    def format(self) -> str:
+        verdict = "ok" if self.ok else "FAILED"
+        check = self.check.status.value if self.check else "not run"
+        counts = ", ".join(f"{n} {name}" for name, n in sorted(self.outcomes.items()))
+        lines = [
+            f"{verdict}: seed {self.config.seed}, {self.config.servers} server processes, "
+            f"{self.operations} operations ({counts}), {len(self.schedule)} faults, "
+            f"{self.terms} terms, {self.seconds:.1f}s; history {check}",
+            f"partitions: {self.netns_note}",
+        ]
+        lines += [f"  fault {line}" for line in self.schedule]
+        lines += [f"  PROBLEM {problem}" for problem in self.problems]
+        if self.check is not None and not self.check.ok:
+            lines.append(self.check.explanation)
+        lines.append(f"work directory (logs, data): {self.workdir}")
+        return "\n".join(lines)
+
+
+class _Run:
+    """The state of one run; also the workload's host (history, trace, clients, rng)."""
+
+    def __init__(self, config: NemesisConfig, workdir: Path) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.started = trio.current_time()
+        self.trace = Trace(self.clock)
+        self.history = History(clock=self.clock)
+        self.client_hosts: list[str] = []
+        self.problems: list[str] = []
+        self.schedule: list[str] = []
+        self.leaders_by_term: dict[int, set[int]] = {}
+        self.leader: int | None = None
+        self.expected_down: set[int] = set()
+        """Members we killed (or are about to): their exit is not a crash."""
+        self.cluster: ProcessCluster | None = None
+        self.lab: NetworkLab | None = None
+        self._clients = 0
+
+    def clock(self) -> float:
+        """Seconds since the run began (the history's and the trace's times)."""
+        return trio.current_time() - self.started
+
+    # --- the workload's host -------------------------------------------------------------------
+
+    def rng(self, name: str) -> random.Random:
+        return random.Random(f"{self.config.seed}:{name}")
+
+    def client(
+        self, *, host: str = "client", name: str | None = None, **options: Any
+    ) -> AbstractAsyncContextManager[CopycatClient]:
+        assert self.cluster is not None
+        self._clients += 1
+        client_id = f"nemesis{self.config.seed}-{name or self._clients}-{time.time_ns()}"
+        return open_client(self.cluster.addresses(), client_id=client_id, **options)
+
+    # --- the run -------------------------------------------------------------------------------
+
+    def _problem(self, text: str) -> None:
+        self.problems.append(text)
+        self.trace.record("PROBLEM", text)
+
+    async def run(self, use_netns: bool) -> None:
+        async with self._lab(use_netns) as lab:
+            self.lab = lab
+            config = self.config
+            cluster = self.cluster = ProcessCluster(
+                self.workdir,
+                config.servers,
+                election_timeout=config.election_timeout,
+                heartbeat_interval=config.heartbeat_interval,
+                snapshot_every=config.snapshot_every,
+                addresses=(
+                    [f"{lab.address(i)}:{PORT}" for i in range(1, config.servers + 1)]
+                    if lab
+                    else None
+                ),
+                command_prefix=lab.exec_prefix if lab else None,
+            )
+            try:
+                await cluster.start()
+                await cluster.wait_for_leader(timeout=30)
+                await self._load_and_faults(cluster)
+                await self._recover(cluster)
+                await self._final_reads()
+            finally:
+                await cluster.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _lab(self, use_netns: bool) -> AsyncIterator[NetworkLab | None]:
+        if not use_netns:
+            yield None
+            return
+        async with open_network_lab(self.config.servers, self.rng("subnet")) as lab:
+            yield lab
+
+    async def _load_and_faults(self, cluster: ProcessCluster) -> None:
+        config = self.config
+        until = trio.current_time() + config.seconds
+        workload = KvWorkload(
+            clients=config.clients,
+            max_ops=config.ops_per_client,
+            think=0.05,
+            bursty=0.3,
+            op_timeout=3.0,
+            request_timeout=1.0,
+            session_timeout=5.0,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch, cluster)
+            async with trio.open_nursery() as load:
+                load.start_soon(self._nemesis, cluster, until)
+                await workload.run(self, until)
+            nursery.cancel_scope.cancel()
+
+    async def _recover(self, cluster: ProcessCluster) -> None:
+        """Heal everything, then wait for a leader and for every member to apply everything."""
+        await self._heal_all(cluster)
+        deadline = trio.current_time() + self.config.recovery
+        try:
+            agreement = await cluster.wait_for_leader(timeout=self.config.recovery)
+        except AssertionError as exc:
+            self._problem(f"no leader after every fault was healed: {exc}")
+            return
+        self.trace.record("recover", f"leader {agreement.leader} in term {agreement.term}")
+        last: tuple[Any, ...] | None = None
+        rows: list[dict[str, Any]] = []
+        while trio.current_time() < deadline:
+            rows = await cluster.status()
+            marks = tuple((r["commit_index"], r["applied_index"]) for r in rows)
+            caught_up = (
+                all(
+                    r["role"] != "unreachable" and r["applied_index"] == rows[0]["commit_index"]
+                    for r in rows
+                )
+                and len({c for c, _ in marks}) == 1
+            )
+            if caught_up and marks == last:
+                self.trace.record("recover", f"every member applied {marks[0][1]}")
+                return
+            last = marks if caught_up else None
+            await trio.sleep(0.2)
+        self._problem(f"members did not all catch up in {self.config.recovery}s: {rows}")
+
+    async def _final_reads(self) -> None:
+        """A fresh client reads every key linearizably: the last word on lost writes."""
+        keys = [f"k{i}" for i in range(KvWorkload().keys)]
+        try:
+            with trio.fail_after(self.config.recovery):
+                async with self.client(name="final", timeout=10.0, request_timeout=2.0) as c:
+                    for key in keys:
+                        token = self.history.invoke("final", OpKind.GET, key)
+                        value = await c.submit(Get(key))
+                        self.history.complete(token, value)
+                        self.trace.record("final", f"{key} = {value!r}")
+        except Exception as exc:  # any failure to read is a problem to report
+            self._problem(f"final reads failed: {type(exc).__name__}: {exc}")
+
+    # --- watching ------------------------------------------------------------------------------
+
+    async def _watch(self, cluster: ProcessCluster) -> None:
+        """Poll every member: leaders per term, and processes that died without being killed."""
+        addresses = cluster.addresses()
+        while True:
+            for member_id, server in cluster.servers.items():
+                if (
+                    server.process is not None
+                    and server.returncode is not None
+                    and member_id not in self.expected_down
+                ):
+                    self._problem(
+                        f"member {member_id} exited by itself (status {server.returncode}); "
+                        f"its log ends:\n{server.log_tail(20)}"
+                    )
+                    self.expected_down.add(member_id)  # report it once
+            answers = await fetch_status(addresses, timeout=0.3)
+            for answer in answers:
+                if isinstance(answer, StatusResponse) and answer.role == "leader":
+                    leaders = self.leaders_by_term.setdefault(answer.term, set())
+                    if answer.id not in leaders:
+                        leaders.add(answer.id)
+                        self.trace.record("leader", f"{answer.id} leads term {answer.term}")
+                        if len(leaders) > 1:
+                            self._problem(f"members {sorted(leaders)} both led term {answer.term}")
+                    if self.leader != answer.id and answer.term == max(self.leaders_by_term):
+                        self.leader = answer.id
+            await trio.sleep(0.1)
+
+    # --- faults --------------------------------------------------------------------------------
+
+    def _faults(self) -> list[str]:
+        if self.lab is None:
+            return [f for f in self.config.faults if f not in NETWORK_FAULTS]
+        return list(self.config.faults)
+
+    async def _nemesis(self, cluster: ProcessCluster, until: float) -> None:
+        rng = self.rng("nemesis")
+        faults = self._faults()
+        if not faults:
+            return
+        while True:
+            await trio.sleep(rng.uniform(*self.config.quiet))
+            if trio.current_time() >= until - 1.0:
+                return
+            fault = rng.choice(faults)
+            hold = rng.uniform(*self.config.hold)
+            await self._episode(cluster, fault, hold, rng)
+
+    def _note(self, text: str) -> None:
+        self.schedule.append(f"{self.clock():7.2f}s {text}")
+        self.trace.record("fault", text)
+
+    def _pick_leader(self, rng: random.Random) -> int:
+        ids = list(range(1, self.config.servers + 1))
+        if self.leader is not None and self.leader in ids:
+            return self.leader
+        return rng.choice(ids)
+
+    async def _episode(
+        self, cluster: ProcessCluster, fault: str, hold: float, rng: random.Random
+    ) -> None:
+        ids = list(range(1, self.config.servers + 1))
+        majority = self.config.servers // 2 + 1
+        if fault.startswith("kill"):
+            if fault == "kill":
+                victims = [self._pick_leader(rng) if rng.random() < 0.5 else rng.choice(ids)]
+            elif fault == "kill-majority":
+                victims = sorted(rng.sample(ids, majority))
+            else:
+                victims = ids
+                hold = min(hold, 1.5)
+            self._note(f"{fault}: SIGKILL {victims} for {hold:.1f}s")
+            for member_id in victims:
+                self.expected_down.add(member_id)
+                await cluster.kill(member_id)
+            await trio.sleep(hold)
+            if self.config.wipe_on_restart:
+                for member_id in victims:
+                    shutil.rmtree(cluster.data_dir(member_id), ignore_errors=True)
+                self._note(f"{fault}: wiped the data of {victims}")
+            await cluster.start(victims)
+            for member_id in victims:
+                self.expected_down.discard(member_id)
+            self._note(f"{fault}: restarted {victims}")
+        elif fault.startswith("pause"):
+            victim = self._pick_leader(rng) if fault == "pause-leader" else rng.choice(ids)
+            self._note(f"{fault}: SIGSTOP {victim} for {hold:.1f}s")
+            cluster.pause(victim)
+            await trio.sleep(hold)
+            cluster.resume(victim)
+            self._note(f"{fault}: SIGCONT {victim}")
+        else:
+            assert self.lab is not None
+            lab = self.lab
+            if fault == "partition-halves":
+                shuffled = rng.sample(ids, len(ids))
+                cut = rng.randint(1, len(ids) // 2)
+                sides = [sorted(shuffled[:cut]), sorted(shuffled[cut:])]
+                await lab.partition(*sides)
+                text = f"{sides[0]} | {sides[1]}"
+            elif fault == "partition-leader":
+                leader = self._pick_leader(rng)
+                await lab.isolate(leader)
+                text = f"{leader} isolated"
+            elif fault == "partition-bridge":
+                shuffled = rng.sample(ids, len(ids))
+                bridge, rest = shuffled[0], shuffled[1:]
+                half = len(rest) // 2
+                sides = [sorted(rest[:half]), sorted(rest[half:])]
+                await lab.partition(*sides)
+                text = f"{sides[0]} | {sides[1]}, {bridge} sees both"
+            else:
+                leader = self._pick_leader(rng)
+                others = [i for i in ids if i != leader]
+                if rng.random() < 0.5:
+                    for other in others:
+                        await lab.cut(leader, other)
+                    text = f"{leader} cannot send to {others}"
+                else:
+                    for other in others:
+                        await lab.cut(other, leader)
+                    text = f"{leader} hears nothing from {others}"
+            self._note(f"{fault}: {text} for {hold:.1f}s")
+            await trio.sleep(hold)
+            await lab.heal()
+            self._note(f"{fault}: healed")
+
+    async def _heal_all(self, cluster: ProcessCluster) -> None:
+        if self.lab is not None:
+            await self.lab.heal()
+        for member_id, server in cluster.servers.items():
+            if server.paused:
+                cluster.resume(member_id)
+        down = [i for i, s in cluster.servers.items() if not s.running]
+        if down:
+            await cluster.start(down)
+        self.expected_down.clear()
+
+
+def decide_netns(wanted: bool | None) -> tuple[bool, str]:
+    """Whether to make partitions with namespaces, and a sentence saying so (and why not)."""
+    if wanted is False:
+        return False, "not played (--no-netns)"
+    reason = unavailable_reason()
+    if reason is None:
+        return True, "played in network namespaces made by this run"
+    if wanted:
+        raise RuntimeError(f"partitions need network namespaces, and {reason}")
+    return False, f"NOT played: {reason}; kills and pauses only"
+
+
+async def run_nemesis(config: NemesisConfig, workdir: Path) -> NemesisReport:
+    """Run one nemesis test in `workdir` (which keeps the servers' logs and data)."""
+    use_netns, note = decide_netns(config.netns)
+    started = trio.current_time()
+    run = _Run(config, workdir)
+    try:
+        await run.run(use_netns)
+    except Exception as exc:  # reported, with the history so far
+        run._problem(f"the run itself failed: {type(exc).__name__}: {exc}")
+    ops = run.history.operations()
+    outcomes: dict[str, int] = {}
+    for op in ops:
+        outcomes[op.outcome.value] = outcomes.get(op.outcome.value, 0) + 1
+    result = await trio.to_thread.run_sync(lambda: check(ops, max_states=2_000_000))
+    return NemesisReport(
+        config=config,
+        workdir=workdir,
+        netns=use_netns,
+        netns_note=note,
+        schedule=run.schedule,
+        problems=run.problems,
+        check=result,
+        operations=len(ops),
+        outcomes=outcomes,
+        terms=len(run.leaders_by_term),
+        seconds=trio.current_time() - started,
+    )
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m copycat_trio.testing.nemesis",
+        description="Real server processes under SIGKILL, SIGSTOP and network partitions, "
+        "checked for linearizability.",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--runs", type=int, default=1, help="runs, seeds seed..seed+runs-1")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each run")
+    parser.add_argument("--servers", type=int, default=5)
+    parser.add_argument(
+        "--faults", default=",".join(FAULTS), help=f"comma-separated subset of {','.join(FAULTS)}"
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--netns",
+        dest="netns",
+        action="store_true",
+        default=None,
+        help="fail unless partitions can be played",
+    )
+    group.add_argument(
+        "--no-netns", dest="netns", action="store_false", help="kills and pauses only"
+    )
+    parser.add_argument("--workdir", type=Path, help="keep logs and data here (default: temp)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory on success")
+    parser.add_argument(
+        "--wipe-on-restart",
+        action="store_true",
+        help="self-check: delete killed members' data before restarting them (should fail)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    failures = 0
+    for seed in range(args.seed, args.seed + args.runs):
+        config = NemesisConfig(
+            seed=seed,
+            servers=args.servers,
+            seconds=args.seconds,
+            faults=tuple(f for f in args.faults.split(",") if f),
+            netns=args.netns,
+            wipe_on_restart=args.wipe_on_restart,
+        )
+        root = args.workdir or Path(tempfile.mkdtemp(prefix="copycat-nemesis-"))
+        workdir = root / f"seed{seed}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        report = trio.run(run_nemesis, config, workdir)
+        print(report.format(), flush=True)
+        if report.ok:
+            if not args.keep and args.workdir is None:
+                shutil.rmtree(root, ignore_errors=True)
+        else:
+            failures += 1
+    print(f"{args.runs - failures} of {args.runs} runs passed", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
