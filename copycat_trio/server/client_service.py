@@ -104,7 +104,7 @@ class ClientService:
         default_session_timeout_ms: int,
         request_timeout: float,
         election_timeout: float,
-        wall_clock_ms: Callable[[], int],
+        log_clock: Callable[[], int],
     ) -> None:
         self.loop = loop
         self.executor = executor
@@ -112,7 +112,8 @@ class ClientService:
         self.default_session_timeout_ms = default_session_timeout_ms
         self.request_timeout = request_timeout
         self.election_timeout = election_timeout
-        self.wall_clock_ms = wall_clock_ms
+        self.log_clock = log_clock
+        """Log time as this member would stamp an entry now (see log_clock.py)."""
         self._sequenced: dict[int, AsyncValue[int]] = {}
         """Leader-local: the highest command sequence appended per session in this term."""
         self._term = -1
@@ -395,7 +396,7 @@ class ClientService:
             if not await self._as_leader():
                 continue
             proposed = {i: p for i, p in proposed.items() if not p.event.is_set()}
-            now = max(self.executor.log_time, self.wall_clock_ms())
+            now = self.log_clock()
             for session in self.executor.sessions.expired(now):
                 if session.id in proposed:
                     continue

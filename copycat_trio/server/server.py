@@ -65,6 +65,7 @@ from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
 from ..transport.tcp import TcpTransport
 from .client_service import ClientConnection, ClientService
 from .executor import Executor
+from .log_clock import LogClock
 from .loop import RaftLoop, Step
 from .membership import MembershipService, configure_response
 from .options import ServerOptions, validate_members
@@ -156,7 +157,8 @@ class CopycatServer:
         self.storage: LogStorage = storage or MemoryStorage()
         self.rng = rng or random.Random()
         self.wall_clock_ms = wall_clock_ms or _wall_clock_ms
-        """Where a leader's log timestamps come from (a simulation passes its own clock)."""
+        """The wall clock a leader's log time slews toward (a simulation passes its own); see
+        log_clock.py: a step of this clock does not step log time."""
         self.address = address
         self.client_address = client_address
         self._loop: RaftLoop | None = None
@@ -216,6 +218,7 @@ class CopycatServer:
             snapshot_every=self.snapshot_every,
             on_snapshot=self._compact,
         )
+        log_clock = LogClock(self.wall_clock_ms, trio.current_time, floor=lambda: executor.log_time)
         snapshot = None
         if executor.snapshots is not None:
             info = await executor.snapshots.latest()
@@ -235,7 +238,7 @@ class CopycatServer:
             entries=stored.entries,
             rng=self.rng,
             now=trio.current_time(),
-            timestamp=self.wall_clock_ms,
+            timestamp=log_clock,
             entry_size=lambda entry: len(registry.encode(entry)),
             snapshot=snapshot,
         )
@@ -274,7 +277,7 @@ class CopycatServer:
                     default_session_timeout_ms=int(options.session_timeout * 1000),
                     request_timeout=options.request_timeout,
                     election_timeout=options.election_timeout,
-                    wall_clock_ms=self.wall_clock_ms,
+                    log_clock=log_clock,
                 )
                 self._membership = MembershipService(
                     loop,

@@ -197,6 +197,30 @@ async def test_silent_client_session_expires_by_log_time(autojump_clock) -> None
             assert server.state_machine.expired == ids
 
 
+async def test_stepping_the_leaders_wall_clock_expires_no_session(autojump_clock) -> None:
+    # Log time follows the leader's monotonic clock and only slews toward its wall clock, so an
+    # operator (or NTP) stepping the leader's clock a minute ahead expires nobody, not even a
+    # session that only sends keep-alives.
+    async with open_memory_cluster(3, Journal) as cluster:
+        leader = await cluster.wait_for_leader()
+        async with (
+            cluster.client(session_timeout=2.0) as busy,
+            cluster.client(session_timeout=6.0) as idle,  # keep-alives every 2 s
+        ):
+            sessions = (busy.session_id, idle.session_id)
+            await busy.submit(Record("before"))
+            cluster.clock_offsets[leader] = 60.0
+            for i in range(20):
+                await busy.submit(Record(f"after-{i}"))
+                await trio.sleep(0.5)
+            assert (busy.session_id, idle.session_id) == sessions
+            assert idle.state.value is ClientState.CONNECTED
+            assert await idle.submit(Records()) == ["before"] + [f"after-{i}" for i in range(20)]
+        assert await cluster.wait_for_leader() == leader
+        for server in cluster.servers.values():
+            assert server.state_machine.expired == []
+
+
 async def test_client_closes_when_its_session_expired(autojump_clock) -> None:
     async with open_memory_cluster(3, Journal) as cluster:
         await cluster.wait_for_leader()
