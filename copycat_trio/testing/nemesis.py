@@ -74,7 +74,8 @@ class NemesisConfig:
     snapshot_every: int | None = 150
     """Small, so that restarted members catch up from snapshots sent over TCP."""
     clients: int = 5
-    ops_per_client: int = 1_000
+    ops_per_client: int = 10_000
+    """A bound; the clients normally run out of time first (about 15 operations a second each)."""
     quiet: tuple[float, float] = (0.5, 2.0)
     """Seconds between one fault's heal and the next fault."""
     hold: tuple[float, float] = (1.0, 4.0)
