@@ -109,6 +109,10 @@ class CopycatClient:
         self.members: tuple[Member, ...] = ()
         self._address: str | None = None
         self._rotation = 0
+        self._unanswered: str | None = None
+        """The last member that did not answer in time: tried last until it answers again (a
+        member that hears clients but cannot reach the leader would otherwise hold every
+        request for a whole request timeout, keep-alives included)."""
         self._next_sequence = 1
         self._completed = AsyncValue(0)
         """Highest sequence such that it and every one before it have completed."""
@@ -244,8 +248,12 @@ class CopycatClient:
                 event_index=self._event_index.value,
             )
             try:
+                # Each member gets half an interval, so that several can be tried before the
+                # session times out, however long request_timeout is.
                 with trio.fail_after(max(interval, self.request_timeout)):
-                    response = await self._request_any(request)
+                    response = await self._request_any(
+                        request, attempt_timeout=min(self.request_timeout, interval / 2)
+                    )
                 self._note_cluster(response.leader, response.members)
                 self.state.value = ClientState.CONNECTED
             except UnknownSessionError:
@@ -294,22 +302,30 @@ class CopycatClient:
 
     # --- requests with failover ------------------------------------------------------------
 
-    async def _request_any(self, body: Any) -> Any:
+    async def _request_any(self, body: Any, attempt_timeout: float | None = None) -> Any:
         """Send to the current member, failing over to others with back-off, until answered
-        with anything but NO_LEADER. Only for requests that are safe to send twice."""
+        with anything but NO_LEADER. Only for requests that are safe to send twice.
+        `attempt_timeout` bounds each member's turn (default: request_timeout)."""
         delays = self.connection_strategy.delays()
+        timeout = self.request_timeout if attempt_timeout is None else attempt_timeout
         while True:
             order = self.selection.order(self.addresses, self._leader_address(), self._rotation)
             if self._address in order:
                 order.remove(self._address)
                 order.insert(0, self._address)
+            if self._unanswered in order and len(order) > 1:
+                order.remove(self._unanswered)
+                order.append(self._unanswered)
             for address in order:
                 try:
-                    response = await self._pool.request(address, body, self.request_timeout)
+                    response = await self._pool.request(address, body, timeout)
                 except (RequestNotSent, ResponseLost) as exc:
                     log.debug("%s: %s", address, exc)
                     self._rotation += 1
+                    self._unanswered = address
                     continue
+                if address == self._unanswered:
+                    self._unanswered = None
                 error: ErrorInfo | None = getattr(response, "error", None)
                 if error is not None and error.type is ErrorType.NO_LEADER:
                     continue

@@ -221,6 +221,35 @@ async def test_stepping_the_leaders_wall_clock_expires_no_session(autojump_clock
             assert server.state_machine.expired == []
 
 
+@pytest.mark.parametrize("cut", ["cannot_send", "hears_nothing", "both"])
+async def test_session_outlives_a_member_that_cannot_reach_the_others(
+    autojump_clock, cut: str
+) -> None:
+    # Found by the nemesis (real processes, one-way partition): the client's member could hear
+    # everyone but reach no one, so each keep-alive it forwarded hung for the client's whole
+    # request timeout (4 s, against a 5 s session), and the session expired although four
+    # healthy members stood by. Keep-alives now give each member half a keep-alive interval,
+    # and a member that did not answer is tried last.
+    async with open_memory_cluster(5, Counter, election_timeout=0.5) as cluster:
+        old = await cluster.wait_for_leader()
+        others = [i for i in cluster.all_ids() if i != old]
+        async with cluster.client(
+            [old, *others], session_timeout=5.0, request_timeout=4.0
+        ) as client:
+            await client.submit(Increment(1))
+            session = client.session_id
+            for other in others:
+                a, b = cluster.address(old), cluster.address(other)
+                if cut == "both":
+                    cluster.network.cut(a, b)
+                else:
+                    cluster.network.cut_one_way(*((a, b) if cut == "cannot_send" else (b, a)))
+            await trio.sleep(15)
+            assert client.session_id == session
+            assert client.state.value is not ClientState.CLOSED
+            assert await client.submit(Increment(1)) == 2
+
+
 async def test_client_closes_when_its_session_expired(autojump_clock) -> None:
     async with open_memory_cluster(3, Journal) as cluster:
         await cluster.wait_for_leader()
