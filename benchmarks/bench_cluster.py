@@ -18,11 +18,11 @@ inside the window count. Latency is time.perf_counter() around `await client.sub
 reads read keys written beforehand and check the values they get back.
 
 The client's address list starts with the leader (--via follower: with a follower, which forwards
-to the leader). Storage is `disk` (fsynced, in a temporary directory) where `serve` supports it,
-else memory; --storage memory writes nothing. The client and the three servers share the
-machine's cores, so the table also shows, for the measured window, the CPU each process used
-(100 = one core), the whole machine's busy time (box%, other processes included) and how long
-the leader was runnable but waiting for a core (L wait%), all from /proc on Linux.
+to the leader). Storage is `disk` (fsynced, in a temporary directory); --storage memory writes
+nothing. The client and the three servers share the machine's cores, so the table also shows,
+for the measured window, the CPU each process used (100 = one core), the whole machine's busy
+time (box%, other processes included) and how long the leader was runnable but waiting for a
+core (L wait%), all from /proc on Linux.
 
 Exit status: 0 if every phase ran without an unexpected error; 1 if the cluster never elected a
 leader (or a server exited) or any operation failed with anything but OutcomeUnknownError (those
@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -50,10 +51,11 @@ import trio
 import copycat_trio
 from copycat_trio.client import open_client
 from copycat_trio.client.client import CopycatClient
-from copycat_trio.demo import ELECTION_TIMEOUT, DemoCluster, wait_for_leader
+from copycat_trio.demo import ELECTION_TIMEOUT, wait_for_leader
 from copycat_trio.protocol.errors import CopycatError, OutcomeUnknownError
 from copycat_trio.protocol.operations import Consistency
 from copycat_trio.recipes.kv import Get, Put
+from copycat_trio.testing.processes import ProcessCluster
 
 VALUE = "v" * 16
 READ_KEYS = 1000
@@ -79,40 +81,32 @@ finally:
 descheduled, e.g. when a send() wakes its peer on a shared core, to whatever was running)."""
 
 
-class BenchCluster(DemoCluster):
+class BenchCluster(ProcessCluster):
     """The demo's three servers on free loopback ports, with a chosen storage level, optionally
     each under cProfile (--profile DIR). Disk data lives in the temporary work directory."""
 
     def __init__(self, workdir: str, storage: str, profile_dir: str | None = None) -> None:
-        super().__init__(workdir)
-        self.storage = storage
+        super().__init__(
+            Path(workdir),
+            3,
+            election_timeout=ELECTION_TIMEOUT,
+            heartbeat_interval=None,  # serve's default, as in the demo
+            storage=storage,
+        )
         self.profile_dir = profile_dir
 
-    def serve_arguments(self, member_id: int) -> list[str]:
-        arguments = ["serve", "--id", str(member_id), "--members", self.members]
-        arguments += ["--election-timeout", str(ELECTION_TIMEOUT)]
-        if self.storage != "memory (only level)":
-            arguments += ["--storage", self.storage]
-        if self.storage == "disk":
-            arguments += ["--data-dir", os.path.join(self.workdir, f"data{member_id}")]
-        return arguments
+    def _command(self, member_id: int) -> list[str]:
+        if self.profile_dir is None:
+            return super()._command(member_id)
+        out = os.path.join(self.profile_dir, f"server{member_id}.prof")
+        arguments = self.serve_arguments(member_id)
+        return [sys.executable, "-c", PROFILED_SERVER, out, "copycat-trio", *arguments]
 
     def exited(self) -> list[int]:
-        return [i for i, p in self.processes.items() if p.returncode is not None]
+        return [i for i, s in self.servers.items() if s.process is not None and not s.running]
 
-    async def start(self, member_id: int) -> None:
-        if self.profile_dir is None:
-            command = [sys.executable, "-m", "copycat_trio"]
-        else:
-            out = os.path.join(self.profile_dir, f"server{member_id}.prof")
-            command = [sys.executable, "-c", PROFILED_SERVER, out, "copycat-trio"]
-        log_path = os.path.join(self.workdir, f"server{member_id}.log")
-        with open(log_path, "ab") as log_file:
-            self.processes[member_id] = await trio.lowlevel.open_process(
-                [*command, *self.serve_arguments(member_id)],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
+    def pids(self) -> dict[int, int]:
+        return {i: s.process.pid for i, s in self.servers.items() if s.process is not None}
 
     def log_tails(self, limit: int = 2000) -> str:
         parts = []
@@ -127,25 +121,6 @@ class BenchCluster(DemoCluster):
 # --- CPU accounting ----------------------------------------------------------------------
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def choose_storage(requested: str | None) -> str:
-    """The storage level to pass to `serve`; servers without --storage keep their log in memory.
-
-    Raises SystemExit when disk is requested of a server that cannot do it.
-    """
-    help_text = subprocess.run(
-        [sys.executable, "-m", "copycat_trio", "serve", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    ).stdout
-    if "--storage" in help_text:
-        return requested or "disk"
-    if requested == "disk":
-        raise SystemExit("--storage disk: this copycat_trio's `serve` has no --storage option")
-    return "memory (only level)"
 
 
 def process_cpu_seconds(pid: int) -> float | None:
@@ -292,7 +267,7 @@ async def run_phase(
     op_timeout: float,
 ) -> PhaseResult:
     phase = Phase(op, tasks, max_ops)
-    pids = {member_id: p.pid for member_id, p in cluster.processes.items()}
+    pids = cluster.pids()
     async with trio.open_nursery() as nursery:
         for task in range(tasks):
             nursery.start_soon(phase.worker, client, task, op_timeout)
@@ -506,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage",
         choices=("disk", "memory"),
         help="server storage: disk (fsynced, in a temporary directory under $TMPDIR; the "
-        "default where `serve` has --storage) or memory (nothing written)",
+        "default) or memory (nothing written)",
     )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--profile", metavar="DIR", help="run each server under cProfile into DIR")
@@ -519,29 +494,31 @@ async def bench(args: argparse.Namespace, facts: dict[str, Any]) -> int:
         cluster = BenchCluster(workdir, args.storage, profile_dir=args.profile)
         results: list[PhaseResult] = []
         try:
-            for member_id in cluster.addresses:
-                await cluster.start(member_id)
-            all_addresses = list(cluster.addresses.values())
+            await cluster.start()
+            all_addresses = cluster.addresses()
             leader = await wait_for_cluster(cluster, all_addresses)
             if leader is None:
                 say(f"FAILED: no leader elected within {LEADER_TIMEOUT:.0f}s; logs follow")
                 say(cluster.log_tails())
                 return 1
             leader_id = leader["id"]
-            leader_address = cluster.addresses[leader_id]
+            leader_address = cluster.address(leader_id)
             others = [a for a in all_addresses if a != leader_address]
             if args.via == "leader":
                 addresses = [leader_address, *others]
             else:
                 addresses = [*others, leader_address]
             say(
-                f"servers: {', '.join(f'{i}={a}' for i, a in cluster.addresses.items())}; "
+                f"servers: {', '.join(f'{i}={cluster.address(i)}' for i in cluster.ids())}; "
                 f"leader: member {leader_id} (term {leader['term']}); "
                 f"client goes first to {addresses[0]} ({args.via}); storage: {args.storage}"
                 + (f" in {workdir}" if args.storage == "disk" else "")
             )
             facts.update(
-                leader=leader_id, via=args.via, storage=args.storage, addresses=cluster.addresses
+                leader=leader_id,
+                via=args.via,
+                storage=args.storage,
+                addresses={i: cluster.address(i) for i in cluster.ids()},
             )
 
             phases = [("put", n) for n in args.writers]
@@ -580,7 +557,7 @@ async def bench(args: argparse.Namespace, facts: dict[str, Any]) -> int:
             say(cluster.log_tails())
             return 1
         finally:
-            await cluster.stop_all()
+            await cluster.aclose()
 
         say("")
         say(format_results(results))
@@ -632,7 +609,7 @@ def main() -> None:
     args = build_parser().parse_args()
     if args.max_ops < 1:
         raise SystemExit("--max-ops must be at least 1")
-    args.storage = choose_storage(args.storage)
+    args.storage = args.storage or "disk"
     if args.profile:
         args.profile = os.path.abspath(args.profile)
         os.makedirs(args.profile, exist_ok=True)

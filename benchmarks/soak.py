@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,65 +27,30 @@ import trio
 
 from copycat_trio.cli import collect_status
 from copycat_trio.client import open_client
-from copycat_trio.demo import free_ports
 from copycat_trio.protocol.errors import OutcomeUnknownError
 from copycat_trio.recipes.kv import Get, Put
+from copycat_trio.testing.processes import ProcessCluster
 
 
-class SoakCluster:
+class SoakCluster(ProcessCluster):
+    """Three disk-backed members on free loopback ports, with serve's default timing."""
+
     def __init__(self, workdir: Path, snapshot_every: int) -> None:
-        self.workdir = workdir
-        self.snapshot_every = snapshot_every
-        self.addresses = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(free_ports(3))}
-        self.members = ",".join(f"{i}={a}" for i, a in self.addresses.items())
-        self.processes: dict[int, trio.Process] = {}
-
-    def data_dir(self, member_id: int) -> Path:
-        return self.workdir / f"data{member_id}"
-
-    async def start(self) -> None:
-        for member_id in self.addresses:
-            log = open(self.workdir / f"server{member_id}.log", "ab")  # noqa: SIM115
-            self.processes[member_id] = await trio.lowlevel.open_process(
-                [
-                    sys.executable,
-                    "-m",
-                    "copycat_trio",
-                    "serve",
-                    "--id",
-                    str(member_id),
-                    "--members",
-                    self.members,
-                    "--data-dir",
-                    str(self.data_dir(member_id)),
-                    "--snapshot-every",
-                    str(self.snapshot_every),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            log.close()
+        super().__init__(
+            workdir,
+            3,
+            election_timeout=None,
+            heartbeat_interval=None,
+            snapshot_every=snapshot_every,
+        )
 
     async def kill_all(self) -> None:
-        for process in self.processes.values():
-            if process.returncode is None:
-                process.send_signal(signal.SIGKILL)
-        for process in self.processes.values():
-            await process.wait()
-
-    async def stop(self) -> None:
-        with trio.CancelScope(shield=True):
-            for process in self.processes.values():
-                if process.returncode is None:
-                    process.terminate()
-            with trio.move_on_after(5):
-                for process in self.processes.values():
-                    await process.wait()
-            await self.kill_all()
+        for member_id in self.running_ids():
+            await self.kill(member_id)
 
     def disk_bytes(self) -> int:
         total = 0
-        for member_id in self.addresses:
+        for member_id in self.servers:
             for root, _dirs, files in os.walk(self.data_dir(member_id)):
                 for name in files:
                     with contextlib.suppress(OSError):  # a file compacted away meanwhile
@@ -96,9 +59,11 @@ class SoakCluster:
 
     def rss_bytes(self) -> list[int]:
         out = []
-        for process in self.processes.values():
+        for server in self.servers.values():
+            if server.process is None:
+                continue
             try:
-                with open(f"/proc/{process.pid}/status") as f:
+                with open(f"/proc/{server.process.pid}/status") as f:
                     for line in f:
                         if line.startswith("VmRSS:"):
                             out.append(int(line.split()[1]) * 1024)
@@ -111,7 +76,7 @@ class SoakCluster:
         started = time.perf_counter()
         with trio.fail_after(timeout):
             while True:
-                rows = await collect_status(list(self.addresses.values()), timeout=1.0)
+                rows = await collect_status(self.addresses(), timeout=1.0)
                 leaders = [r for r in rows if r["role"] == "leader"]
                 if len(leaders) == 1 and all(
                     r["applied_index"] is not None
@@ -138,7 +103,7 @@ async def write_load(
 
     async def writer(task: int) -> None:
         nonlocal done, unknown
-        async with open_client(list(cluster.addresses.values()), timeout=30) as client:
+        async with open_client(cluster.addresses(), timeout=30) as client:
             i = task
             while i < commands and time.perf_counter() < deadline:
                 try:
@@ -181,7 +146,7 @@ async def restart_from_snapshot(
     cluster: SoakCluster, keys: int, writers: int, deadline: float
 ) -> dict[str, float]:
     async def fill(task: int) -> None:
-        async with open_client(list(cluster.addresses.values()), timeout=60) as client:
+        async with open_client(cluster.addresses(), timeout=60) as client:
             for i in range(task, keys, writers):
                 if time.perf_counter() > deadline:
                     return
@@ -201,7 +166,7 @@ async def restart_from_snapshot(
     await cluster.start()
     recovered = await cluster.settled(timeout=max(60.0, deadline - time.perf_counter()))
     total = time.perf_counter() - killed
-    async with open_client(list(cluster.addresses.values()), timeout=30) as client:
+    async with open_client(cluster.addresses(), timeout=30) as client:
         assert await client.submit(Get(f"r{keys - 1}")) == keys - 1
         assert await client.submit(Get("r0")) == 0
     return {
@@ -242,7 +207,7 @@ async def main(args: argparse.Namespace) -> int:
                 )
             return 0
         finally:
-            await cluster.stop()
+            await cluster.aclose()
 
 
 def parse() -> argparse.Namespace:

@@ -5,6 +5,9 @@ SIGCONT them and start them again (with disk storage they recover their log). By
 listen on free 127.0.0.1 ports; given `addresses` and a `command_prefix` (say, `ip netns exec
 NS`), they run wherever the prefix puts them. `aclose` always stops every process it started
 (SIGCONT, then SIGTERM, then SIGKILL after a grace period) and reaps it.
+
+This is the one place that builds the `serve` command line: the `copycat-trio demo` command and
+the soak and cluster benchmarks start their servers through `ProcessCluster` as well.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -22,9 +26,21 @@ import attrs
 import trio
 
 from ..cli import collect_status
-from ..demo import free_ports
 
-__all__ = ["Agreement", "ProcessCluster", "ServerProcess"]
+__all__ = ["Agreement", "ProcessCluster", "ServerProcess", "free_ports"]
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel just handed out on 127.0.0.1 (closed again for the servers to take)."""
+    sockets = []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sockets.append(s)
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 @attrs.define(eq=False)
@@ -74,8 +90,8 @@ class ProcessCluster:
         size: int = 3,
         *,
         state_machine: str | None = None,
-        election_timeout: float = 0.5,
-        heartbeat_interval: float = 0.1,
+        election_timeout: float | None = 0.5,
+        heartbeat_interval: float | None = 0.1,
         storage: str = "disk",
         snapshot_every: int | None = None,
         addresses: Sequence[str] | None = None,
@@ -85,7 +101,8 @@ class ProcessCluster:
         """`state_machine` is `module:Class` (default: the key-value store), importable in
         the children with `pythonpath` prepended to PYTHONPATH. `addresses` (one per member,
         default free 127.0.0.1 ports) are where members listen; `command_prefix(member_id)` is
-        put before each member's command line."""
+        put before each member's command line. `election_timeout` and `heartbeat_interval` are
+        in seconds; None passes no option, leaving `serve`'s own default."""
         if addresses is not None and len(addresses) != size:
             raise ValueError(f"{size} members need {size} addresses, not {len(addresses)}")
         self.workdir = workdir
@@ -121,23 +138,27 @@ class ProcessCluster:
     # --- lifecycle -------------------------------------------------------------------------
 
     def _command(self, member_id: int) -> list[str]:
+        """A member's whole command line: the prefix, then `python -m copycat_trio serve ...`.
+        A subclass may override it to run the server another way (say, under a profiler)."""
         prefix = list(self.command_prefix(member_id)) if self.command_prefix else []
+        return [*prefix, sys.executable, "-m", "copycat_trio", *self.serve_arguments(member_id)]
+
+    def serve_arguments(self, member_id: int) -> list[str]:
+        """`serve` and its options for one member: what follows `python -m copycat_trio`."""
         machine = ["--state-machine", self.state_machine] if self.state_machine else []
+        timing = []
+        if self.election_timeout is not None:
+            timing += ["--election-timeout", str(self.election_timeout)]
+        if self.heartbeat_interval is not None:
+            timing += ["--heartbeat-interval", str(self.heartbeat_interval)]
         return [
-            *prefix,
-            sys.executable,
-            "-m",
-            "copycat_trio",
             "serve",
             "--id",
             str(member_id),
             "--members",
             self.members,
             *machine,
-            "--election-timeout",
-            str(self.election_timeout),
-            "--heartbeat-interval",
-            str(self.heartbeat_interval),
+            *timing,
             *self._storage_options(member_id),
         ]
 
