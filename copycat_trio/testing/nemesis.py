@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import random
 import shutil
 import sys
@@ -110,6 +111,8 @@ class NemesisReport:
     outcomes: dict[str, int]
     terms: int
     seconds: float
+    longest_write_gap: tuple[float, float] = (0.0, 0.0)
+    """(seconds, when): the longest time in which no write was acknowledged (unavailability)."""
 
     @property
     def ok(self) -> bool:
@@ -123,6 +126,8 @@ class NemesisReport:
             f"{verdict}: seed {self.config.seed}, {self.config.servers} server processes, "
             f"{self.operations} operations ({counts}), {len(self.schedule)} faults, "
             f"{self.terms} terms, {self.seconds:.1f}s; history {check}",
+            f"longest time without an acknowledged write: {self.longest_write_gap[0]:.2f}s "
+            f"(from {self.longest_write_gap[1]:.2f}s)",
             f"partitions: {self.netns_note}",
         ]
         lines += [f"  fault {line}" for line in self.schedule]
@@ -450,8 +455,18 @@ async def run_nemesis(config: NemesisConfig, workdir: Path) -> NemesisReport:
         operations=len(ops),
         outcomes=outcomes,
         terms=len(run.leaders_by_term),
+        longest_write_gap=_longest_gap(
+            [op.completed for op in ops if op.kind is not OpKind.GET and op.completed is not None]
+        ),
         seconds=trio.current_time() - started,
     )
+
+
+def _longest_gap(times: list[float]) -> tuple[float, float]:
+    """The longest interval between consecutive times, and where it starts."""
+    ordered = sorted(times)
+    gaps = [(b - a, a) for a, b in itertools.pairwise(ordered)]
+    return max(gaps, default=(0.0, 0.0))
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
