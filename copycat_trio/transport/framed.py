@@ -33,6 +33,8 @@ class FramedStream:
         self._max_frame_size = max_frame_size
         self._decoder = FrameDecoder(max_frame_size)
         self._send_lock = trio.Lock()
+        self.frames_received = 0
+        """Whole frames received so far (a listener evicts silent connections first)."""
 
     @property
     def peer(self) -> str:
@@ -59,6 +61,7 @@ class FramedStream:
         while True:
             frame = self._decoder.next_frame()
             if frame is not None:
+                self.frames_received += 1
                 return self._codec.decode(frame)
             try:
                 if self._decoder.buffered:

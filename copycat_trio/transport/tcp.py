@@ -1,7 +1,9 @@
-"""TCP transport: one FramedStream per socket, TCP_NODELAY, a frame size limit."""
+"""TCP transport: one FramedStream per socket, TCP_NODELAY, a frame size limit, and a cap on
+accepted connections."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import trio
@@ -13,16 +15,47 @@ from .framed import FramedStream
 log = logging.getLogger(__name__)
 
 
+def default_max_connections() -> int:
+    """Half the process's file descriptor limit, between 16 and 4096.
+
+    Accepted connections beyond the cap are closed at once: a flood of connections must not use
+    up the descriptors the server needs for its log segments, snapshots and connections to its
+    peers (a failed open poisons the storage). Each member needs one connection per peer and one
+    per client connected to it."""
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 512
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(16, min(4096, soft // 2))
+
+
 class TcpTransport:
     """Listens and connects over TCP."""
 
     def __init__(
-        self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, connect_timeout: float = 2.0
+        self,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        connect_timeout: float = 2.0,
+        max_connections: int | None = None,
     ) -> None:
+        """`max_connections`: accepted connections served at once (default: see
+        default_max_connections); more are closed as soon as they are accepted."""
         if max_frame_size < 1024:
             raise ValueError("max_frame_size must be at least 1024 bytes")
+        if max_connections is None:
+            max_connections = default_max_connections()
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self.max_frame_size = max_frame_size
         self.connect_timeout = connect_timeout
+        self.max_connections = max_connections
+        self.refused_connections = 0
+        """Connections closed because max_connections were open (new or silent ones)."""
 
     async def serve(
         self,
@@ -36,24 +69,61 @@ class TcpTransport:
         bound = listeners[0].socket.getsockname()
         bound_address = f"{host}:{bound[1]}"
 
+        # Connections being served, oldest first, each with the scope that ends it.
+        connections: dict[int, tuple[FramedStream, trio.CancelScope]] = {}
+        ids = itertools.count()
+
+        def make_room(peer: str) -> bool:
+            """At the cap, end the oldest connection that has not sent a whole frame yet (a
+            flood of idle connections then costs nobody else theirs); False if none is."""
+            if len(connections) < self.max_connections:
+                return True
+            for key, (framed, scope) in connections.items():
+                if framed.frames_received == 0:
+                    del connections[key]
+                    scope.cancel()
+                    self._note_refused(bound_address, f"closed silent {framed.peer} for {peer}")
+                    return True
+            self._note_refused(bound_address, f"closed {peer}")
+            return False
+
         async def on_stream(stream: trio.SocketStream) -> None:
             try:
                 host, port = stream.socket.getpeername()[:2]
                 peer = f"{host}:{port}"
             except OSError:
                 peer = "?"
+            if not make_room(peer):
+                await trio.aclose_forcefully(stream)
+                return
             framed = FramedStream(stream, peer, max_frame_size=self.max_frame_size)
+            key = next(ids)
             try:
-                await handler(framed)
+                with trio.CancelScope() as scope:
+                    connections[key] = (framed, scope)
+                    await handler(framed)
             except Exception:
                 # One connection's failure must never take the listener down.
                 log.exception("connection from %s failed", peer)
             finally:
+                connections.pop(key, None)
                 await framed.aclose()
 
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, on_stream, listeners)
             task_status.started(bound_address)
+
+    def _note_refused(self, bound_address: str, what: str) -> None:
+        self.refused_connections += 1
+        count = self.refused_connections
+        if count in (1, 10, 100) or count % 1000 == 0:
+            log.warning(
+                "%s: %d connections open, the most allowed; %s (%d so far)",
+                bound_address,
+                self.max_connections,
+                what,
+                count,
+            )
 
     async def connect(self, address: str) -> MessageStream:
         host, port = split_address(address)
