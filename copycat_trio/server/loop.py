@@ -116,20 +116,43 @@ class RaftLoop:
             self.peers.learn(member.id, member.address)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._election_timer)
-            task_status.started()
-            while True:
-                item = await self.inbox_receive.receive()
-                now = self.clock()
-                self._handle(item, now)
-                for _ in range(BATCH_LIMIT):
-                    try:
-                        item = self.inbox_receive.receive_nowait()
-                    except trio.WouldBlock:
-                        break
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._election_timer)
+                task_status.started()
+                while True:
+                    item = await self.inbox_receive.receive()
+                    now = self.clock()
                     self._handle(item, now)
-                await self._process_ready()
+                    for _ in range(BATCH_LIMIT):
+                        try:
+                            item = self.inbox_receive.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                        self._handle(item, now)
+                    await self._process_ready()
+        finally:
+            self._close_inbox()
+
+    def _close_inbox(self) -> None:
+        """The loop has stopped: fail what is queued and refuse what comes, so that no caller
+        (a shielded one least of all) waits forever for an answer."""
+        error = NoLeaderError(f"member {self.core.id} is stopping")
+        while True:
+            try:
+                item = self.inbox_receive.receive_nowait()
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+                break
+            if isinstance(item, Propose | Reconfigure | ReadIndex | Call):
+                item.error = error
+                item.reply.set()
+        self.inbox_receive.close()
+
+    async def _put(self, item: Input) -> None:
+        try:
+            await self.inbox_send.send(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise NoLeaderError(f"member {self.core.id} is stopping") from None
 
     async def _election_timer(self) -> None:
         while True:
@@ -239,7 +262,7 @@ class RaftLoop:
         """Queue an entry and return at once: entries are appended in the order enqueued.
         Await `wait_appended` on the result to learn its Pending (or the error)."""
         item = Propose(build)
-        await self.inbox_send.send(item)
+        await self._put(item)
         return item
 
     @staticmethod
@@ -255,7 +278,7 @@ class RaftLoop:
         return await self._append(Reconfigure(tuple(members)))
 
     async def _append(self, request: Propose | Reconfigure) -> Pending:
-        await self.inbox_send.send(request)
+        await self._put(request)
         await request.reply.wait()
         if request.error is not None:
             raise request.error
@@ -270,7 +293,7 @@ class RaftLoop:
         """Run `function(core, now)` in the loop, then `storage_op(storage, result)` in order
         with the loop's saves, and return the function's result."""
         item = Call(function, storage_op)
-        await self.inbox_send.send(item)
+        await self._put(item)
         await item.reply.wait()
         if item.error is not None:
             raise item.error
@@ -294,7 +317,7 @@ class RaftLoop:
     async def read_index(self) -> int:
         """The index a linearizable read must wait for, confirmed by a quorum round."""
         request = ReadIndex()
-        await self.inbox_send.send(request)
+        await self._put(request)
         await request.reply.wait()
         if request.error is not None:
             raise request.error

@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import hashlib
 import logging
+import os
 import random
 import sys
 import time
@@ -861,22 +862,73 @@ def run_simulation(
 async def _run_main(config: SimulationConfig, watchdog: _Watchdog, holder: dict[str, Any]) -> None:
     seed_trio_scheduler(config.seed)
     limit = config.duration + config.workload.op_timeout * 4 + config.settle_timeout + 120
-    try:
-        with trio.CancelScope() as scope:
-            watchdog.scope = scope
-            with trio.move_on_after(limit) as virtual:
-                async with open_simulation(
-                    KeyValueStore, config=config, check_invariants=False
-                ) as sim:
-                    holder["sim"] = sim
-                    sim.abort_scope = scope
-                    await _kv_run(sim)
-            if virtual.cancelled_caught:
-                holder["stuck"] = f"stopped after {limit:g}s of virtual time (stuck?)"
-        if watchdog.fired:
-            holder["stuck"] = f"stopped after {config.wall_limit:g}s of real time (spinning?)"
-    finally:
-        holder["virtual_time"] = trio.current_time()
+    async with trio.open_nursery() as outer:
+        outer.start_soon(_deadlock_sentinel, config.seed, limit * 10)
+        try:
+            with trio.CancelScope() as scope:
+                watchdog.scope = scope
+                with trio.move_on_after(limit) as virtual:
+                    async with open_simulation(
+                        KeyValueStore, config=config, check_invariants=False
+                    ) as sim:
+                        holder["sim"] = sim
+                        sim.abort_scope = scope
+                        await _kv_run(sim)
+                if virtual.cancelled_caught:
+                    holder["stuck"] = f"stopped after {limit:g}s of virtual time (stuck?)"
+            if watchdog.fired:
+                holder["stuck"] = f"stopped after {config.wall_limit:g}s of real time (spinning?)"
+        finally:
+            holder["virtual_time"] = trio.current_time()
+            outer.cancel_scope.cancel()
+
+
+DEADLOCK_EXIT = 70
+"""The exit status of a process whose simulation deadlocked (see _deadlock_sentinel)."""
+DEADLOCK_DIR_VARIABLE = "COPYCAT_SIM_DEADLOCK_DIR"
+"""If set, a deadlocked run also writes its report to SEED.txt in this directory."""
+
+
+async def _deadlock_sentinel(seed: int, after: float) -> None:
+    """Wake only if virtual time jumps this far: on the MockClock that means no task of the run
+    waits for a time any more and none can run, so the run can never end (say, a shielded wait
+    for a task that has stopped). Not even cancelling everything ends such a run, so print what
+    every task waits on and end the process (status DEADLOCK_EXIT): a failure that names the
+    seed beats a test run that hangs until its CI times out."""
+    await trio.sleep(after)
+    report = (
+        f"FAIL seed {seed}: deadlock at virtual time {trio.current_time():.3f}: no task can "
+        "run and none waits for a time. Tasks and where they wait:\n" + "\n".join(_task_tree())
+    )
+    print(report, file=sys.stderr, flush=True)
+    directory = os.environ.get(DEADLOCK_DIR_VARIABLE)
+    if directory:
+        with open(os.path.join(directory, f"{seed}.txt"), "w") as file:
+            file.write(report)
+    os._exit(DEADLOCK_EXIT)
+
+
+def _task_tree() -> list[str]:
+    """One line per task, indented by nesting, with where it waits (innermost frames last)."""
+    lines: list[str] = []
+    stack = [(trio.lowlevel.current_root_task(), 0)]
+    while stack:
+        task, depth = stack.pop()
+        if task is None:
+            continue
+        where: list[str] = []
+        coro: Any = task.coro
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is None:
+                break
+            name = frame.f_code.co_filename.rsplit("/", 1)[-1]
+            where.append(f"{name}:{frame.f_lineno} {frame.f_code.co_name}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        lines.append(f"{'  ' * depth}{task.name.rsplit('.', 1)[-1]}: {' > '.join(where[-4:])}")
+        for nursery in task.child_nurseries:
+            stack.extend((child, depth + 1) for child in nursery.child_tasks)
+    return lines
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -932,11 +984,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: list[tuple[int, str]] = []
     began = time.monotonic()
     if args.jobs > 1:
-        import multiprocessing
-
-        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            outcomes: Iterator[tuple[int, bool, str, str]] = pool.imap(_run_one, jobs)
-            failures = _print_outcomes(outcomes, verbose=args.verbose)
+        failures = _print_outcomes(_run_parallel(jobs, args.jobs), verbose=args.verbose)
     else:
         failures = _print_outcomes(map(_run_one, jobs), verbose=args.verbose)
     elapsed = time.monotonic() - began
@@ -947,6 +995,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     for seed, _ in failures:
         print(f"  failed: seed {seed} (replay with --seed {seed})")
     return 1 if failures else 0
+
+
+def _run_parallel(
+    jobs: list[tuple[int, str | None, dict[str, Any]]], workers: int
+) -> Iterator[tuple[int, bool, str, str]]:
+    """Run seeds in `workers` processes, yielding outcomes as they finish. A seed whose process
+    exits (a deadlock ends its process: see _deadlock_sentinel) is reported failed with its
+    report; the other seeds that pool was running are run again in a new pool."""
+    import multiprocessing
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    with tempfile.TemporaryDirectory(prefix="copycat-sim-") as directory:
+        os.environ[DEADLOCK_DIR_VARIABLE] = directory
+        queue = list(jobs)
+        while queue:
+            batch, queue = queue, []
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=context) as executor:
+                futures = {executor.submit(_run_one, job): job for job in batch}
+                for future in as_completed(futures):
+                    job = futures[future]
+                    try:
+                        yield future.result()
+                    except BrokenProcessPool:
+                        path = os.path.join(directory, f"{job[0]}.txt")
+                        if os.path.exists(path):
+                            with open(path) as file:
+                                report = file.read()
+                            yield job[0], False, report.splitlines()[0], report
+                        else:
+                            queue.append(job)
+            queue.sort(key=lambda job: job[0])
 
 
 def _print_outcomes(

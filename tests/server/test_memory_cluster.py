@@ -7,9 +7,15 @@ import pytest
 import trio
 
 from copycat_trio.protocol.codec import register
-from copycat_trio.protocol.errors import ApplicationError, CommandError, OutcomeUnknownError
+from copycat_trio.protocol.errors import (
+    ApplicationError,
+    CommandError,
+    NoLeaderError,
+    OutcomeUnknownError,
+)
 from copycat_trio.protocol.operations import Command, Query
 from copycat_trio.recipes.kv import Get, KeyValueStore, Put
+from copycat_trio.server.loop import Call
 from copycat_trio.state_machine import Commit, StateMachine
 from copycat_trio.testing import open_memory_cluster
 
@@ -273,3 +279,22 @@ def open_memory_client(network, addresses):
     from copycat_trio.client import open_client
 
     return open_client(addresses, transport=network.transport("client"))
+
+
+async def test_a_stopped_raft_loop_answers_shielded_callers(autojump_clock) -> None:
+    # Seed 30863: a snapshot sender's shielded call into the raft loop of a crashed leader
+    # waited forever on the loop's full inbox, so the server never finished stopping.
+    async with open_memory_cluster(3, KeyValueStore) as cluster:
+        leader = await cluster.wait_for_leader()
+        loop = cluster.servers[leader]._loop
+        assert loop is not None
+        queued = [Call(lambda core, now: None) for _ in range(3)]
+        for item in queued:
+            loop.inbox_send.send_nowait(item)
+        cluster.crash(leader)
+        await cluster.stopped[leader].wait()
+        with trio.CancelScope(shield=True), trio.fail_after(1):
+            for item in queued:  # handled, or failed when the loop stopped: answered either way
+                await item.reply.wait()
+            with pytest.raises(NoLeaderError):
+                await loop.call(lambda core, now: None)

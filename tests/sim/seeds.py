@@ -84,6 +84,18 @@ REGRESSIONS: tuple[Seed, ...] = (
         "AppendRequest (or the Envelope), or have the leader push its configuration "
         "(ConfigureRequest, as for RESERVE members) to a member that does not answer.",
     ),
+    Seed(
+        30863,
+        "mixed",
+        "A deadlock: a crashed leader never stopped. Its snapshot sender told the raft loop "
+        "that the send had ended, in a shielded block (so that cancellation would not skip it), "
+        "but the loop had already stopped and its inbox was full: the shielded send waited "
+        "forever, the server's task never ended, and the run hung (the watchdog's cancellation "
+        "could not end a shielded wait). Fixed in server/loop.py (a stopped loop fails what is "
+        "queued and refuses new items with NoLeaderError) and server/replication.py (the "
+        "shielded call is bounded). The harness now ends a deadlocked run with a task dump "
+        "(_deadlock_sentinel). Scenario: test_a_stopped_raft_loop_answers_shielded_callers.",
+    ),
 )
 """Seeds that found a bug (now fixed); each runs in the default test run."""
 
