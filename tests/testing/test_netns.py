@@ -58,3 +58,14 @@ async def test_cut_to_itself_is_nothing() -> None:
 def test_lab_size_is_checked() -> None:
     with pytest.raises(ValueError):
         RecordingLab(0)
+
+
+def test_nemesis_says_when_it_cannot_partition(monkeypatch: pytest.MonkeyPatch) -> None:
+    from copycat_trio.testing import nemesis
+
+    monkeypatch.setattr(nemesis, "unavailable_reason", lambda: "creating namespaces needs root")
+    used, note = nemesis.decide_netns(None)
+    assert not used and "NOT played: creating namespaces needs root" in note
+    with pytest.raises(RuntimeError, match="needs root"):
+        nemesis.decide_netns(True)
+    assert nemesis.decide_netns(False) == (False, "not played (--no-netns)")
