@@ -400,7 +400,9 @@ class ClientService:
             for session in self.executor.sessions.expired(now):
                 if session.id in proposed:
                     continue
-                log.info("session %s expired (client %s)", session.id, session.client)
+                log.debug(
+                    "proposing the expiry of session %s (client %s)", session.id, session.client
+                )
                 with contextlib.suppress(CopycatError):  # lost leadership: the next leader acts
                     proposed[session.id] = await self.loop.propose(
                         functools.partial(UnregisterEntry, session=session.id, expired=True)

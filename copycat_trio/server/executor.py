@@ -351,6 +351,10 @@ class Executor:
         if entry.expired and self.log_time - session.last_active <= session.timeout:
             return CommandError(f"session {entry.session} was kept alive; not expired")
         self.sessions.remove(session.id)
+        if entry.expired:
+            # Logged when applied, not when the leader proposed it: a keep-alive that raced in
+            # first refuses the expiry (above).
+            log.info("session %s expired (client %s)", session.id, session.client)
         handle = self.handles.pop(session.id)
         handle.closed = True
         self._listener("on_expire" if entry.expired else "on_unregister", handle)
