@@ -138,11 +138,14 @@ class RaftLoop:
         """The loop has stopped: fail what is queued and refuse what comes, so that no caller
         (a shielded one least of all) waits forever for an answer."""
         error = NoLeaderError(f"member {self.core.id} is stopping")
+        unanswered: list[Input] = list(self._deferred)
+        self._deferred.clear()
         while True:
             try:
-                item = self.inbox_receive.receive_nowait()
+                unanswered.append(self.inbox_receive.receive_nowait())
             except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
                 break
+        for item in unanswered:
             if isinstance(item, Propose | Reconfigure | ReadIndex | Call):
                 item.error = error
                 item.reply.set()
@@ -210,12 +213,13 @@ class RaftLoop:
     async def _process_ready(self) -> None:
         core = self.core
         while self._deferred:
-            call = self._deferred.pop(0)
+            call = self._deferred[0]  # stays queued until answered (see _close_inbox)
             assert call.storage_op is not None
             try:
                 await call.storage_op(self.storage, call.result)
             except Exception as exc:
                 call.error = exc
+            self._deferred.pop(0)
             call.reply.set()
         while core.has_ready():
             ready = core.ready()

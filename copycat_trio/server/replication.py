@@ -123,13 +123,9 @@ class SnapshotReplication:
                 with trio.move_on_after(self.retry_after):
                     await trio.sleep_forever()  # do not hammer a peer that is down
             self._sending.discard(peer)
-            # Shielded so the core hears of it even if this task is cancelled; bounded, and the
-            # loop fails calls once it has stopped, so a stopping server never hangs here.
-            with (
-                trio.CancelScope(shield=True),
-                trio.move_on_after(self.retry_after),
-                contextlib.suppress(Exception),
-            ):
+            # Shielded so the core hears of it even if this task is cancelled; a stopped loop
+            # answers every call with NoLeaderError, so a stopping server does not hang here.
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await self.loop.call(lambda c, _now: c.snapshot_sent(peer, index, succeeded))
 
     # --- the follower's side ---------------------------------------------------------------
