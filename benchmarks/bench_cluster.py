@@ -399,23 +399,15 @@ def format_results(results: list[PhaseResult]) -> str:
 
 def git_revision(directory: str) -> str:
     """The commit checked out where `directory` is, or a note saying there is none."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=directory, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=directory,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "."],
-            cwd=directory,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
+        sha = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", ".")
     except (OSError, subprocess.SubprocessError):
         return "not a git checkout"
     return f"git {sha} + uncommitted changes" if dirty else f"git {sha}"

@@ -39,12 +39,16 @@ class MemoryStorage:
         entries: Sequence[Entry],
     ) -> None:
         if truncate_from is not None:
-            first = self.entries[0].index if self.entries else 1
-            del self.entries[max(0, truncate_from - first) :]
+            self.truncate(truncate_from)
         self.entries.extend(entries)
         if hard_state is not None:
             self.hard_state = hard_state
         await trio.lowlevel.checkpoint()
+
+    def truncate(self, from_index: int) -> None:
+        """Drop the entries from `from_index` on."""
+        first = self.entries[0].index if self.entries else 1
+        del self.entries[max(0, from_index - first) :]
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

@@ -154,6 +154,15 @@ class _Run:
         self.leader: int | None = None
         self.expected_down: set[int] = set()
         """Members we killed (or are about to): their exit is not a crash."""
+        self.workload = KvWorkload(
+            clients=config.clients,
+            max_ops=config.ops_per_client,
+            think=0.05,
+            bursty=0.3,
+            op_timeout=3.0,
+            request_timeout=1.0,
+            session_timeout=5.0,
+        )
         self.cluster: ProcessCluster | None = None
         self.lab: NetworkLab | None = None
         self._clients = 0
@@ -216,22 +225,12 @@ class _Run:
             yield lab
 
     async def _load_and_faults(self, cluster: ProcessCluster) -> None:
-        config = self.config
-        until = trio.current_time() + config.seconds
-        workload = KvWorkload(
-            clients=config.clients,
-            max_ops=config.ops_per_client,
-            think=0.05,
-            bursty=0.3,
-            op_timeout=3.0,
-            request_timeout=1.0,
-            session_timeout=5.0,
-        )
+        until = trio.current_time() + self.config.seconds
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch, cluster)
             async with trio.open_nursery() as load:
                 load.start_soon(self._nemesis, cluster, until)
-                await workload.run(self, until)
+                await self.workload.run(self, until)
             nursery.cancel_scope.cancel()
 
     async def _recover(self, cluster: ProcessCluster) -> None:
@@ -265,11 +264,10 @@ class _Run:
 
     async def _final_reads(self) -> None:
         """A fresh client reads every key linearizably: the last word on lost writes."""
-        keys = [f"k{i}" for i in range(KvWorkload().keys)]
         try:
             with trio.fail_after(self.config.recovery):
                 async with self.client(name="final", timeout=10.0, request_timeout=2.0) as c:
-                    for key in keys:
+                    for key in self.workload.key_names():
                         token = self.history.invoke("final", OpKind.GET, key)
                         value = await c.submit(Get(key))
                         self.history.complete(token, value)

@@ -23,8 +23,8 @@ import trio
 
 from ..core.raft import HardState
 from ..protocol.messages import Entry
-from ..storage.base import StoredState
 from ..storage.errors import StorageError
+from ..storage.memory import MemoryStorage
 from ..storage.snapshots import SnapshotInfo, SnapshotReader, SnapshotStore, SnapshotWriter
 
 __all__ = ["DiskStatistics", "SimDisk", "SimSnapshotStore"]
@@ -40,8 +40,9 @@ class DiskStatistics:
     """Snapshot writes cut short by a crash (none of each was kept)."""
 
 
-class SimDisk:
-    """One member's durable log, hard state and snapshots, in memory; survives `crash`."""
+class SimDisk(MemoryStorage):
+    """One member's durable log, hard state and snapshots, in memory; survives `crash`.
+    Memory storage whose saves take time and can be torn."""
 
     def __init__(
         self,
@@ -52,12 +53,11 @@ class SimDisk:
         snapshots: bool = True,
         keep_snapshots: int = 2,
     ) -> None:
+        super().__init__()
         self.name = name
         self.rng = rng
         self.latency = latency
         """Longest time a save takes (each draws uniformly up to it)."""
-        self.hard_state = HardState()
-        self.entries: list[Entry] = []
         self.snapshots: SimSnapshotStore | None = (
             SimSnapshotStore(name, self, keep=keep_snapshots) if snapshots else None
         )
@@ -69,19 +69,7 @@ class SimDisk:
         """Called (once) when the next non-empty save starts: a simulation crashes the server
         there, so that the save is torn."""
 
-    # --- LogStorage --------------------------------------------------------------------------
-
-    @property
-    def first_index(self) -> int:
-        return self.entries[0].index if self.entries else 0
-
-    @property
-    def last_index(self) -> int:
-        return self.entries[-1].index if self.entries else 0
-
-    async def load(self) -> StoredState:
-        await trio.lowlevel.checkpoint()
-        return StoredState(self.hard_state, tuple(self.entries))
+    # --- LogStorage (what MemoryStorage does not already do) ---------------------------------
 
     def stall(self, seconds: float) -> None:
         """Make every save started in the next `seconds` wait until then (a hung disk)."""
@@ -132,8 +120,7 @@ class SimDisk:
         for kind, value in steps:
             if kind == "truncate":
                 assert isinstance(value, int)
-                first = self.entries[0].index if self.entries else 1
-                del self.entries[max(0, value - first) :]
+                self.truncate(value)
             elif kind == "append":
                 self.entries.append(value)  # type: ignore[arg-type]
             else:
@@ -148,9 +135,6 @@ class SimDisk:
             self.entries.pop(0)
             dropped += 1
         return dropped
-
-    async def aclose(self) -> None:
-        await trio.lowlevel.checkpoint()
 
 
 class _Writer(SnapshotWriter):

@@ -1008,27 +1008,34 @@ def _run_parallel(
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
+    previous = os.environ.get(DEADLOCK_DIR_VARIABLE)
     with tempfile.TemporaryDirectory(prefix="copycat-sim-") as directory:
-        os.environ[DEADLOCK_DIR_VARIABLE] = directory
-        queue = list(jobs)
-        while queue:
-            batch, queue = queue, []
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=context) as executor:
-                futures = {executor.submit(_run_one, job): job for job in batch}
-                for future in as_completed(futures):
-                    job = futures[future]
-                    try:
-                        yield future.result()
-                    except BrokenProcessPool:
-                        path = os.path.join(directory, f"{job[0]}.txt")
-                        if os.path.exists(path):
-                            with open(path) as file:
-                                report = file.read()
-                            yield job[0], False, report.splitlines()[0], report
-                        else:
-                            queue.append(job)
-            queue.sort(key=lambda job: job[0])
+        os.environ[DEADLOCK_DIR_VARIABLE] = directory  # the workers inherit it
+        try:
+            queue = list(jobs)
+            while queue:
+                batch, queue = queue, []
+                context = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(workers, mp_context=context) as executor:
+                    futures = {executor.submit(_run_one, job): job for job in batch}
+                    for future in as_completed(futures):
+                        job = futures[future]
+                        try:
+                            yield future.result()
+                        except BrokenProcessPool:
+                            path = os.path.join(directory, f"{job[0]}.txt")
+                            if os.path.exists(path):
+                                with open(path) as file:
+                                    report = file.read()
+                                yield job[0], False, report.splitlines()[0], report
+                            else:
+                                queue.append(job)
+                queue.sort(key=lambda job: job[0])
+        finally:
+            if previous is None:
+                os.environ.pop(DEADLOCK_DIR_VARIABLE, None)
+            else:
+                os.environ[DEADLOCK_DIR_VARIABLE] = previous
 
 
 def _print_outcomes(

@@ -56,6 +56,12 @@ class TcpTransport:
         self.max_connections = max_connections
         self.refused_connections = 0
         """Connections closed because max_connections were open (new or silent ones)."""
+        self._listening: list[dict[int, tuple[FramedStream, trio.CancelScope]]] = []
+
+    @property
+    def open_connections(self) -> int:
+        """Accepted connections being served now, over every address this transport serves."""
+        return sum(len(connections) for connections in self._listening)
 
     async def serve(
         self,
@@ -72,6 +78,7 @@ class TcpTransport:
         # Connections being served, oldest first, each with the scope that ends it.
         connections: dict[int, tuple[FramedStream, trio.CancelScope]] = {}
         ids = itertools.count()
+        self._listening.append(connections)
 
         def make_room(peer: str) -> bool:
             """At the cap, end the oldest connection that has not sent a whole frame yet (a
@@ -109,9 +116,12 @@ class TcpTransport:
                 connections.pop(key, None)
                 await framed.aclose()
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, on_stream, listeners)
-            task_status.started(bound_address)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(trio.serve_listeners, on_stream, listeners)
+                task_status.started(bound_address)
+        finally:
+            self._listening.remove(connections)
 
     def _note_refused(self, bound_address: str, what: str) -> None:
         self.refused_connections += 1
