@@ -8,7 +8,15 @@ while a nemesis plays faults one after another:
 - pause, pause-leader: SIGSTOP for longer than the lease and the election timeout, then SIGCONT;
 - partition-halves, partition-leader, partition-bridge, partition-oneway: silent packet drops
   between members, made in network namespaces the run creates (`netns.py`); where namespaces
-  cannot be made (not root, no `ip`), the run says so and plays the other faults.
+  cannot be made (not root, no `ip`), the run says so and plays the other faults;
+- clock: SIGKILL a member and start it again with another clock (below);
+- demote: demote a follower to PASSIVE for a while, then promote it back; transfer: ask the
+  leader to hand over to a follower, half the time one that is cut off (the transfer times out).
+
+Clocks: where libfaketime is installed (Debian package `faketime`), every member process runs
+under it, each start with its own clock: a rate within `clock_drift` of real time (monotonic and
+wall clock alike, inside what the lease allows: see docs/sessions.md) and a wall-clock offset of
+up to `clock_offset` seconds. Where it is not, the run says so on its `clocks:` line.
 
 A watcher polls every member's status: two members leading in one term, or a member that exits
 without being killed, is a failure. At the end every fault is healed, the cluster must elect a
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import os
 import random
 import shutil
 import sys
@@ -40,10 +49,11 @@ import attrs
 import trio
 
 from ..client import CopycatClient, open_client
-from ..client.admin import fetch_status
-from ..protocol.messages import StatusResponse
+from ..client.admin import admin_request, fetch_status
+from ..protocol.messages import MemberType, ReconfigureRequest, StatusResponse, TransferRequest
 from ..recipes.kv import Get
-from .history import History, OpKind
+from .availability import FaultRecovery, recovery_after, summarize
+from .history import History, OpKind, Outcome
 from .linearizability import CheckResult, check
 from .netns import NetworkLab, open_network_lab, unavailable_reason
 from .processes import ProcessCluster
@@ -54,7 +64,15 @@ __all__ = ["FAULTS", "NemesisConfig", "NemesisReport", "run_nemesis"]
 
 PROCESS_FAULTS = ("kill", "kill-majority", "kill-all", "pause", "pause-leader")
 NETWORK_FAULTS = ("partition-halves", "partition-leader", "partition-bridge", "partition-oneway")
-FAULTS = PROCESS_FAULTS + NETWORK_FAULTS
+CLOCK_FAULTS = ("clock",)
+MEMBERSHIP_FAULTS = ("demote", "transfer")
+FAULTS = PROCESS_FAULTS + NETWORK_FAULTS + CLOCK_FAULTS + MEMBERSHIP_FAULTS
+LIBFAKETIME_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/faketime/libfaketimeMT.so.1",
+)
+"""Where Debian's `faketime` package puts the multi-threaded library (fsync runs in threads)."""
 PORT = 7300
 """The port every member listens on inside its own namespace."""
 
@@ -83,6 +101,12 @@ class NemesisConfig:
     """Seconds a fault lasts."""
     recovery: float = 45.0
     """Seconds allowed after the last heal for a leader, catch-up and the final reads."""
+    clocks: bool | None = None
+    """True: every member must run under libfaketime; False: never; None: where it is found."""
+    clock_drift: float = 0.05
+    """Each member start runs its clocks at a rate within this fraction of real time."""
+    clock_offset: float = 120.0
+    """Each member start sets its wall clock up to this many seconds off (either way)."""
     wipe_on_restart: bool = False
     """Self-check only: delete a killed member's data before starting it again (the bug of
     Copycat's own Jepsen suite). Runs with it should fail; that they do shows this harness
@@ -94,6 +118,8 @@ class NemesisConfig:
             raise ValueError(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULTS)}")
         if self.servers < 3:
             raise ValueError("a nemesis run needs at least 3 servers")
+        if not 0 <= self.clock_drift < 0.25:
+            raise ValueError("clock_drift must be at least 0 and below the lease's 0.25 margin")
 
 
 @attrs.define
@@ -113,6 +139,9 @@ class NemesisReport:
     seconds: float
     longest_write_gap: tuple[float, float] = (0.0, 0.0)
     """(seconds, when): the longest time in which no write was acknowledged (unavailability)."""
+    clocks_note: str = "not played"
+    recoveries: list[FaultRecovery] = attrs.Factory(list)
+    """Per fault: how long until writes were acknowledged again (see availability.py)."""
 
     @property
     def ok(self) -> bool:
@@ -129,7 +158,9 @@ class NemesisReport:
             f"longest time without an acknowledged write: {self.longest_write_gap[0]:.2f}s "
             f"(from {self.longest_write_gap[1]:.2f}s)",
             f"partitions: {self.netns_note}",
+            f"clocks: {self.clocks_note}",
         ]
+        lines += [f"  recovery {stats.format()}" for stats in summarize(self.recoveries)]
         lines += [f"  fault {line}" for line in self.schedule]
         lines += [f"  PROBLEM {problem}" for problem in self.problems]
         if self.check is not None and not self.check.ok:
@@ -166,6 +197,13 @@ class _Run:
         self.cluster: ProcessCluster | None = None
         self.lab: NetworkLab | None = None
         self._clients = 0
+        self.episodes: list[tuple[str, float]] = []
+        """(fault, when it began) for every fault played."""
+        self.libfaketime: str | None = None
+        """The library every member runs under, if clocks are played."""
+        self.starts: dict[int, int] = {}
+        self.demoted: set[int] = set()
+        """Members this run demoted to PASSIVE and has not promoted back yet."""
 
     def clock(self) -> float:
         """Seconds since the run began (the history's and the trace's times)."""
@@ -205,7 +243,7 @@ class _Run:
                     if lab
                     else None
                 ),
-                command_prefix=lab.exec_prefix if lab else None,
+                command_prefix=self._command_prefix,
             )
             try:
                 await cluster.start()
@@ -215,6 +253,23 @@ class _Run:
                 await self._final_reads()
             finally:
                 await cluster.aclose()
+
+    def _command_prefix(self, member_id: int) -> list[str]:
+        """What goes before a member's command line: its namespace, then its clock."""
+        prefix = list(self.lab.exec_prefix(member_id)) if self.lab is not None else []
+        if self.libfaketime is None:
+            return prefix
+        start = self.starts[member_id] = self.starts.get(member_id, 0) + 1
+        rng = self.rng(f"clock:{member_id}:{start}")
+        rate = 1 + rng.uniform(-self.config.clock_drift, self.config.clock_drift)
+        offset = rng.uniform(-self.config.clock_offset, self.config.clock_offset)
+        self.trace.record("clock", f"member {member_id} start {start}: x{rate:.4f}, {offset:+.1f}s")
+        return [
+            *prefix,
+            "env",
+            f"LD_PRELOAD={self.libfaketime}",
+            f"FAKETIME={offset:+.1f} x{rate:.4f}",
+        ]
 
     @contextlib.asynccontextmanager
     async def _lab(self, use_netns: bool) -> AsyncIterator[NetworkLab | None]:
@@ -308,9 +363,12 @@ class _Run:
     # --- faults --------------------------------------------------------------------------------
 
     def _faults(self) -> list[str]:
+        faults = list(self.config.faults)
         if self.lab is None:
-            return [f for f in self.config.faults if f not in NETWORK_FAULTS]
-        return list(self.config.faults)
+            faults = [f for f in faults if f not in NETWORK_FAULTS]
+        if self.libfaketime is None:
+            faults = [f for f in faults if f not in CLOCK_FAULTS]
+        return faults
 
     async def _nemesis(self, cluster: ProcessCluster, until: float) -> None:
         rng = self.rng("nemesis")
@@ -340,7 +398,18 @@ class _Run:
     ) -> None:
         ids = list(range(1, self.config.servers + 1))
         majority = self.config.servers // 2 + 1
-        if fault.startswith("kill"):
+        self.episodes.append((fault, self.clock()))
+        if fault == "clock":
+            victim = self._pick_leader(rng) if rng.random() < 0.5 else rng.choice(ids)
+            self.expected_down.add(victim)
+            await cluster.kill(victim)
+            await cluster.start([victim])  # the prefix gives this start a new clock
+            self.expected_down.discard(victim)
+            self._note(f"clock: SIGKILLed {victim}, started again with a new clock")
+            await trio.sleep(hold)
+        elif fault in MEMBERSHIP_FAULTS:
+            await self._membership_episode(cluster, fault, hold, rng)
+        elif fault.startswith("kill"):
             if fault == "kill":
                 victims = [self._pick_leader(rng) if rng.random() < 0.5 else rng.choice(ids)]
             elif fault == "kill-majority":
@@ -404,6 +473,77 @@ class _Run:
             await lab.heal()
             self._note(f"{fault}: healed")
 
+    async def _membership_episode(
+        self, cluster: ProcessCluster, fault: str, hold: float, rng: random.Random
+    ) -> None:
+        """Demote a follower and promote it back, or transfer leadership (to a member that is
+        cut off, half the time where partitions can be played: that transfer must time out)."""
+        members = await self._members(cluster)
+        leader = self.leader
+        followers = sorted(m.id for m in members if m.type is MemberType.ACTIVE and m.id != leader)
+        if not members or leader is None or not followers:
+            self._note(f"{fault}: skipped (no leader or no follower known)")
+            return
+        target = rng.choice(followers)
+        timeout = 4 * self.config.election_timeout + 1.0
+        if fault == "demote":
+            member = next(m for m in members if m.id == target)
+            self._note(f"demote: {target} to PASSIVE for {hold:.1f}s")
+            if await self._admin(
+                cluster,
+                ReconfigureRequest(member=attrs.evolve(member, type=MemberType.PASSIVE)),
+                timeout,
+                "demote",
+            ):
+                self.demoted.add(target)
+            await trio.sleep(hold)
+            await self._promote_demoted(cluster, timeout)
+            return
+        cut = self.lab is not None and rng.random() < 0.5
+        if cut:
+            assert self.lab is not None
+            await self.lab.isolate(target)
+        self._note(f"transfer: leadership to {target}{' (cut off)' if cut else ''}")
+        await self._admin(cluster, TransferRequest(member=target), timeout, "transfer")
+        await trio.sleep(hold)
+        if cut:
+            assert self.lab is not None
+            await self.lab.heal()
+            self._note("transfer: healed")
+
+    async def _members(self, cluster: ProcessCluster) -> tuple[Any, ...]:
+        """The configuration as the latest leader reports it (empty if it does not answer)."""
+        if self.leader is None:
+            return ()
+        answers = await fetch_status([cluster.address(self.leader)], timeout=1.0)
+        answer = answers[0]
+        return answer.members if isinstance(answer, StatusResponse) else ()
+
+    async def _admin(
+        self, cluster: ProcessCluster, body: object, timeout: float, what: str
+    ) -> bool:
+        """Send an operator request; its refusal or timeout is noted, not a problem (faults
+        may be in play), since a change that did not happen cannot break anything."""
+        try:
+            await admin_request(cluster.addresses(), body, timeout=timeout)
+        except Exception as exc:  # any refusal is an outcome to note
+            self._note(f"{what}: not done: {type(exc).__name__}: {exc}")
+            return False
+        self._note(f"{what}: done")
+        return True
+
+    async def _promote_demoted(self, cluster: ProcessCluster, timeout: float) -> None:
+        for member_id in sorted(self.demoted):
+            members = await self._members(cluster)
+            member = next((m for m in members if m.id == member_id), None)
+            if member is None or member.type is MemberType.ACTIVE:
+                self.demoted.discard(member_id)  # promoted (or replaced) by the leader itself
+                continue
+            self._note(f"demote: promote {member_id} back to ACTIVE")
+            request = ReconfigureRequest(member=attrs.evolve(member, type=MemberType.ACTIVE))
+            if await self._admin(cluster, request, timeout, "promote"):
+                self.demoted.discard(member_id)
+
     async def _heal_all(self, cluster: ProcessCluster) -> None:
         if self.lab is not None:
             await self.lab.heal()
@@ -414,6 +554,14 @@ class _Run:
         if down:
             await cluster.start(down)
         self.expected_down.clear()
+        if self.demoted:
+            with contextlib.suppress(AssertionError):
+                await cluster.wait_for_leader(timeout=self.config.recovery / 2)
+            self.leader = None
+            for row in await cluster.status():
+                if row["role"] == "leader":
+                    self.leader = row["id"]
+            await self._promote_demoted(cluster, 4 * self.config.election_timeout + 1.0)
 
 
 def decide_netns(wanted: bool | None) -> tuple[bool, str]:
@@ -428,11 +576,34 @@ def decide_netns(wanted: bool | None) -> tuple[bool, str]:
     return False, f"NOT played: {reason}; kills and pauses only"
 
 
+def find_libfaketime() -> str | None:
+    """The libfaketime library to run members under, or None where it is not installed
+    (`COPYCAT_LIBFAKETIME` names another path)."""
+    candidates = [os.environ.get("COPYCAT_LIBFAKETIME", ""), *LIBFAKETIME_PATHS]
+    return next((path for path in candidates if path and os.path.exists(path)), None)
+
+
+def decide_clocks(config: NemesisConfig) -> tuple[str | None, str]:
+    """The libfaketime library to use (None: clocks not played) and a sentence saying so."""
+    if config.clocks is False:
+        return None, "not played (--no-clocks)"
+    library = find_libfaketime()
+    if library is None:
+        if config.clocks:
+            raise RuntimeError("clock faults need libfaketime (apt-get install faketime)")
+        return None, "NOT played: libfaketime not found (apt-get install faketime)"
+    return library, (
+        f"each member start runs at a rate within {config.clock_drift:.0%} of real time, "
+        f"wall clock up to {config.clock_offset:.0f}s off (libfaketime)"
+    )
+
+
 async def run_nemesis(config: NemesisConfig, workdir: Path) -> NemesisReport:
     """Run one nemesis test in `workdir` (which keeps the servers' logs and data)."""
     use_netns, note = decide_netns(config.netns)
     started = trio.current_time()
     run = _Run(config, workdir)
+    run.libfaketime, clocks_note = decide_clocks(config)
     try:
         await run.run(use_netns)
     except Exception as exc:  # reported, with the history so far
@@ -442,6 +613,11 @@ async def run_nemesis(config: NemesisConfig, workdir: Path) -> NemesisReport:
     for op in ops:
         outcomes[op.outcome.value] = outcomes.get(op.outcome.value, 0) + 1
     result = await trio.to_thread.run_sync(lambda: check(ops, max_states=2_000_000))
+    acknowledged = [
+        (op.process, op.completed)
+        for op in ops
+        if op.kind is not OpKind.GET and op.outcome is Outcome.OK and op.completed is not None
+    ]
     return NemesisReport(
         config=config,
         workdir=workdir,
@@ -453,6 +629,8 @@ async def run_nemesis(config: NemesisConfig, workdir: Path) -> NemesisReport:
         operations=len(ops),
         outcomes=outcomes,
         terms=len(run.leaders_by_term),
+        clocks_note=clocks_note,
+        recoveries=[recovery_after(kind, at, acknowledged) for kind, at in run.episodes],
         longest_write_gap=_longest_gap(
             [op.completed for op in ops if op.kind is not OpKind.GET and op.completed is not None]
         ),
@@ -491,6 +669,15 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     group.add_argument(
         "--no-netns", dest="netns", action="store_false", help="kills and pauses only"
     )
+    clocks = parser.add_mutually_exclusive_group()
+    clocks.add_argument(
+        "--clocks",
+        dest="clocks",
+        action="store_true",
+        default=None,
+        help="fail unless every member can run under libfaketime",
+    )
+    clocks.add_argument("--no-clocks", dest="clocks", action="store_false", help="real clocks")
     parser.add_argument("--workdir", type=Path, help="keep logs and data here (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory on success")
     parser.add_argument(
@@ -511,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seconds=args.seconds,
             faults=tuple(f for f in args.faults.split(",") if f),
             netns=args.netns,
+            clocks=args.clocks,
             wipe_on_restart=args.wipe_on_restart,
         )
         root = args.workdir or Path(tempfile.mkdtemp(prefix="copycat-nemesis-"))
