@@ -81,3 +81,15 @@ def nemesis(session: nox.Session) -> None:
     session.install("-e", ".")
     args = session.posargs or ["--runs", "3", "--seconds", "60"]
     session.run("python", "-m", "copycat_trio.testing.nemesis", *args)
+
+
+@nox.session(python=PYTHON)
+def failover(session: nox.Session) -> None:
+    """Kill or isolate the leader of three real processes again and again, and time every
+    connected client's next write (as root, for the isolations).
+
+    `nox -s failover` runs 20 trials; `-- --trials 40 --election-timeout 3` runs others.
+    """
+    session.install("-e", ".")
+    args = session.posargs or ["--trials", "20"]
+    session.run("python", "-m", "copycat_trio.testing.failover", *args)

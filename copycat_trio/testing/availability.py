@@ -4,7 +4,8 @@ A fault run (the nemesis, the failover trials) records when each fault began and
 acknowledged write, which client it came from and when it was acknowledged. From those two lists
 this module answers the question an operator asks of a consensus system: after this kind of
 fault, how long until writes are acknowledged again, for the first client and for every client
-that was writing before the fault?
+that was writing before the fault? Only writes invoked after the fault count as recovery: an
+answer already on its way when the fault struck says nothing about the cluster after it.
 
 Pure: no Trio, no I/O; times are seconds on whatever one clock the caller uses.
 """
@@ -26,11 +27,11 @@ class FaultRecovery:
     kind: str
     started: float
     first: float | None
-    """Seconds from the fault to the first write acknowledged after it (any client); None if
-    none was acknowledged before the run ended."""
+    """Seconds from the fault to the first acknowledgement of a write invoked after it (any
+    client); None if there was none before the run ended."""
     every: float | None
-    """Seconds from the fault until every client that had written before it had one more write
-    acknowledged; None if some such client had none acknowledged before the run ended."""
+    """Seconds from the fault until every client that had written before it had a write invoked
+    after it acknowledged; None if some such client had none before the run ended."""
     clients: int
     """How many clients had written before the fault (the ones `every` waits for)."""
 
@@ -38,16 +39,16 @@ class FaultRecovery:
 def recovery_after(
     kind: str,
     started: float,
-    acknowledged: Sequence[tuple[Hashable, float]],
+    acknowledged: Sequence[tuple[Hashable, float, float]],
 ) -> FaultRecovery:
     """The recovery from one fault that began at `started`, given every acknowledged write as
-    (client, time acknowledged), in any order."""
+    (client, time invoked, time acknowledged), in any order."""
     after: dict[Hashable, float] = {}
     before: set[Hashable] = set()
-    for client, at in acknowledged:
+    for client, invoked, at in acknowledged:
         if at <= started:
             before.add(client)
-        elif client not in after or at < after[client]:
+        elif invoked >= started and (client not in after or at < after[client]):
             after[client] = at
     first = min(after.values(), default=None)
     waits = [after.get(client) for client in before]

@@ -387,6 +387,10 @@ class _Run:
         self.schedule.append(f"{self.clock():7.2f}s {text}")
         self.trace.record("fault", text)
 
+    def _began(self, fault: str) -> None:
+        """The fault is in effect from now on: recovery is timed from here."""
+        self.episodes.append((fault, self.clock()))
+
     def _pick_leader(self, rng: random.Random) -> int:
         ids = list(range(1, self.config.servers + 1))
         if self.leader is not None and self.leader in ids:
@@ -398,11 +402,11 @@ class _Run:
     ) -> None:
         ids = list(range(1, self.config.servers + 1))
         majority = self.config.servers // 2 + 1
-        self.episodes.append((fault, self.clock()))
         if fault == "clock":
             victim = self._pick_leader(rng) if rng.random() < 0.5 else rng.choice(ids)
             self.expected_down.add(victim)
             await cluster.kill(victim)
+            self._began(fault)
             await cluster.start([victim])  # the prefix gives this start a new clock
             self.expected_down.discard(victim)
             self._note(f"clock: SIGKILLed {victim}, started again with a new clock")
@@ -421,6 +425,7 @@ class _Run:
             for member_id in victims:
                 self.expected_down.add(member_id)
                 await cluster.kill(member_id)
+            self._began(fault)
             await trio.sleep(hold)
             if self.config.wipe_on_restart:
                 for member_id in victims:
@@ -434,6 +439,7 @@ class _Run:
             victim = self._pick_leader(rng) if fault == "pause-leader" else rng.choice(ids)
             self._note(f"{fault}: SIGSTOP {victim} for {hold:.1f}s")
             cluster.pause(victim)
+            self._began(fault)
             await trio.sleep(hold)
             cluster.resume(victim)
             self._note(f"{fault}: SIGCONT {victim}")
@@ -468,6 +474,7 @@ class _Run:
                     for other in others:
                         await lab.cut(other, leader)
                     text = f"{leader} hears nothing from {others}"
+            self._began(fault)
             self._note(f"{fault}: {text} for {hold:.1f}s")
             await trio.sleep(hold)
             await lab.heal()
@@ -485,6 +492,7 @@ class _Run:
             self._note(f"{fault}: skipped (no leader or no follower known)")
             return
         target = rng.choice(followers)
+        self._began(fault)
         timeout = 4 * self.config.election_timeout + 1.0
         if fault == "demote":
             member = next(m for m in members if m.id == target)
@@ -614,7 +622,7 @@ async def run_nemesis(config: NemesisConfig, workdir: Path) -> NemesisReport:
         outcomes[op.outcome.value] = outcomes.get(op.outcome.value, 0) + 1
     result = await trio.to_thread.run_sync(lambda: check(ops, max_states=2_000_000))
     acknowledged = [
-        (op.process, op.completed)
+        (op.process, op.invoked, op.completed)
         for op in ops
         if op.kind is not OpKind.GET and op.outcome is Outcome.OK and op.completed is not None
     ]
