@@ -73,10 +73,37 @@ class ServerSession:
 
 
 class Scheduled:
-    """A callback scheduled by log time; `cancel()` stops it (and its repeats)."""
+    """A callback scheduled by log time; `cancel()` stops it (and its repeats).
 
-    def __init__(self) -> None:
+    A Snapshottable state machine's timers are part of its replicated state: every snapshot
+    holds them (due time, repeat interval, order, and the callback as a method name and its
+    arguments) and installing one brings them back as they were, so every member fires the same
+    callbacks at the same log times. `id` names a timer the same way on every member and
+    across snapshots; after an install `context.timers` holds the restored handles.
+    """
+
+    def __init__(
+        self,
+        timer_id: int = 0,
+        due: int = 0,
+        callback: Callable[..., None] | None = None,
+        args: tuple[Any, ...] = (),
+        interval_ms: int | None = None,
+    ) -> None:
+        self.id = timer_id
+        self.due = due
+        """The log time (ms) of its next firing."""
+        self.callback = callback
+        self.args = args
+        """The arguments `callback` is called with (plain data, copied when scheduled)."""
+        self.interval_ms = interval_ms
         self.cancelled = False
+
+    def __repr__(self) -> str:
+        name = getattr(self.callback, "__name__", repr(self.callback))
+        state = " cancelled" if self.cancelled else ""
+        every = f" every {self.interval_ms}ms" if self.interval_ms is not None else ""
+        return f"Scheduled({self.id}, {name}{tuple(self.args)!r} at {self.due}{every}{state})"
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -111,8 +138,10 @@ class Snapshottable:
 
     Both methods run in a worker thread while nothing is applied, so the state is consistent;
     they must not touch the event loop. `install` must discard all previous state. Scheduled
-    callbacks are functions and cannot be snapshotted: `install` must schedule again whatever
-    it needs.
+    callbacks are part of the snapshot, written and restored by the server, so `install` must
+    not schedule anything: the pending timers are already back (in `context.timers`) when it
+    runs, and `context.index` and `context.time` are the snapshot's. That is why a Snapshottable
+    state machine schedules only its own methods, with plain-data arguments (see `schedule`).
     """
 
     def snapshot(self, writer: SnapshotSink) -> None:
@@ -134,9 +163,26 @@ class StateMachineContext:
         raise NotImplementedError
 
     def schedule(
-        self, delay_ms: int, callback: Callable[[], None], *, interval_ms: int | None = None
+        self,
+        delay_ms: int,
+        callback: Callable[..., None],
+        *args: Any,
+        interval_ms: int | None = None,
     ) -> Scheduled:
-        """Run `callback` once log time has advanced by delay_ms (then every interval_ms)."""
+        """Run `callback(*args)` once log time has advanced by delay_ms (then every interval_ms).
+
+        Timers due at the same log time fire in the order they were scheduled. For a
+        Snapshottable state machine the timer goes into snapshots, so `callback` must be one of
+        the state machine's own methods (`self.expire`) and `args` CBOR-encodable values; they
+        are copied now, so the callback sees the same values on every member, snapshot or not.
+        Anything else raises TypeError. Call it from handlers, listeners and callbacks, never
+        from `install` (the timers are restored for it) or a query.
+        """
+        raise NotImplementedError
+
+    @property
+    def timers(self) -> tuple[Scheduled, ...]:
+        """The pending timers, in the order they will fire."""
         raise NotImplementedError
 
 

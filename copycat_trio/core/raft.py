@@ -194,6 +194,9 @@ class RaftCore:
         self._votes: dict[int, bool] = {}
         self.progress: dict[int, Progress] = {}
         self._last_leader_contact: float | None = None
+        self._started_at = now
+        """When this member (re)started: before its crash it may have acknowledged a leader
+        whose lease counts on it, so it acts as if it had just heard from one."""
         self._election_deadline = now + self._random_timeout()
         self._heartbeat_deadline = float("inf")
         self._check_quorum_deadline = float("inf")
@@ -307,14 +310,21 @@ class RaftCore:
         self._election_deadline = now + self._random_timeout()
 
     def _in_leader_lease(self, now: float) -> bool:
-        """Leader stickiness: heard from a live leader within the (minimum) election timeout."""
+        """Leader stickiness: a follower that heard from a live leader within the (minimum)
+        election timeout, or started within it, refuses polls and votes. A leader's read lease
+        relies on it; a member that restarted may have acknowledged that leader just before,
+        and remembers no leader now. A member that campaigns has given up on any leader."""
         if self.role is Role.LEADER:
             return True
+        if self.role is not Role.FOLLOWER:
+            return False
+        timeout = self.config.election_timeout
+        if now - self._started_at < timeout:
+            return True
         return (
-            self.role is Role.FOLLOWER
-            and self.leader is not None
+            self.leader is not None
             and self._last_leader_contact is not None
-            and now - self._last_leader_contact < self.config.election_timeout
+            and now - self._last_leader_contact < timeout
         )
 
     def tick(self, now: float) -> None:
@@ -733,14 +743,22 @@ class RaftCore:
         return majority_index(rounds)
 
     def _extend_lease(self) -> None:
+        """The lease runs from the send time of the latest heartbeat round at or before the
+        round a majority confirmed: whoever answered a message of that round (or of a read's
+        round after it) heard from this leader after that time, and refuses votes for an
+        election timeout from then. Only a fraction of it is used: the rest allows for drift."""
         confirmed = self._confirmed_round()
-        sent_at = self._round_sent_at.get(confirmed)
-        if sent_at is None:
+        rounds = [r for r in self._round_sent_at if r <= confirmed]
+        if not rounds:
             return
-        expiry = sent_at + self.config.election_timeout * self.config.lease_ratio
+        latest = max(rounds)
+        expiry = (
+            self._round_sent_at[latest] + self.config.election_timeout * self.config.lease_ratio
+        )
         self._lease_expiry = max(self._lease_expiry, expiry)
-        for old in [r for r in self._round_sent_at if r < confirmed]:
-            del self._round_sent_at[old]
+        for old in rounds:
+            if old < latest:
+                del self._round_sent_at[old]
 
     def propose_configuration(self, members: Sequence[Member]) -> tuple[int, int]:
         """Append a new configuration: one change at a time, after this term's no-op commits."""
@@ -775,7 +793,8 @@ class RaftCore:
             return
         self._read_round += 1
         self._pending_reads.append(_PendingRead(context, self.commit_index, self._read_round))
-        # No send time is recorded: a read's round must not extend the lease by itself.
+        # No send time is recorded for a read's round: its answers extend the lease only from
+        # the heartbeat round before it (see _extend_lease).
         self._broadcast_pending = True
         self._release_reads()
 

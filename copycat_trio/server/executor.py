@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import heapq
-import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,6 +21,7 @@ import trio
 from trio_util import AsyncValue
 
 from ..core.sessions import CachedResult, CommandDecision, Session, SessionTable
+from ..protocol.codec import registry
 from ..protocol.errors import (
     ApplicationError,
     CommandError,
@@ -50,8 +50,16 @@ from ..state_machine import (
     StateMachine,
     StateMachineContext,
 )
+from ..storage.errors import StorageCorruptionError
 from ..storage.snapshots import SnapshotInfo, SnapshotReader, SnapshotStore
-from .snapshots import SnapshotHeader, ThreadSink, ThreadSource, read_snapshot, write_snapshot
+from .snapshots import (
+    SnapshotHeader,
+    ThreadSink,
+    ThreadSource,
+    TimerRecord,
+    read_snapshot,
+    write_snapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +100,17 @@ class _Context(StateMachineContext):
         return self._executor.handles
 
     def schedule(
-        self, delay_ms: int, callback: Callable[[], None], *, interval_ms: int | None = None
+        self,
+        delay_ms: int,
+        callback: Callable[..., None],
+        *args: Any,
+        interval_ms: int | None = None,
     ) -> Scheduled:
-        return self._executor.schedule(delay_ms, callback, interval_ms)
+        return self._executor.schedule(delay_ms, callback, args, interval_ms)
+
+    @property
+    def timers(self) -> tuple[Scheduled, ...]:
+        return self._executor.pending_timers()
 
 
 class Executor:
@@ -128,8 +144,11 @@ class Executor:
         self._queue: collections.deque[Entry] = collections.deque()
         self._wakeup = trio.Event()
         self.pending: dict[int, Pending] = {}
-        self._timers: list[tuple[int, int, Scheduled, Callable[[], None], int | None]] = []
-        self._timer_ids = itertools.count()
+        self._timers: list[tuple[int, int, Scheduled]] = []
+        """A heap of (due log time, order, handle); cancelled handles are dropped when due."""
+        self._timer_sequence = 0
+        """The next timer id and tie-break order: replicated state (snapshots carry it)."""
+        self._installing = False
         self.session_changed = trio.Event()
         """Set (and replaced) whenever sessions or their events change: wakes event pushers."""
         self.applied_commands = 0
@@ -179,16 +198,18 @@ class Executor:
             log_time=self.log_time,
             members=self.configuration[1],
             configuration_index=self.configuration[0],
+            timer_sequence=self._timer_sequence,
         )
+        timers = self._timer_records()
         async with self.snapshots.create(index, self.applied_term) as writer:
             if runs_inline(self.snapshots):
                 buffered = BufferedSink(writer)
-                write_snapshot(buffered, header, self.sessions, self.state_machine)
+                write_snapshot(buffered, header, self.sessions, self.state_machine, timers)
                 await buffered.drain()
             else:
                 sink = ThreadSink(writer)
                 await trio.to_thread.run_sync(
-                    write_snapshot, sink, header, self.sessions, self.state_machine
+                    write_snapshot, sink, header, self.sessions, self.state_machine, timers
                 )
         self.snapshot_index = index
         log.info("snapshot taken at index %s (term %s)", index, self.applied_term)
@@ -196,24 +217,33 @@ class Executor:
             await self._on_snapshot(index)
 
     async def install_snapshot(self, info: SnapshotInfo) -> SnapshotHeader:
-        """Replace the state machine and sessions with a snapshot's (the caller holds the
-        lock). Entries queued up to its index are dropped: the snapshot contains them."""
+        """Replace the state machine, sessions and timers with a snapshot's (the caller holds
+        the lock). Entries queued up to its index are dropped: the snapshot contains them.
+
+        Before the user's `install` runs, every pending timer is dropped and the snapshot's are
+        restored, and index, log time and sessions become the snapshot's: from then on this
+        member fires what a member that applied the whole log fires, at the same log times."""
         assert self.snapshots is not None
-        async with self.snapshots.open(info) as reader:
-            if runs_inline(self.snapshots):
-                header, table = read_snapshot(await BufferedSource.load(reader), self.state_machine)
-            else:
-                source = ThreadSource(reader)
-                header, table = await trio.to_thread.run_sync(
-                    read_snapshot, source, self.state_machine
-                )
-        self.sessions = table
-        for handle in self.handles.values():
-            handle.closed = True
-        self.handles = {
-            s.id: ServerSession(s.id, s.client, self._publish) for s in table.sessions.values()
-        }
-        self.log_time = max(self.log_time, header.log_time)
+        self._installing = True
+        try:
+            async with self.snapshots.open(info) as reader:
+                if runs_inline(self.snapshots):
+                    header = read_snapshot(
+                        await BufferedSource.load(reader), self.state_machine, self._adopt
+                    )
+                else:
+                    source = ThreadSource(reader)
+
+                    def adopt(
+                        header: SnapshotHeader, table: SessionTable, timers: list[TimerRecord]
+                    ) -> None:
+                        trio.from_thread.run_sync(self._adopt, header, table, timers)
+
+                    header = await trio.to_thread.run_sync(
+                        read_snapshot, source, self.state_machine, adopt
+                    )
+        finally:
+            self._installing = False
         self.configuration = (header.configuration_index, header.members)
         self.snapshot_index = header.index
         self.applied_term = header.term
@@ -229,32 +259,97 @@ class Executor:
     # --- scheduling ------------------------------------------------------------------------
 
     def schedule(
-        self, delay_ms: int, callback: Callable[[], None], interval_ms: int | None
+        self,
+        delay_ms: int,
+        callback: Callable[..., None],
+        args: tuple[Any, ...],
+        interval_ms: int | None,
     ) -> Scheduled:
+        """A timer due `delay_ms` after the current log time; for a Snapshottable state machine
+        it must be a method of it with plain-data arguments, since snapshots hold it."""
         if delay_ms < 0 or (interval_ms is not None and interval_ms <= 0):
             raise ValueError("delay must be >= 0 and interval > 0")
-        handle = Scheduled()
-        due = self.log_time + delay_ms
-        heapq.heappush(self._timers, (due, next(self._timer_ids), handle, callback, interval_ms))
+        if self._installing:
+            raise RuntimeError(
+                "install must not schedule: the snapshot's timers are restored for it "
+                "(see context.timers)"
+            )
+        if isinstance(self.state_machine, Snapshottable):
+            _snapshot_method(self.state_machine, callback)
+            args = _plain_copy(args)
+        handle = Scheduled(self._timer_sequence, self.log_time + delay_ms, callback, args)
+        handle.interval_ms = interval_ms
+        self._push_timer(handle)
         return handle
+
+    def _push_timer(self, handle: Scheduled) -> None:
+        heapq.heappush(self._timers, (handle.due, self._timer_sequence, handle))
+        self._timer_sequence += 1
+
+    def pending_timers(self) -> tuple[Scheduled, ...]:
+        """The timers not yet fired nor cancelled, in firing order."""
+        entries = sorted(self._timers, key=lambda entry: entry[:2])
+        return tuple(handle for _, _, handle in entries if not handle.cancelled)
+
+    def _timer_records(self) -> list[TimerRecord]:
+        """The pending timers as a snapshot holds them, in firing order."""
+        return [
+            TimerRecord(
+                due, order, h.id, h.interval_ms, getattr(h.callback, "__name__", ""), h.args
+            )
+            for due, order, h in sorted(self._timers, key=lambda entry: entry[:2])
+            if not h.cancelled
+        ]
+
+    def _adopt(
+        self, header: SnapshotHeader, table: SessionTable, records: list[TimerRecord]
+    ) -> None:
+        """Called by read_snapshot before the user's `install`: take the snapshot's sessions,
+        drop every pending timer and put the snapshot's in their place, and move to the
+        snapshot's index and log time (what `install` sees in the context)."""
+        self.sessions = table
+        for session in self.handles.values():
+            session.closed = True
+        self.handles = {
+            s.id: ServerSession(s.id, s.client, self._publish) for s in table.sessions.values()
+        }
+        for _, _, stale in self._timers:
+            stale.cancelled = True  # a handle the state machine kept from before never fires
+        self._timers = []
+        for record in records:
+            callback = getattr(self.state_machine, record.method, None)
+            if record.method.startswith("__") or not callable(callback):
+                raise StorageCorruptionError(
+                    f"the snapshot has a timer for {record.method!r}, which "
+                    f"{type(self.state_machine).__qualname__} has no method called"
+                )
+            handle = Scheduled(record.timer_id, record.due, callback, record.args)
+            handle.interval_ms = record.interval_ms
+            self._timers.append((record.due, record.order, handle))
+        heapq.heapify(self._timers)
+        self._timer_sequence = header.timer_sequence
+        self.log_time = header.log_time
+        self.context.index = header.index
+        self.context.time = header.log_time
 
     def _fire_timers(self, now: int) -> None:
         """Run every callback due by log time `now`, in due order, as if at its due time."""
         while self._timers and self._timers[0][0] <= now:
-            due, _, handle, callback, interval = heapq.heappop(self._timers)
+            due, _, handle = heapq.heappop(self._timers)
             if handle.cancelled:
                 continue
             self.log_time = max(self.log_time, due)
             self.context.time = self.log_time
+            interval = handle.interval_ms
+            if interval is not None:
+                handle.due = due + interval
+            assert handle.callback is not None
             try:
-                callback()
+                handle.callback(*handle.args)
             except Exception:
-                log.exception("scheduled callback %r raised", callback)
+                log.exception("scheduled callback %r raised", handle)
             if interval is not None and not handle.cancelled:
-                heapq.heappush(
-                    self._timers,
-                    (due + interval, next(self._timer_ids), handle, callback, interval),
-                )
+                self._push_timer(handle)
 
     # --- applying --------------------------------------------------------------------------
 
@@ -400,6 +495,32 @@ class Executor:
             return None, exc.to_info()
         except Exception as exc:
             return None, ErrorInfo(ErrorType.APPLICATION, f"{type(exc).__qualname__}: {exc}")
+
+
+def _snapshot_method(state_machine: StateMachine, callback: Callable[..., None]) -> str:
+    """The name a snapshot knows `callback` by: it must be a method of the state machine."""
+    func = getattr(callback, "__func__", None)
+    name = getattr(func, "__name__", "")
+    if (
+        getattr(callback, "__self__", None) is not state_machine
+        or not name
+        or getattr(type(state_machine), name, None) is not func
+    ):
+        raise TypeError(
+            f"{type(state_machine).__qualname__} is Snapshottable, so its timers go into "
+            f"snapshots: schedule one of its own methods (self.some_method) with plain-data "
+            f"arguments, not {callback!r}"
+        )
+    return name
+
+
+def _plain_copy(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The arguments as a snapshot gives them back (CBOR round trip), so that the callback
+    sees the same values on a member that installed a snapshot as on one that did not."""
+    try:
+        return tuple(registry.decode(registry.encode(list(args))))
+    except CopycatError as exc:
+        raise TypeError(f"timer arguments must be CBOR-encodable plain data: {exc}") from exc
 
 
 def runs_inline(store: object) -> bool:

@@ -17,11 +17,12 @@ from ..core.raft import RaftCore, Role
 from ..protocol.errors import ErrorInfo, ErrorType, Status
 from ..protocol.messages import InstallRequest, InstallResponse
 from ..storage.base import LogStorage
+from ..storage.errors import StorageCorruptionError
 from ..storage.snapshots import SnapshotStore, SnapshotWriter
 from ..transport.rpc import ConnectionPool
 from .executor import BufferedSource, Executor, runs_inline
 from .loop import RaftLoop
-from .snapshots import SnapshotHeader, ThreadSource
+from .snapshots import SnapshotHeader, ThreadSource, decode_header
 
 log = logging.getLogger(__name__)
 
@@ -214,22 +215,13 @@ class _Incoming:
 
 async def read_header(store: SnapshotStore, info: Any) -> SnapshotHeader:
     """Just the header of a stored snapshot (its checksum is verified on open)."""
-    from .snapshots import FORMAT
-
     async with store.open(info) as reader:
         if runs_inline(store):
             head = (await BufferedSource.load(reader)).read_object()
         else:
             source = ThreadSource(reader)
             head = await trio.to_thread.run_sync(source.read_object)
-    if not isinstance(head, dict) or head.get("format") != FORMAT:
-        from ..storage.errors import StorageCorruptionError
-
-        raise StorageCorruptionError(f"snapshot {info.path} has an unknown header")
-    return SnapshotHeader(
-        index=head["index"],
-        term=head["term"],
-        log_time=head["log_time"],
-        members=tuple(head["members"]),
-        configuration_index=head["configuration_index"],
-    )
+    try:
+        return decode_header(head)
+    except StorageCorruptionError as exc:
+        raise StorageCorruptionError(f"snapshot {info.path}: {exc}") from exc

@@ -2,15 +2,17 @@
 
 A snapshot is a stream of frames (4-byte length, CBOR) and raw bytes: a header (index, term,
 log time, the configuration in force), the session table (so exactly-once survives compaction:
-sequence numbers, cached results, unacknowledged events), then whatever the user's
-`Snapshottable.snapshot` writes. User code runs in a worker thread while the executor applies
-nothing; its writes reach the file through `trio.from_thread`, a buffer at a time.
+sequence numbers, cached results, unacknowledged events), the pending scheduled callbacks (so
+timers are replicated state too), then whatever the user's `Snapshottable.snapshot` writes.
+User code runs in a worker thread while the executor applies nothing; its writes reach the file
+through `trio.from_thread`, a buffer at a time.
 """
 
 from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -23,7 +25,9 @@ from ..protocol.messages import Member
 from ..storage.errors import StorageCorruptionError
 from ..storage.snapshots import SnapshotReader, SnapshotWriter
 
-FORMAT = 1
+FORMAT = 2
+"""Written now. Format 1 (read still) had no timers."""
+FORMATS = (1, 2)
 FLUSH_AT = 1 << 20
 _LENGTH = struct.Struct(">I")
 
@@ -35,6 +39,23 @@ class SnapshotHeader:
     log_time: int
     members: tuple[Member, ...]
     configuration_index: int
+    timer_sequence: int = 0
+    """The executor's next timer number (ids and tie-break order): replicated like the rest."""
+
+
+@attrs.frozen
+class TimerRecord:
+    """A pending scheduled callback as a snapshot holds it: the callback is a method of the
+    state machine, by name, so it can be found again on any member."""
+
+    due: int
+    """Log time of its next firing."""
+    order: int
+    """Breaks ties between timers due at the same log time (scheduling order)."""
+    timer_id: int
+    interval_ms: int | None
+    method: str
+    args: tuple[Any, ...]
 
 
 class ThreadSink:
@@ -128,7 +149,11 @@ def _decode_session(record: list[Any]) -> Session:
 
 
 def write_snapshot(
-    sink: ThreadSink, header: SnapshotHeader, sessions: SessionTable, user: Any
+    sink: ThreadSink,
+    header: SnapshotHeader,
+    sessions: SessionTable,
+    user: Any,
+    timers: Sequence[TimerRecord] = (),
 ) -> None:
     """Runs in a worker thread: the whole snapshot, header first."""
     sink.write_object(
@@ -140,34 +165,61 @@ def write_snapshot(
             "members": list(header.members),
             "configuration_index": header.configuration_index,
             "sessions": len(sessions),
+            "timers": len(timers),
+            "timer_sequence": header.timer_sequence,
         }
     )
     for session in sessions.sessions.values():
         sink.write_object(_encode_session(session))
+    for t in timers:
+        sink.write_object([t.due, t.order, t.timer_id, t.interval_ms, t.method, list(t.args)])
     if user is not None:
         user.snapshot(sink)
     sink.flush()
 
 
-def read_snapshot(source: ThreadSource, user: Any) -> tuple[SnapshotHeader, SessionTable]:
-    """Runs in a worker thread: the header and sessions, then the user's state is installed."""
+def decode_header(head: Any) -> SnapshotHeader:
+    """The header object a snapshot starts with; StorageCorruptionError if it is not one."""
+    if not isinstance(head, dict) or head.get("format") not in FORMATS:
+        raise StorageCorruptionError("snapshot header is not in a known format")
     try:
-        head = source.read_object()
-        if not isinstance(head, dict) or head.get("format") != FORMAT:
-            raise StorageCorruptionError("snapshot header is not in a known format")
-        header = SnapshotHeader(
+        return SnapshotHeader(
             index=head["index"],
             term=head["term"],
             log_time=head["log_time"],
             members=tuple(head["members"]),
             configuration_index=head["configuration_index"],
+            timer_sequence=head.get("timer_sequence", 0),
         )
+    except (KeyError, TypeError) as exc:
+        raise StorageCorruptionError(f"snapshot header is damaged: {exc}") from exc
+
+
+def read_snapshot(
+    source: ThreadSource,
+    user: Any,
+    adopt: Callable[[SnapshotHeader, SessionTable, list[TimerRecord]], None],
+) -> SnapshotHeader:
+    """Runs in a worker thread: the header, sessions and timers, then the user's state.
+
+    `adopt` gets the header, sessions and timers before `user.install` runs, so that the
+    executor has them (and the snapshot's index and log time) in place for it."""
+    try:
+        head = source.read_object()
+        header = decode_header(head)
         table = SessionTable()
         for _ in range(head["sessions"]):
             session = _decode_session(source.read_object())
             table.sessions[session.id] = session
+        timers = [
+            TimerRecord(due, order, timer_id, interval, method, tuple(args))
+            for due, order, timer_id, interval, method, args in (
+                source.read_object() for _ in range(head.get("timers", 0))
+            )
+        ]
     except (ProtocolError, KeyError, ValueError, TypeError, EOFError) as exc:
         raise StorageCorruptionError(f"snapshot contents are damaged: {exc}") from exc
+    adopt(header, table, timers)
     if user is not None:
         user.install(source)
-    return header, table
+    return header

@@ -19,7 +19,9 @@ class Cluster:
     """Cores joined by a queue of envelopes; `cut` pairs drop messages both ways."""
 
     def __init__(self, n: int = 3, *, config: RaftConfig = CONFIG, seed: int = 0) -> None:
-        self.now = 0.0
+        # The cores start at 0 and the clock at one election timeout: a member refuses polls
+        # and votes for that long after it starts, and none times out before it anyway.
+        self.now = config.election_timeout
         self.config = config
         self.members = members(n)
         self.cores = {
@@ -41,6 +43,24 @@ class Cluster:
 
     def core(self, member_id: int) -> RaftCore:
         return self.cores[member_id]
+
+    def restart(self, member_id: int, *, seed: int = 1) -> RaftCore:
+        """Crash a member and start it again at once from what it persisted (term, vote and
+        log; this harness persists everything): a fresh core, and what was in flight to the
+        dead process is lost."""
+        old = self.cores[member_id]
+        self.process(member_id)
+        self.queue = [e for e in self.queue if e.target != member_id]
+        core = self.cores[member_id] = RaftCore(
+            member_id,
+            config=self.config,
+            members=self.members,
+            hard_state=old.hard_state,
+            entries=old.log.slice(old.log.first_index, old.log.last_index + 1),
+            rng=random.Random(seed * 1000 + member_id),
+            now=self.now,
+        )
+        return core
 
     def process(self, member_id: int) -> None:
         core = self.cores[member_id]
@@ -103,15 +123,22 @@ class Cluster:
             delivered += 1
         return delivered
 
-    def advance(self, seconds: float, *, step: float = 0.05) -> None:
-        """Let time pass in small steps, ticking every core and delivering messages."""
+    def advance(
+        self,
+        seconds: float,
+        *,
+        step: float = 0.05,
+        keep: Callable[[Envelope], bool] = lambda e: True,
+    ) -> None:
+        """Let time pass in small steps, ticking every core and delivering messages (those
+        `keep` accepts)."""
         end = self.now + seconds
         while self.now < end:
             self.now = min(end, self.now + step)
             for core in self.cores.values():
                 if core.next_deadline() <= self.now:
                     core.tick(self.now)
-            self.deliver()
+            self.deliver(keep=keep)
 
     def elect(self, member_id: int) -> None:
         """Make member_id campaign now and deliver until the election settles."""

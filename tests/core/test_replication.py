@@ -133,7 +133,7 @@ def test_leader_does_not_commit_old_term_entry_by_counting_replicas() -> None:
             hard_state=HardState(3, None),
             entries=entries,
             rng=random.Random(i),
-            now=0.0,
+            now=-config.election_timeout,  # up long enough to grant votes at time 0
         )
     queue: list[Envelope] = []
 
