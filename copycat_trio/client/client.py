@@ -34,14 +34,18 @@ from ..protocol.errors import (
 )
 from ..protocol.messages import (
     CommandRequest,
+    CommandResponse,
     ConnectRequest,
     Event,
     KeepAliveRequest,
     Member,
+    MemberType,
     PublishRequest,
     PublishResponse,
     QueryRequest,
+    QueryResponse,
     RegisterRequest,
+    RegisterResponse,
     StatusRequest,
     StatusResponse,
     UnregisterRequest,
@@ -50,7 +54,14 @@ from ..protocol.operations import Command, Consistency, Query
 from ..transport.base import Transport, split_address
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
 from ..transport.tcp import TcpTransport
-from .strategies import ClientState, ConnectionStrategy, RecoveryStrategy, ServerSelection
+from .strategies import (
+    ClientState,
+    ConnectionStrategy,
+    ErrorScope,
+    RecoveryStrategy,
+    ServerSelection,
+    error_scope,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +71,16 @@ EVENT_BUFFER = 256
 
 class ClientClosedError(UnknownSessionError):
     """The client is closed (by `aclose`, or because its session was lost)."""
+
+
+@attrs.define
+class _Attempts:
+    """What the attempts at one request showed, across failovers and resubmissions."""
+
+    uncertain: bool = False
+    """Some attempt may have reached the leader without its answer coming back (a lost
+    answer, or a forwarding member's "outcome unknown"): no later error proves it did not
+    apply."""
 
 
 @attrs.define(eq=False)
@@ -113,6 +134,12 @@ class CopycatClient:
         """The last member that did not answer in time: tried last until it answers again (a
         member that hears clients but cannot reach the leader would otherwise hold every
         request for a whole request timeout, keep-alives included)."""
+        self._refused: str | None = None
+        """The last member that answered "cannot serve this": tried last until it serves."""
+        self._served = 0
+        """How many requests members have served (a back-off that sees it move starts over)."""
+        self._retry = trio.Event()
+        """Set (and replaced) to end every back-off early; see `_wake_retries`."""
         self._next_sequence = 1
         self._completed = AsyncValue(0)
         """Highest sequence such that it and every one before it have completed."""
@@ -184,7 +211,10 @@ class CopycatClient:
         self.state.value = ClientState.CLOSED
         if session:
             with trio.move_on_after(min(2.0, self.request_timeout)):
-                await self._request_any(UnregisterRequest(session=session))
+                try:
+                    await self._request_any(UnregisterRequest(session=session))
+                except CopycatError as exc:  # best effort: the session expires anyway
+                    log.info("could not unregister session %s: %s", session, exc)
 
     # --- session lifecycle -----------------------------------------------------------------
 
@@ -198,6 +228,7 @@ class CopycatClient:
             raise NoLeaderError(f"could not register a session within {self.timeout:.1f}s")
         self._session_generation += 1
         self.session_id = response.session
+        self.last_index = max(self.last_index, response.session)  # its register entry's index
         self.session_timeout = response.timeout / 1000
         self._note_cluster(response.leader, response.members)
         self._next_sequence = 1
@@ -302,33 +333,75 @@ class CopycatClient:
 
     # --- requests with failover ------------------------------------------------------------
 
-    async def _request_any(self, body: Any, attempt_timeout: float | None = None) -> Any:
-        """Send to the current member, failing over to others with back-off, until answered
-        with anything but NO_LEADER. Only for requests that are safe to send twice.
-        `attempt_timeout` bounds each member's turn (default: request_timeout)."""
+    def _order(self) -> list[str]:
+        """The members to try, best first: the one we talk through first, then the rest in
+        the selection's order; known RESERVE members (they serve no clients), the last member
+        that could not serve and the last that did not answer go to the back."""
+        order = self.selection.order(self.addresses, self._leader_address(), self._rotation)
+        if self._address in order:
+            order.remove(self._address)
+            order.insert(0, self._address)
+        reserve = {m.effective_client_address for m in self.members if m.type is MemberType.RESERVE}
+        for avoid in (*[a for a in order if a in reserve], self._refused, self._unanswered):
+            if avoid in order and len(order) > 1:
+                order.remove(avoid)
+                order.append(avoid)
+        return order
+
+    def _note_answer(self, response: Any) -> None:
+        """Raise `last_index` to what an answer shows: a SEQUENTIAL query must never read a
+        member that is behind it (the session itself is the register entry's index)."""
+        if isinstance(response, (CommandResponse, QueryResponse)):
+            self.last_index = max(self.last_index, response.index)
+        elif isinstance(response, RegisterResponse) and response.error is None:
+            self.last_index = max(self.last_index, response.session)
+
+    def _wake_retries(self) -> None:
+        """End every back-off now: a member just served a request, or a new command needs the
+        pending ones before it to be resubmitted."""
+        self._retry.set()
+        self._retry = trio.Event()
+
+    async def _request_any(
+        self, body: Any, attempt_timeout: float | None = None, attempts: _Attempts | None = None
+    ) -> Any:
+        """Send to the current member, failing over to the others, until one serves it.
+
+        An answer that says "this member cannot serve this" (see `error_scope`: NO_LEADER,
+        ILLEGAL_MEMBER_STATE, QUERY, INTERNAL) moves on to the next member at once; only an
+        answer about the request itself is returned or raised. The connection strategy's
+        back-off applies between rounds in which no member served, and ends early when any
+        request of this client is served meanwhile. Only for requests that are safe to send
+        twice. `attempt_timeout` bounds each member's turn (default: request_timeout);
+        `attempts` learns whether some attempt may have reached the leader unanswered.
+        """
         delays = self.connection_strategy.delays()
         timeout = self.request_timeout if attempt_timeout is None else attempt_timeout
+        refusal: ErrorInfo | None = None
         while True:
-            order = self.selection.order(self.addresses, self._leader_address(), self._rotation)
-            if self._address in order:
-                order.remove(self._address)
-                order.insert(0, self._address)
-            if self._unanswered in order and len(order) > 1:
-                order.remove(self._unanswered)
-                order.append(self._unanswered)
-            for address in order:
+            for address in self._order():
                 try:
                     response = await self._pool.request(address, body, timeout)
                 except (RequestNotSent, ResponseLost) as exc:
                     log.debug("%s: %s", address, exc)
+                    if isinstance(exc, ResponseLost) and attempts is not None:
+                        attempts.uncertain = True
                     self._rotation += 1
                     self._unanswered = address
                     continue
                 if address == self._unanswered:
                     self._unanswered = None
+                self._note_answer(response)
                 error: ErrorInfo | None = getattr(response, "error", None)
-                if error is not None and error.type is ErrorType.NO_LEADER:
+                if error is not None and error_scope(error.type) is ErrorScope.MEMBER:
+                    log.debug("%s cannot serve %s: %s", address, type(body).__name__, error)
+                    if error.type is ErrorType.INTERNAL and attempts is not None:
+                        attempts.uncertain = True
+                    self._refused = address
+                    refusal = error
                     continue
+                if address == self._refused:
+                    self._refused = None
                 if (
                     address != self._address
                     and self.session_id
@@ -337,13 +410,20 @@ class CopycatClient:
                     await self._switch_to(address)
                 elif not self.session_id or self._address is None:
                     self._address = address
+                self._served += 1
+                self._wake_retries()
                 if error is not None:
                     raise error_from_info(error)
                 return response
             delay = next(delays)
             if delay is None:
-                raise NoLeaderError("no member could be reached or knows a leader")
-            await trio.sleep(delay)
+                why = f" (last: {refusal.type.name}: {refusal.message})" if refusal else ""
+                raise NoLeaderError(f"no member could serve the request{why}")
+            served = self._served
+            with trio.move_on_after(delay):
+                await self._retry.wait()
+            if self._served != served:
+                delays = self.connection_strategy.delays()  # the cluster works again
 
     async def _switch_to(self, address: str) -> None:
         """Talk through another member from now on (it resends our unacknowledged events)."""
@@ -355,6 +435,7 @@ class CopycatClient:
     async def _submit_command(self, operation: Command, budget: float) -> Any:
         submission = _Submission(self._next_sequence, operation)
         self._next_sequence += 1
+        self._wake_retries()  # commands before this one that are backing off are needed now
         self._nursery.start_soon(self._drive, submission, self._session_generation)
         with trio.move_on_after(budget):
             await submission.done.wait()
@@ -372,6 +453,7 @@ class CopycatClient:
         request = CommandRequest(
             session=self.session_id, sequence=submission.sequence, operation=submission.operation
         )
+        attempts = _Attempts()
         while True:
             if generation != self._session_generation or self.state.value is ClientState.CLOSED:
                 submission.finish(
@@ -379,7 +461,7 @@ class CopycatClient:
                 )
                 return
             try:
-                response = await self._request_any(request)
+                response = await self._request_any(request, attempts=attempts)
             except (NoLeaderError, OutcomeUnknownError) as exc:
                 log.debug("command %s: %s; resubmitting", submission.sequence, exc)
                 await trio.sleep(0.05)
@@ -392,11 +474,14 @@ class CopycatClient:
                 if exc.error_type in (ErrorType.COMMAND, ErrorType.INTERNAL):
                     # Not applied (or unknown, when forwarding broke): the same sequence number
                     # makes the resubmission safe.
+                    attempts.uncertain |= exc.error_type is ErrorType.INTERNAL
                     await trio.sleep(0.02)
                     continue
+                if attempts.uncertain and exc.error_type is not ErrorType.APPLICATION:
+                    # An earlier attempt may have applied: this error proves nothing about it.
+                    exc = OutcomeUnknownError(f"an earlier attempt may have applied; then: {exc}")
                 await self._complete(submission, 0, None, exc)
                 return
-            self.last_index = max(self.last_index, response.index)
             await self._complete(submission, response.event_index, response.result, None)
             return
 
@@ -411,26 +496,21 @@ class CopycatClient:
         submission.finish(result, error)
 
     async def _run_query(self, operation: Query, consistency: Consistency) -> Any:
-        while True:
-            request = QueryRequest(
-                session=self.session_id,
-                sequence=self._next_sequence - 1,
-                index=self.last_index,
-                operation=operation,
-                consistency=consistency,
-            )
-            try:
-                response = await self._request_any(request)
-            except UnknownSessionError:
-                await self._session_lost()
-                raise
-            except CopycatError as exc:
-                if exc.error_type is ErrorType.QUERY:
-                    await trio.sleep(0.02)
-                    continue
-                raise
-            self.last_index = max(self.last_index, response.index)
-            return response.result
+        """Run a query after the session's earlier commands and at or after `last_index`;
+        members that cannot serve it (behind, not leading) are tried in turn."""
+        request = QueryRequest(
+            session=self.session_id,
+            sequence=self._next_sequence - 1,
+            index=self.last_index,
+            operation=operation,
+            consistency=consistency,
+        )
+        try:
+            response = await self._request_any(request)
+        except UnknownSessionError:
+            await self._session_lost()
+            raise
+        return response.result
 
     # --- events ----------------------------------------------------------------------------
 

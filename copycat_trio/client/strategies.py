@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Sequence
 
+from ..protocol.errors import ErrorType
+
 
 class ClientState(enum.Enum):
     """What the client knows about its session."""
@@ -73,3 +75,45 @@ class RecoveryStrategy(enum.Enum):
     RECOVER = "recover"
     """Register a new session and go on. Operations pending at the time fail with
     OutcomeUnknownError, and ordering between the old and the new session is not kept."""
+
+
+class ErrorScope(enum.Enum):
+    """What an error a member answers with is about: that member, or the request itself."""
+
+    MEMBER = "member"
+    """This member cannot serve the request now (no leader, wrong type, behind, its link to
+    the leader broke): try the next member. Says nothing about whether a command applied."""
+    VERDICT = "verdict"
+    """The answer about the request itself (from the leader, or the state machine): final."""
+
+
+_ERROR_SCOPES: dict[ErrorType, ErrorScope] = {
+    # No leader known, or the leader could not be reached from this member.
+    ErrorType.NO_LEADER: ErrorScope.MEMBER,
+    # A RESERVE member, a member that is not (or no longer) the leader for a leader-only step.
+    ErrorType.ILLEGAL_MEMBER_STATE: ErrorScope.MEMBER,
+    # This member could not serve a query at that consistency (behind, lost leadership).
+    ErrorType.QUERY: ErrorScope.MEMBER,
+    # "Outcome unknown: forwarded to leader, connection lost", or a failure inside this member:
+    # nothing is known about the request, and every request the client fails over is safe to
+    # send again (commands carry their sequence number).
+    ErrorType.INTERNAL: ErrorScope.MEMBER,
+    # The leader could not sequence or commit the command: the caller decides (it resubmits).
+    ErrorType.COMMAND: ErrorScope.VERDICT,
+    # The state machine raised: the command applied, everywhere the same.
+    ErrorType.APPLICATION: ErrorScope.VERDICT,
+    # The session does not exist (answered once the member has applied what the client saw).
+    ErrorType.UNKNOWN_SESSION: ErrorScope.VERDICT,
+    # A configuration change the leader rejected.
+    ErrorType.CONFIGURATION: ErrorScope.VERDICT,
+    # The request could not be decoded or is not accepted: no other member will do better.
+    ErrorType.PROTOCOL: ErrorScope.VERDICT,
+}
+
+
+def error_scope(error_type: ErrorType) -> ErrorScope:
+    """Whether an error answer means "try the next member" or is the request's verdict.
+
+    Types added later (unknown here) count as verdicts: a client that retried an error it
+    does not understand could retry forever."""
+    return _ERROR_SCOPES.get(error_type, ErrorScope.VERDICT)
