@@ -1,12 +1,12 @@
 """A key-value workload for simulations: clients doing random puts, gets, CASes and deletes on a
 few keys, each operation recorded in a History with its outcome as the client can know it.
 
-How an outcome is classified is the heart of a sound check (see `command_outcome`): only an error
-that proves the command never entered the log makes it FAILED. A timeout, a lost connection, a
-lost session or anything unexpected makes it UNKNOWN: it may have taken effect, once, at any time
-after it was invoked. With sessions the client resubmits a command itself after COMMAND and
-NO_LEADER errors (the sequence number makes that safe), so those never reach the caller; an
-APPLICATION error means the command was applied (and raised).
+How an outcome is classified is the heart of a sound check (see `command_outcome`): an error whose
+type says the command did not take effect makes it FAILED, so a client that reports such an error
+for a command that did apply is caught by the linearizability checker (a later read sees the
+write). A timeout, a lost connection, a lost session, INTERNAL or anything unexpected makes it
+UNKNOWN: it may have taken effect, once, at any time after it was invoked. An APPLICATION error
+means the command was applied (and raised).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import attrs
 import trio
 
 from ..client.client import ClientClosedError, CopycatClient
-from ..client.strategies import ServerSelection
-from ..protocol.errors import ApplicationError, CopycatError
+from ..client.strategies import ClientState, ServerSelection
+from ..protocol.errors import ApplicationError, CopycatError, ErrorType, OutcomeUnknownError
 from ..protocol.operations import Consistency
 from ..recipes.kv import CompareAndSet, Delete, Get, Put
 from ..transport.base import TransportError
 from .history import History, OpKind, Outcome
 
-__all__ = ["KvWorkload", "WorkloadHost", "command_outcome"]
+__all__ = ["PROVES_NOT_APPLIED", "KvWorkload", "WorkloadHost", "command_outcome"]
 
 
 class _Recorder(Protocol):
@@ -51,17 +51,37 @@ class WorkloadHost(Protocol):
     ) -> AbstractAsyncContextManager[CopycatClient]: ...
 
 
-def command_outcome(exc: BaseException) -> Outcome:
-    """What a command's exception proves about whether it took effect.
+PROVES_NOT_APPLIED: dict[ErrorType, bool] = {
+    ErrorType.NO_LEADER: True,  # the member knew no leader to forward it to
+    ErrorType.QUERY: True,  # not served (and no command at all)
+    ErrorType.COMMAND: True,  # "could not be sequenced or committed; it was not applied"
+    ErrorType.APPLICATION: False,  # applied, and raised: see KvWorkload
+    ErrorType.ILLEGAL_MEMBER_STATE: True,  # the member refused it (a RESERVE member, say)
+    ErrorType.UNKNOWN_SESSION: True,  # no session to apply it in
+    ErrorType.INTERNAL: False,  # "outcome unknown", or a failure nobody can see through
+    ErrorType.CONFIGURATION: True,  # a change rejected
+    ErrorType.PROTOCOL: True,  # a request no member could decode
+}
+"""Per error type: whether the protocol says a request answered with it did not take effect."""
 
-    FAILED only for ClientClosedError, which `submit` raises before sending anything. Everything
-    else is UNKNOWN: OutcomeUnknownError (no answer in time, or the session was lost while the
-    command was being resubmitted), TooSlowError from an outer timeout, transport errors, and
-    errors the client is not expected to let through (COMMAND, NO_LEADER: it retries those).
-    ApplicationError is not an outcome question: the command was applied; callers record it
-    as completed (see KvWorkload).
+
+def command_outcome(exc: BaseException) -> Outcome:
+    """What a command's exception, as `submit` raised it, says about whether it took effect.
+
+    FAILED when the error's type says the command did not happen (`PROVES_NOT_APPLIED`): the
+    client may raise such an error only if no attempt at the command can have applied, so
+    recording it as failed is what lets the checker catch a client that breaks that promise
+    (one that, say, reported a RESERVE member's ILLEGAL_MEMBER_STATE for a command whose answer
+    was lost). Everything else is UNKNOWN: OutcomeUnknownError (no answer in time, or the
+    session was lost while the command was being resubmitted), INTERNAL, TooSlowError from an
+    outer timeout, transport errors, errors of no known type. ApplicationError is not an
+    outcome question (the command was applied): callers record it as completed.
     """
     if isinstance(exc, ClientClosedError):
+        return Outcome.FAILED  # raised before anything is sent
+    if isinstance(exc, OutcomeUnknownError) or not isinstance(exc, CopycatError):
+        return Outcome.UNKNOWN
+    if PROVES_NOT_APPLIED.get(exc.error_type, False):
         return Outcome.FAILED
     return Outcome.UNKNOWN
 
@@ -156,8 +176,8 @@ class KvWorkload:
                         )
                         if outcome is Outcome.UNKNOWN:
                             generation += 1  # a process with an operation in limbo is done
-                        if outcome is Outcome.FAILED:
-                            break  # the client is closed: open another session
+                        if client.state.value is ClientState.CLOSED:
+                            break  # the session ended: open another one
                         if rng.random() >= self.bursty:
                             await trio.sleep(rng.uniform(0, think))
                         else:
@@ -193,7 +213,7 @@ class KvWorkload:
             except (CopycatError, TransportError, trio.TooSlowError) as exc:
                 history.unknown(op)  # a read that did not answer took no effect either way
                 sim.trace.record("unknown", f"{process} GET {key}: {type(exc).__name__}")
-                return Outcome.FAILED if isinstance(exc, ClientClosedError) else Outcome.OK
+                return Outcome.OK  # a read of unknown outcome leaves nothing in limbo
             history.complete(op, read)
             seen[key] = read
             sim.trace.record("ok", f"{process} GET {key} -> {read!r}")
