@@ -4,6 +4,10 @@ A registered instance travels as ``CBORTag(tag, [field values in attrs order])``
 instances bottom-up through cbor2's ``semantic_decoders`` and checks every field against the class's
 type hints, so bytes from the network only ever become plain values and registered classes: no
 pickles, no datetimes or sets, no shared references (cycles), no unknown tags.
+
+Classes evolve by appending fields with defaults, never by inserting, removing or reordering:
+an array shorter than the class gives the missing trailing fields their defaults (an older
+sender), and one longer than the class has its extra trailing values ignored (a newer sender).
 """
 
 from __future__ import annotations
@@ -109,6 +113,7 @@ class _Plan:
         "getter",
         "pairs",
         "registry",
+        "required",
         "tag",
     )
 
@@ -118,6 +123,10 @@ class _Plan:
         self.cls = cls
         self.tag = tag
         self.aliases = tuple(f.alias for f in fields)
+        self.required = max(
+            (i + 1 for i, f in enumerate(fields) if f.default is attrs.NOTHING), default=0
+        )
+        """Fields an array must have: up to the last one without a default."""
         self.getter = _field_getter([f.name for f in fields])
         self.checks: tuple[_Check, ...] = ()
         self.pairs: tuple[tuple[str, frozenset[type] | set[type]], ...] = ()
@@ -153,10 +162,18 @@ class _Plan:
     def decode(self, item: Any, immutable: bool) -> Any:
         if not self.compiled:
             self.compile()
-        if type(item) is not list or len(item) != len(self.aliases):
-            raise self._bad_shape(item)
+        pairs = self.pairs
+        if type(item) is not list or len(item) != len(pairs):
+            # Another version of the class: missing trailing fields take their defaults (an
+            # older sender), extra trailing values are dropped (a newer sender's added fields).
+            if type(item) is not list or len(item) < self.required:
+                raise self._bad_shape(item)
+            if len(item) < len(pairs):
+                pairs = pairs[: len(item)]
+            else:
+                item = item[: len(pairs)]
         kwargs = {}
-        for (alias, fast), value in zip(self.pairs, item, strict=True):
+        for (alias, fast), value in zip(pairs, item, strict=True):
             kwargs[alias] = value if type(value) in fast else self._convert(alias, value)
         try:
             return self.cls(**kwargs)
@@ -167,7 +184,10 @@ class _Plan:
         name = self.cls.__qualname__
         if type(item) is not list:
             return ProtocolError(f"{name}: expected an array of fields, got {_type_name(item)}")
-        return ProtocolError(f"{name}: expected {len(self.aliases)} fields, got {len(item)}")
+        missing = self.aliases[len(item)]
+        count = f"expected {len(self.aliases)} fields, got {len(item)}"
+        msg = f"{name}: {count}; {missing} has no default"
+        return ProtocolError(msg)
 
     def _convert(self, alias: str, value: Any) -> Any:
         """The slow path for one field: convert (enum, tuple, float, Any) or reject it."""

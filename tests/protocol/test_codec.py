@@ -272,9 +272,9 @@ def RpcRequestTag(body: Any) -> cbor2.CBORTag:
         ([7.0, True], ["VoteResponse.term", "expected int, got float"]),
         ([7, 1], ["VoteResponse.voted", "expected bool, got int"]),
         ([7, None], ["VoteResponse.voted", "expected bool, got NoneType"]),
-        ([7], ["VoteResponse", "expected 2 fields, got 1"]),
-        ([7, True, 0], ["VoteResponse", "expected 2 fields, got 3"]),
-        ([], ["VoteResponse", "expected 2 fields, got 0"]),
+        ([7], ["VoteResponse", "expected 2 fields, got 1; voted has no default"]),
+        ([], ["VoteResponse", "expected 2 fields, got 0; term has no default"]),
+        # More fields than the class has are a newer sender's: see test_evolution.py.
     ],
 )
 def test_wrong_field_types_and_arity(fields: list[Any], words: list[str]) -> None:
