@@ -16,7 +16,10 @@ Faults:
 - disk stalls: a member's saves hang for a while;
 - link faults (`LinkFaults`): messages dropped, duplicated and delayed (hence reordered);
 - joins: new members join the cluster during the run;
-- leadership transfers: an operator asks the leader to hand over to another voter.
+- leadership transfers: an operator asks the leader to hand over to another voter;
+- reconfigurations: an operator demotes a voter (the leader too) to PASSIVE or RESERVE and later
+  promotes it back, or changes a member's priority (which may make the leader hand over);
+  with `replace_after`, leaders replace voters that stay silent by standbys on their own.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from ..protocol.messages import MemberType
 from ..transport.memory import LinkFaults
 
 if TYPE_CHECKING:
@@ -47,6 +51,11 @@ class FaultMix:
     disk_stalls: float = 0.0
     transfers: float = 0.0
     """Leadership transfers (an operator's TransferRequest to a random voter)."""
+    reconfigurations: float = 0.0
+    """Member type and priority changes (an operator's ReconfigureRequest)."""
+    replace_after: float | None = None
+    """The members' `replace_after`: seconds of silence after which a leader replaces a voter
+    by a standby (None: never)."""
     link: LinkFaults = attrs.Factory(LinkFaults)
     joins: int = 0
     """Members that join during the run (started at random times in its first half)."""
@@ -71,6 +80,7 @@ class FaultMix:
             "clock": self.clock_jumps,
             "stall": self.disk_stalls,
             "transfer": self.transfers,
+            "reconfigure": self.reconfigurations,
         }
 
     def describe(self) -> str:
@@ -83,6 +93,8 @@ class FaultMix:
             )
         if self.joins:
             parts.append(f"joins={self.joins}")
+        if self.replace_after is not None:
+            parts.append(f"replace_after={self.replace_after:g}s")
         if self.concurrency > 1:
             parts.append(f"concurrency={self.concurrency}")
         return ", ".join(parts) or "none"
@@ -120,6 +132,8 @@ class FaultMix:
                 crashes=0.5,
                 partitions=0.5,
                 transfers=1,
+                reconfigurations=1,
+                replace_after=rng.choice([None, 2.0]),
                 link=noisy if rng.random() < 0.3 else LinkFaults(),
             )
         if profile == "snapshots":
@@ -132,6 +146,7 @@ class FaultMix:
                 clock_jumps=0.3,
                 disk_stalls=0.3,
                 transfers=0.3,
+                reconfigurations=0.3,
                 link=noisy if rng.random() < 0.5 else LinkFaults(),
                 joins=rng.choice([0, 0, 1]),
                 concurrency=rng.choice([1, 2]),
@@ -358,6 +373,45 @@ class FaultInjector:
         self.sim.trace.record("fault", f"transfer leadership {leaders[0]} -> {target}")
         outcome = await self.sim.transfer_leadership(target, timeout=length)
         self.sim.trace.record("fault", f"transfer to {target}: {outcome}")
+
+    async def _episode_reconfigure(self, length: float) -> None:
+        """Demote a voter (the leader a third of the time) and promote it back after `length`;
+        or, one time in four, give a member another priority."""
+        leaders = self.sim.current_leaders()
+        if len(leaders) != 1:
+            return
+        members = self.sim.cluster.servers[leaders[0]].status().members
+        if self.rng.random() < 0.25:
+            member = self.rng.choice(sorted(members, key=lambda m: m.id))
+            priority = self.rng.choice([0, 1, 2])
+            self.sim.trace.record("fault", f"priority of {member.id}: {priority}")
+            outcome = await self.sim.reconfigure(attrs.evolve(member, priority=priority))
+            self.sim.trace.record("fault", f"priority of {member.id}: {outcome}")
+            return
+        available = set(self._available())
+        voters = [m for m in members if m.type is MemberType.ACTIVE]
+        candidates = [m.id for m in voters if m.id in available]
+        if len(voters) < 3 or not candidates:
+            return  # keep at least two voters
+        victim = self._pick(candidates, leader_bias=1 / 3)
+        assert victim is not None
+        member = next(m for m in voters if m.id == victim)
+        kind = self.rng.choice([MemberType.PASSIVE, MemberType.RESERVE])
+        leader = " (leader)" if victim in leaders else ""
+        self.sim.trace.record("fault", f"demote {victim}{leader} to {kind.name}")
+        outcome = await self.sim.reconfigure(attrs.evolve(member, type=kind))
+        self.sim.trace.record("fault", f"demote {victim}: {outcome}")
+        await trio.sleep(length)
+        steps = [MemberType.ACTIVE] if kind is MemberType.PASSIVE else []
+        if kind is MemberType.RESERVE:
+            steps = [MemberType.PASSIVE, MemberType.ACTIVE]
+        for step in steps:
+            for _attempt in range(5):  # promotion waits until it has caught up
+                outcome = await self.sim.reconfigure(attrs.evolve(member, type=step))
+                self.sim.trace.record("fault", f"promote {victim} to {step.name}: {outcome}")
+                if outcome.startswith("done"):
+                    break
+                await trio.sleep(0.5)
 
     async def _episode_stall(self, length: float) -> None:
         victim = self._pick(self._available(), leader_bias=0.5)

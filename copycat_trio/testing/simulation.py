@@ -47,8 +47,9 @@ import trio.testing
 
 from .._nursery import open_background_nursery
 from ..client.client import CopycatClient
+from ..core.raft import Role
 from ..protocol.errors import CopycatError, UnknownSessionError
-from ..protocol.messages import ConfigurationEntry, Member
+from ..protocol.messages import ConfigurationEntry, Member, MemberType
 from ..recipes.kv import Get, KeyValueStore
 from ..transport.base import TransportError
 from ..transport.memory import MemoryNetwork
@@ -252,6 +253,8 @@ class Simulation:
         """Cancelled when the run cannot usefully go on (a message storm)."""
         self.disks: dict[int, SimDisk] = {}
         options: dict[str, Any] = {"catch_up_entries": config.catch_up_entries}
+        if config.faults.replace_after is not None:
+            options["replace_after"] = config.faults.replace_after
         if config.snapshot_every is not None:
             options["snapshot_every"] = config.snapshot_every
         self.cluster = MemoryCluster(
@@ -468,6 +471,24 @@ class Simulation:
             return f"refused: {type(exc).__name__}: {exc}"
         return f"done, leader {getattr(response, 'leader', None)}"
 
+    async def reconfigure(self, member: Member, *, timeout: float = 5.0) -> str:
+        """Ask the cluster to change a member's type or priority, as an operator would;
+        returns how it went, in words."""
+        from ..client.admin import admin_request
+        from ..protocol.messages import ReconfigureRequest
+
+        addresses = [self.cluster.address(i) for i in sorted(self.member_ids)]
+        try:
+            await admin_request(
+                addresses,
+                ReconfigureRequest(member=member),
+                timeout=timeout,
+                transport=self.network.transport("admin"),
+            )
+        except CopycatError as exc:
+            return f"refused: {type(exc).__name__}: {exc}"
+        return "done"
+
     async def heal(self) -> None:
         """Stop injecting faults and undo every one still in force."""
         if self._faults_scope is not None:
@@ -511,6 +532,13 @@ class Simulation:
             return leader
         return None
 
+    def _reserve_ids(self) -> set[int]:
+        """Members the leader's configuration makes RESERVE: they keep no log, so they lag."""
+        for server in self.cluster.servers.values():
+            if server._loop is not None and server._loop.core.role is Role.LEADER:
+                return {m.id for m in server._loop.core.members if m.type is MemberType.RESERVE}
+        return set()
+
     def _status_line(self) -> str:
         parts = []
         for member_id in sorted(self.member_ids):
@@ -528,12 +556,16 @@ class Simulation:
     async def converge(
         self, state: Callable[[Any], Any] | None = None, timeout: float = 30.0
     ) -> bool:
-        """Wait until every member has applied the same index, then compare `state(sm)` across
-        members (if given). False (recorded as a failure) if they do not converge."""
+        """Wait until every member that receives the log (RESERVE members do not) has applied
+        the same index, then compare `state(sm)` across them (if given). False (recorded as a
+        failure) if they do not converge."""
         with trio.move_on_after(timeout):
             while True:
                 applied = {}
+                reserve = self._reserve_ids()
                 for member_id, server in sorted(self.cluster.servers.items()):
+                    if member_id in reserve:
+                        continue
                     if server._executor is None or server._loop is None:
                         break
                     applied[member_id] = server._executor.applied_index.value
@@ -545,9 +577,7 @@ class Simulation:
                         break
                 await trio.sleep(0.05)
             if state is not None:
-                states = {
-                    i: state(s.state_machine) for i, s in sorted(self.cluster.servers.items())
-                }
+                states = {i: state(self.cluster.servers[i].state_machine) for i in sorted(applied)}
                 first = next(iter(states.values()))
                 for member_id, value in states.items():
                     if value != first:
