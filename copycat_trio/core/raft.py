@@ -882,8 +882,11 @@ class RaftCore:
     def _send_append(self, peer: int, progress: Progress, *, heartbeat: bool = False) -> None:
         """Send entries if the peer can take more; otherwise a heartbeat when one is due."""
         if progress.state is ProgressState.SNAPSHOT:
-            return  # the snapshot stream keeps the peer's election timer at bay
-        if progress.next_index <= self.log.snapshot_index:
+            if not heartbeat:
+                return  # entries wait for the snapshot in flight
+            # Heartbeats go on (an empty append at the snapshot, refused until it is installed):
+            # a lost or slow chunk must not let the peer's election timer run out.
+        elif progress.next_index <= self.log.snapshot_index:
             # The entries this peer needs were compacted into a snapshot: send that instead.
             progress.become_snapshot()
             self._ready.snapshots.append(peer)

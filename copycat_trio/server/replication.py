@@ -2,13 +2,18 @@
 next entry was compacted away; the follower writes the chunks durably, then installs them.
 
 Chunks carry their byte offset, so a broken transfer resumes or restarts cleanly, and nothing is
-installed before the whole file is on disk and its checksum verified.
+installed before the whole file is on disk and its checksum verified. A chunk (or its answer)
+that is lost is sent again after an election timeout, then after twice as long, up to the
+request timeout; the follower answers a repeat as it answered the first, and the leader's
+heartbeats keep reaching it meanwhile (the core sends them to a peer in SNAPSHOT state), so a
+lost message neither stalls a follower for the request timeout nor lets it start an election.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -19,7 +24,7 @@ from ..protocol.messages import InstallRequest, InstallResponse
 from ..storage.base import LogStorage
 from ..storage.errors import StorageCorruptionError
 from ..storage.snapshots import SnapshotStore, SnapshotWriter
-from ..transport.rpc import ConnectionPool
+from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
 from .executor import BufferedSource, Executor, runs_inline
 from .loop import RaftLoop
 from .snapshots import SnapshotHeader, ThreadSource, decode_header
@@ -69,6 +74,12 @@ class SnapshotReplication:
         self.retry_after = request_timeout / 4
         self._sending: set[int] = set()
         self._incoming: _Incoming | None = None
+        self._receiving = trio.Lock()
+        """One chunk at a time: a repeated chunk waits for the first copy, then is answered."""
+        self._installed: tuple[tuple[int, int, int, int], int] | None = None
+        """(key, size) of the snapshot installed last, to answer a repeat of its last chunk."""
+        self.resent = 0
+        """Chunks sent again because no answer came in time."""
         self.sent = 0
         self.installed = 0
 
@@ -85,16 +96,15 @@ class SnapshotReplication:
         index = 0
         succeeded = False
         try:
+            if not await self._reach(peer, term):
+                return
             info = await self.store.latest()
-            member = core.member(peer)
-            if info is None or member is None:
+            if info is None or core.member(peer) is None:
                 return
             index = info.index
             async with self.store.open(info) as reader:
                 offset = 0
                 while True:
-                    if core.role is not Role.LEADER or core.term != term:
-                        return
                     data = await reader.read(CHUNK_SIZE)
                     request = InstallRequest(
                         term=term,
@@ -105,9 +115,9 @@ class SnapshotReplication:
                         complete=reader.remaining == 0,
                         snapshot_term=info.term,
                     )
-                    response = await self.pool.request(
-                        member.address, request, self.request_timeout
-                    )
+                    response = await self._deliver(peer, term, request)
+                    if response is None:
+                        return  # no longer the leader of that term, or the peer left
                     if not isinstance(response, InstallResponse) or response.error is not None:
                         log.info("snapshot to %s refused: %s", peer, getattr(response, "error", ""))
                         return
@@ -129,6 +139,51 @@ class SnapshotReplication:
             with trio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await self.loop.call(lambda c, _now: c.snapshot_sent(peer, index, succeeded))
 
+    async def _reach(self, peer: int, term: int) -> bool:
+        """Wait until a connection to the peer opens, trying at the heartbeat pace (as appends
+        do), before the snapshot is opened (which verifies its checksum: a whole read); False
+        once this server no longer leads `term` or the peer is no longer a member."""
+        core = self.loop.core
+        while True:
+            member = core.member(peer)
+            if core.role is not Role.LEADER or core.term != term or member is None:
+                return False
+            started = trio.current_time()
+            with trio.move_on_after(core.config.election_timeout):
+                try:
+                    await self.pool.get(member.address)
+                    return True
+                except RequestNotSent:
+                    pass
+            await trio.sleep_until(started + core.config.heartbeat_interval)
+
+    async def _deliver(self, peer: int, term: int, request: InstallRequest) -> Any:
+        """One chunk's answer, sending the chunk again while none comes: first after an
+        election timeout, then twice as long each time, up to the request timeout (the last
+        chunk's answer waits for the install, which may take long). None once this server no
+        longer leads `term` or the peer is no longer a member."""
+        core = self.loop.core
+        patience = min(core.config.election_timeout, self.request_timeout)
+        while True:
+            member = core.member(peer)
+            if core.role is not Role.LEADER or core.term != term or member is None:
+                return None
+            sent_at = trio.current_time()
+            try:
+                return await self.pool.request(member.address, request, patience)
+            except ResponseLost as exc:
+                log.info(
+                    "snapshot %s to %s: no answer for the chunk at %s (%s); sending it again",
+                    request.index,
+                    peer,
+                    request.offset,
+                    exc,
+                )
+            self.resent += 1
+            patience = min(2 * patience, self.request_timeout)
+            # A connection that breaks at once is not retried faster than heartbeats go.
+            await trio.sleep_until(sent_at + core.config.heartbeat_interval)
+
     # --- the follower's side ---------------------------------------------------------------
 
     async def on_install(self, request: InstallRequest) -> InstallResponse:
@@ -142,8 +197,24 @@ class SnapshotReplication:
         )
         if not accepted:
             return error(ErrorType.ILLEGAL_MEMBER_STATE, "snapshot from a stale term")
+        async with self._receiving:
+            return await self._receive(request, error)
+
+    async def _receive(
+        self, request: InstallRequest, error: Callable[..., InstallResponse]
+    ) -> InstallResponse:
+        """Write one chunk (installing after the last); a repeat of the chunk written last, or
+        of the last chunk of the snapshot installed last, is answered again, not written."""
         incoming = self._incoming
         key = (request.leader, request.term, request.index, request.snapshot_term)
+        end = request.offset + len(request.data)
+        repeat = (
+            incoming is not None and incoming.key == key and incoming.offset == end
+            if not request.complete
+            else self._installed == (key, end)
+        )
+        if repeat:
+            return InstallResponse(status=Status.OK, offset=end)
         if request.offset == 0:
             if incoming is not None:
                 await incoming.abort()
@@ -163,6 +234,7 @@ class SnapshotReplication:
         self._incoming = None
         info = await incoming.commit()
         await self._install(info)
+        self._installed = (key, incoming.offset)
         return InstallResponse(status=Status.OK, offset=incoming.offset)
 
     async def _install(self, info: Any) -> None:
