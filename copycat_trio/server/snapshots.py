@@ -26,7 +26,10 @@ from ..storage.errors import StorageCorruptionError
 from ..storage.snapshots import SnapshotReader, SnapshotWriter
 
 FORMAT = 2
-"""Written now. Format 1 (read still) had no timers."""
+"""Adds the timers section. A state machine that never scheduled anything still gets format 1,
+byte for byte what earlier versions wrote and read, so members of either version install each
+other's snapshots during a rolling upgrade; an earlier member refuses format 2 by name rather
+than install it without its timers."""
 FORMATS = (1, 2)
 FLUSH_AT = 1 << 20
 _LENGTH = struct.Struct(">I")
@@ -156,19 +159,18 @@ def write_snapshot(
     timers: Sequence[TimerRecord] = (),
 ) -> None:
     """Runs in a worker thread: the whole snapshot, header first."""
-    sink.write_object(
-        {
-            "format": FORMAT,
-            "index": header.index,
-            "term": header.term,
-            "log_time": header.log_time,
-            "members": list(header.members),
-            "configuration_index": header.configuration_index,
-            "sessions": len(sessions),
-            "timers": len(timers),
-            "timer_sequence": header.timer_sequence,
-        }
-    )
+    head = {
+        "format": 1,
+        "index": header.index,
+        "term": header.term,
+        "log_time": header.log_time,
+        "members": list(header.members),
+        "configuration_index": header.configuration_index,
+        "sessions": len(sessions),
+    }
+    if timers or header.timer_sequence:
+        head.update(format=FORMAT, timers=len(timers), timer_sequence=header.timer_sequence)
+    sink.write_object(head)
     for session in sessions.sessions.values():
         sink.write_object(_encode_session(session))
     for t in timers:

@@ -14,7 +14,7 @@ import trio
 from copycat_trio.protocol.codec import register
 from copycat_trio.protocol.messages import CommandEntry, NoOpEntry, RegisterEntry
 from copycat_trio.protocol.operations import Command
-from copycat_trio.server.executor import BufferedSink, Executor
+from copycat_trio.server.executor import BufferedSink, BufferedSource, Executor
 from copycat_trio.state_machine import (
     Commit,
     Scheduled,
@@ -393,3 +393,19 @@ async def test_a_snapshot_written_before_timers_were_snapshotted_still_installs(
     assert header.index == 3 and executor.log_time == 777
     assert executor.state_machine.fired == [("old", 700, 2)]
     assert executor.context.timers == ()
+
+
+async def test_a_state_machine_that_never_scheduled_writes_the_earlier_format(tmp_path) -> None:
+    """So members of the previous version can install its snapshots (a rolling upgrade); one
+    that has scheduled writes format 2."""
+    store = SnapshotStore(tmp_path)
+    executor = Executor(Timers(), snapshots=store)
+    executor.apply(RegisterEntry(term=1, index=1, timestamp=1, client="c", timeout=60_000))
+    await executor.take_snapshot()
+    executor.apply(entries_from(2, [(2, Every("a", 5))])[0])
+    await executor.take_snapshot()
+    formats = []
+    for info in await store.list_all():
+        async with store.open(info) as reader:
+            formats.append((await BufferedSource.load(reader)).read_object()["format"])
+    assert formats == [1, 2]
