@@ -108,6 +108,10 @@ class ProtocolError(CopycatError):
     error_type = ErrorType.PROTOCOL
 
 
+class IncompatibleVersionError(ProtocolError):
+    """The other side of a connection speaks another major version of the protocol."""
+
+
 class OutcomeUnknownError(CopycatError):
     """The request was sent but no answer came (timeout or lost connection).
 

@@ -491,6 +491,20 @@ class ErrorResponse:
     error: ErrorInfo | None = None
 
 
+@attrs.frozen
+class Hello:
+    """The first frame each side of a TCP connection sends: its protocol version, so that a
+    member one minor version newer is accepted and one of another major version is refused."""
+
+    major: int
+    minor: int
+
+
+PROTOCOL_VERSION = Hello(1, 0)
+"""What this build speaks. Bump the minor when a message class gains a trailing field with a
+default (the codec drops or defaults it); bump the major for any other change to the wire."""
+
+
 # The one table of wire tags (RFC 8949 first-come range). Never renumber: append only.
 BUILTIN_TAGS: dict[type, int] = {
     Envelope: 32768,
@@ -541,6 +555,7 @@ BUILTIN_TAGS: dict[type, int] = {
     TimeoutNowRequest: 32796,
     TransferRequest: 32843,
     TransferResponse: 32844,
+    Hello: 32774,
 }
 
 USER_TAG_MIN = 40000

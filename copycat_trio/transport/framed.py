@@ -1,19 +1,43 @@
-"""A MessageStream over any trio byte stream: length-prefixed CBOR frames."""
+"""A MessageStream over any trio byte stream: length-prefixed CBOR frames, opened by a Hello.
+
+Each side's first frame is a Hello with its protocol version, sent in the same write as its first
+message (no round trip), and each side checks the other's: another minor version is accepted,
+another major version is refused with IncompatibleVersionError, anything else first is refused.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import trio
 
 from ..protocol.codec import TypeRegistry, registry
-from ..protocol.errors import ProtocolError
+from ..protocol.errors import IncompatibleVersionError, ProtocolError
 from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
+from ..protocol.messages import PROTOCOL_VERSION, Hello
 from .base import TransportError
 
 RECEIVE_CHUNK = 65536
 PARTIAL_FRAME_TIMEOUT = 30.0
 """Seconds a peer may leave a frame half-sent before the connection is closed (slowloris)."""
+REFUSAL_SEND_TIMEOUT = 1.0
+"""Seconds spent telling a peer of another major version ours before refusing it."""
+
+
+def check_hello(message: Any, own: Hello, peer: str) -> Hello:
+    """The peer's version from its first message, if this side can talk to it; else why not."""
+    if not isinstance(message, Hello):
+        what = type(message).__name__
+        raise ProtocolError(
+            f"expected a Hello (the protocol version) as the first frame, got {what}"
+        )
+    if message.major != own.major:
+        raise IncompatibleVersionError(
+            f"{peer} speaks protocol {message.major}.{message.minor}, this side speaks"
+            f" {own.major}.{own.minor}: another major version is refused"
+        )
+    return message
 
 
 class FramedStream:
@@ -26,13 +50,20 @@ class FramedStream:
         *,
         codec: TypeRegistry = registry,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        version: Hello = PROTOCOL_VERSION,
     ) -> None:
+        """`version`: the Hello this side sends (another one only to test other builds)."""
         self._stream = stream
         self._peer = peer
         self._codec = codec
         self._max_frame_size = max_frame_size
         self._decoder = FrameDecoder(max_frame_size)
         self._send_lock = trio.Lock()
+        self._version = version
+        self._hello: bytes | None = encode_frame(codec.encode(version), max_frame_size)
+        """Our Hello until it is sent, in front of the first bytes this side sends."""
+        self.peer_version: Hello | None = None
+        """The peer's Hello, once its first frame has arrived."""
         self.frames_received = 0
         """Whole frames received so far (a listener evicts silent connections first)."""
 
@@ -52,6 +83,8 @@ class FramedStream:
     async def send_raw(self, data: bytes) -> None:
         """Send bytes that are already a frame (lets a caller encode once for many peers)."""
         async with self._send_lock:
+            if self._hello is not None:
+                data, self._hello = self._hello + data, None
             try:
                 await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -62,7 +95,15 @@ class FramedStream:
             frame = self._decoder.next_frame()
             if frame is not None:
                 self.frames_received += 1
-                return self._codec.decode(frame)
+                message = self._codec.decode(frame)
+                if self.peer_version is not None:
+                    return message
+                try:
+                    self.peer_version = check_hello(message, self._version, self._peer)
+                except IncompatibleVersionError:
+                    await self._send_hello_before_refusing()
+                    raise
+                continue
             try:
                 if self._decoder.buffered:
                     with trio.fail_after(PARTIAL_FRAME_TIMEOUT):
@@ -78,6 +119,14 @@ class FramedStream:
             if not data:
                 raise TransportError(f"connection to {self._peer} closed")
             self._decoder.feed(data)
+
+    async def _send_hello_before_refusing(self) -> None:
+        """Best effort: the peer then learns our version, not only that we closed."""
+        if self._hello is None:
+            return
+        with trio.move_on_after(REFUSAL_SEND_TIMEOUT):
+            with contextlib.suppress(TransportError):
+                await self.send_raw(b"")
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(1):

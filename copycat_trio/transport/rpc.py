@@ -69,6 +69,8 @@ class RpcConnection:
                     waiter.response = message.body
                     waiter.event.set()
         except (TransportError, ProtocolError) as exc:
+            if isinstance(exc, ProtocolError):  # garbage, or another major version: say which
+                log.warning("closing connection to %s: %s", self.stream.peer, exc)
             error = ResponseLost(f"connection to {self.stream.peer} lost: {exc}")
         finally:
             self.closed = True

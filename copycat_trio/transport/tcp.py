@@ -9,6 +9,7 @@ import logging
 import trio
 
 from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE
+from ..protocol.messages import PROTOCOL_VERSION, Hello
 from .base import ConnectionHandler, MessageStream, TransportError, split_address
 from .framed import FramedStream
 
@@ -42,9 +43,11 @@ class TcpTransport:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         connect_timeout: float = 2.0,
         max_connections: int | None = None,
+        version: Hello = PROTOCOL_VERSION,
     ) -> None:
         """`max_connections`: accepted connections served at once (default: see
-        default_max_connections); more are closed as soon as they are accepted."""
+        default_max_connections); more are closed as soon as they are accepted. `version`:
+        the protocol version every connection announces first (see FramedStream)."""
         if max_frame_size < 1024:
             raise ValueError("max_frame_size must be at least 1024 bytes")
         if max_connections is None:
@@ -54,6 +57,7 @@ class TcpTransport:
         self.max_frame_size = max_frame_size
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
+        self.version = version
         self.refused_connections = 0
         """Connections closed because max_connections were open (new or silent ones)."""
         self._listening: list[dict[int, tuple[FramedStream, trio.CancelScope]]] = []
@@ -103,7 +107,7 @@ class TcpTransport:
             if not make_room(peer):
                 await trio.aclose_forcefully(stream)
                 return
-            framed = FramedStream(stream, peer, max_frame_size=self.max_frame_size)
+            framed = self._framed(stream, peer)
             key = next(ids)
             try:
                 with trio.CancelScope() as scope:
@@ -142,4 +146,7 @@ class TcpTransport:
                 stream = await trio.open_tcp_stream(host, port)
         except (OSError, trio.TooSlowError) as exc:
             raise TransportError(f"cannot connect to {address}: {exc}") from exc
-        return FramedStream(stream, address, max_frame_size=self.max_frame_size)
+        return self._framed(stream, address)
+
+    def _framed(self, stream: trio.SocketStream, peer: str) -> FramedStream:
+        return FramedStream(stream, peer, max_frame_size=self.max_frame_size, version=self.version)

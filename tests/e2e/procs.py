@@ -9,6 +9,7 @@ from typing import Any
 import trio
 
 from copycat_trio.protocol import (
+    PROTOCOL_VERSION,
     FrameDecoder,
     RpcRequest,
     RpcResponse,
@@ -50,9 +51,13 @@ class RawConnection:
         self._ids = iter(range(1, 2**62))
 
     @classmethod
-    async def open(cls, address: str) -> RawConnection:
+    async def open(cls, address: str, *, hello: bool = True) -> RawConnection:
+        """Connect; with `hello`, first send the Hello every connection must start with."""
         host, port = split_address(address)
-        return cls(await trio.open_tcp_stream(host, port))
+        connection = cls(await trio.open_tcp_stream(host, port))
+        if hello:
+            await connection.send(PROTOCOL_VERSION)
+        return connection
 
     async def __aenter__(self) -> RawConnection:
         return self
@@ -89,7 +94,8 @@ class RawConnection:
         return decode(frame)
 
     async def request(self, body: Any) -> Any:
-        """Send `body` in an RpcRequest and return the body of the response with its id."""
+        """Send `body` in an RpcRequest and return the body of the response with its id
+        (skipping anything else, such as the server's Hello)."""
         request_id = next(self._ids)
         await self.send(RpcRequest(request_id, body))
         while True:

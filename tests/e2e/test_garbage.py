@@ -3,6 +3,8 @@
 Each attack opens its own raw TCP connection to the leader. The server must close that connection
 (reading gives EOF within a few seconds) or answer with a typed error, and nothing else: after every
 attack no process has died, the leader and term are unchanged, and a client still writes and reads.
+Garbage comes as the first frame (where the Hello with the protocol version belongs) unless an
+attack says otherwise; a connection that means to be served sends the Hello first.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from copycat_trio import Consistency, CopycatClient, open_client
 from copycat_trio.protocol import (
     BUILTIN_TAGS,
     DEFAULT_MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
     CommandRequest,
     CommandResponse,
     ErrorResponse,
     ErrorType,
     FrameDecoder,
+    Hello,
     Member,
     RpcRequest,
     RpcResponse,
@@ -71,8 +75,8 @@ class Attacker:
         self.address = cluster.address(self.target)
         self.log_path = cluster.servers[self.target].log_path
 
-    async def connect(self) -> RawConnection:
-        return await RawConnection.open(self.address)
+    async def connect(self, *, hello: bool = True) -> RawConnection:
+        return await RawConnection.open(self.address, hello=hello)
 
     async def expect_logged(self, needle: str, attack: str) -> None:
         """The server logged a line with `needle` (it writes it before it closes the socket)."""
@@ -84,9 +88,10 @@ class Attacker:
                 await trio.sleep(0.05)
         raise AssertionError(f"{attack}: no log line with {needle!r} in {self.log_path}")
 
-    async def garbage(self, data: bytes, attack: str, logged: str) -> None:
-        """Send bytes; the server logs `logged` about this very connection and closes it."""
-        async with await self.connect() as connection:
+    async def garbage(self, data: bytes, attack: str, logged: str, *, hello: bool = False) -> None:
+        """Send bytes (after a Hello if `hello`); the server logs `logged` about this very
+        connection and closes it."""
+        async with await self.connect(hello=hello) as connection:
             peer = connection.local_name
             await connection.send_bytes(data)
             await expect_closed(connection, attack)
@@ -122,7 +127,7 @@ async def random_payloads(attacker: Attacker) -> None:
 async def truncated_frame(attacker: Attacker) -> None:
     """A length prefix for 1000 bytes, 10 of them, then the end of our stream: the server lets the
     connection go (the peer ended cleanly, so there is nothing to log)."""
-    async with await attacker.connect() as connection:
+    async with await attacker.connect(hello=False) as connection:
         await connection.send_bytes((1000).to_bytes(4, "big") + b"0123456789")
         await connection.stream.send_eof()
         await expect_closed(connection, "truncated frame")
@@ -138,6 +143,7 @@ async def unknown_tag(attacker: Attacker) -> None:
     payload = cbor2.dumps(cbor2.CBORTag(39999, [1, "two", b"three"]))
     logged = "message contains unknown CBOR tag 39999"
     await attacker.garbage(encode_frame(payload), "unknown tag", logged)
+    await attacker.garbage(encode_frame(payload), "unknown tag after a Hello", logged, hello=True)
 
 
 async def wrong_field_types(attacker: Attacker) -> None:
@@ -189,9 +195,49 @@ async def command_that_is_not_a_command(attacker: Attacker) -> None:
 async def not_a_request(attacker: Attacker) -> None:
     """Messages that are neither requests nor responses: a bare request body, a plain value."""
     bare = encode_frame(encode(StatusRequest()))
-    await attacker.garbage(bare, "bare StatusRequest", "unexpected StatusRequest on a connection")
+    logged = "unexpected StatusRequest on a connection"
+    await attacker.garbage(bare, "bare StatusRequest", logged, hello=True)
     plain = encode_frame(encode(["just", "a", "list"]))
-    await attacker.garbage(plain, "plain list", "unexpected list on a connection")
+    await attacker.garbage(plain, "plain list", "unexpected list on a connection", hello=True)
+    again = encode_frame(encode(PROTOCOL_VERSION))
+    await attacker.garbage(again, "a second Hello", "unexpected Hello on a connection", hello=True)
+
+
+async def no_hello(attacker: Attacker) -> None:
+    """A valid request, but not after a Hello: refused before it is read."""
+    request = encode_frame(encode(RpcRequest(1, StatusRequest())))
+    logged = "expected a Hello (the protocol version) as the first frame, got RpcRequest"
+    await attacker.garbage(request, "request without a Hello", logged)
+
+
+async def another_major_version(attacker: Attacker) -> None:
+    """A Hello of the next major version: the server answers with its own Hello, so the peer
+    learns why, and closes the connection without reading the request that followed."""
+    newer = Hello(PROTOCOL_VERSION.major + 1, 0)
+    async with await attacker.connect(hello=False) as connection:
+        peer = connection.local_name
+        await connection.send(newer)
+        await connection.send(RpcRequest(1, StatusRequest()))
+        received = bytearray()
+        with trio.fail_after(CLOSE_WITHIN):
+            while data := await connection.receive_bytes():
+                received += data
+    frames = FrameDecoder()
+    frames.feed(received)
+    assert [decode(frame) for frame in frames.frames()] == [PROTOCOL_VERSION]
+    assert frames.buffered == 0
+    logged = f"closing connection from {peer}: {peer} speaks protocol {newer.major}.0"
+    await attacker.expect_logged(logged, "another major version")
+
+
+async def newer_minor_version(attacker: Attacker) -> None:
+    """A Hello of the next minor version is served like our own."""
+    newer = Hello(PROTOCOL_VERSION.major, PROTOCOL_VERSION.minor + 1)
+    async with await attacker.connect(hello=False) as connection:
+        await connection.send(newer)
+        with trio.fail_after(CLOSE_WITHIN):
+            status = await connection.request(StatusRequest())
+        assert isinstance(status, StatusResponse) and status.id == attacker.target
 
 
 ATTACKS: list[Callable[[Attacker], Awaitable[None]]] = [
@@ -205,6 +251,9 @@ ATTACKS: list[Callable[[Attacker], Awaitable[None]]] = [
     unsolicited_response,
     command_that_is_not_a_command,
     not_a_request,
+    no_hello,
+    another_major_version,
+    newer_minor_version,
 ]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import trio
 
-from copycat_trio.protocol import StatusRequest, encode, encode_frame
+from copycat_trio.protocol import PROTOCOL_VERSION, StatusRequest, encode, encode_frame
 from copycat_trio.transport.base import MessageStream
 from copycat_trio.transport.tcp import TcpTransport, default_max_connections
 
@@ -34,9 +34,13 @@ async def roundtrip(stream: trio.SocketStream) -> bytes:
         return await stream.receive_some(100)
 
 
-async def open_stream(address: str) -> trio.SocketStream:
+async def open_stream(address: str, *, hello: bool = True) -> trio.SocketStream:
+    """A raw connection; with `hello`, it has sent the Hello that must open every connection."""
     host, port = address.rsplit(":", 1)
-    return await trio.open_tcp_stream(host, int(port))
+    stream = await trio.open_tcp_stream(host, int(port))
+    if hello:
+        await stream.send_all(encode_frame(encode(PROTOCOL_VERSION)))
+    return stream
 
 
 async def test_silent_connections_make_room_and_active_ones_keep_theirs() -> None:
@@ -45,7 +49,7 @@ async def test_silent_connections_make_room_and_active_ones_keep_theirs() -> Non
         address = await nursery.start(transport.serve, "127.0.0.1:0", echo)
         active = await open_stream(address)
         assert await roundtrip(active)
-        silent = [await open_stream(address) for _ in range(2)]
+        silent = [await open_stream(address, hello=False) for _ in range(2)]
         with trio.fail_after(2):
             while transport.open_connections < 3:  # the listener has taken all three in
                 await trio.sleep(0.01)
