@@ -561,6 +561,10 @@ class RaftCore:
             self.log.compact(index)
         else:
             self.log.reset(index, term)
+            # The Ready must not write entries of the replaced log (accepted earlier in this
+            # batch) after the storage dropped them: the stored log, too, starts afresh.
+            self._ready.entries = []
+            self._ready.truncate_from = 1
         self._configurations = [(configuration_index, tuple(members))] + [
             (i, m) for i, m in self._configurations if i > index and i <= self.log.last_index
         ]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
 
 from ..core.raft import HardState
-from ..protocol.messages import Entry
+from ..protocol.messages import ENTRY_TYPES, Entry
 
 
 @attrs.frozen
@@ -35,3 +35,37 @@ class LogStorage(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def check_save(
+    *,
+    first_index: int,
+    last_index: int,
+    term_at: Callable[[int], int | None],
+    truncate_from: int | None,
+    entries: Sequence[Entry],
+) -> None:
+    """Refuse (ValueError, TypeError) a save that would not leave a contiguous log.
+
+    The rules every storage enforces, so that a simulation on SimDisk fails where DiskStorage
+    would: `truncate_from` is an index >= 1; entries follow the log as truncated (an empty log
+    takes any first index), one index apart, terms never decreasing, within 64 bits.
+    """
+    if truncate_from is not None and (type(truncate_from) is not int or truncate_from < 1):
+        raise ValueError(f"truncate_from must be an index >= 1, not {truncate_from!r}")
+    last = last_index
+    if truncate_from is not None and truncate_from <= last:
+        last = truncate_from - 1
+    last_term = term_at(last) if first_index and last >= first_index else None
+    if last_term is None:  # the log is empty (after the truncation): any first index will do
+        last, last_term = 0, 0
+    for entry in entries:
+        if not isinstance(entry, ENTRY_TYPES):
+            raise TypeError(f"{entry!r} is not a log entry")
+        if last and entry.index != last + 1:
+            raise ValueError(f"entry index {entry.index} does not follow the log's last, {last}")
+        if entry.index < 1 or entry.term < last_term:
+            raise ValueError(f"entry {entry.index} has term {entry.term}, after {last_term}")
+        if entry.index >= 2**64 or entry.term >= 2**64:
+            raise ValueError(f"entry {entry.index} has an index or term beyond 64 bits")
+        last, last_term = entry.index, entry.term

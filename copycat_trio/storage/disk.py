@@ -31,7 +31,7 @@ from ..protocol.codec import TypeRegistry
 from ..protocol.codec import registry as default_registry
 from ..protocol.errors import ConfigurationError, CopycatError
 from ..protocol.messages import ENTRY_TYPES, Entry
-from .base import LogStorage, StoredState
+from .base import LogStorage, StoredState, check_save
 from .errors import StorageCorruptionError, StorageError, StorageFailedError, StorageLockedError
 from .memory import MemoryStorage
 from .meta import Meta, MetaStore
@@ -111,6 +111,15 @@ def Storage(
         entries_per_segment=entries_per_segment,
         snapshots_to_keep=snapshots_to_keep,
     )
+
+
+def encode_entry(registry: TypeRegistry, entry: Entry) -> bytes:
+    """An entry's record payload; ValueError if it is too big for a record."""
+    payload = registry.encode(entry)
+    if len(payload) > MAX_PAYLOAD:
+        msg = f"entry {entry.index} encodes to {len(payload)} bytes, over {MAX_PAYLOAD}"
+        raise ValueError(msg)
+    return payload
 
 
 def _lock_directory(directory: Path) -> int:
@@ -268,33 +277,14 @@ class DiskStorage:
         self, truncate_from: int | None, entries: Sequence[Entry]
     ) -> list[tuple[int, int, bytes]]:
         """Encode entries as (term, index, payload), checking they extend the truncated log."""
-        if truncate_from is not None and (type(truncate_from) is not int or truncate_from < 1):
-            raise ValueError(f"truncate_from must be an index >= 1, not {truncate_from!r}")
-        last = self._log.last_index
-        if truncate_from is not None and truncate_from <= last:
-            last = truncate_from - 1
-        last_term = self._log.term_at(last) if last >= self._log.first_index else None
-        if last_term is None:  # the log is empty (after the truncation): any first index will do
-            last, last_term = 0, 0
-        records = []
-        for entry in entries:
-            if not isinstance(entry, ENTRY_TYPES):
-                raise TypeError(f"{entry!r} is not a log entry")
-            if last and entry.index != last + 1:
-                raise ValueError(
-                    f"entry index {entry.index} does not follow the log's last, {last}"
-                )
-            if entry.index < 1 or entry.term < last_term:
-                raise ValueError(f"entry {entry.index} has term {entry.term}, after {last_term}")
-            if entry.index >= 2**64 or entry.term >= 2**64:
-                raise ValueError(f"entry {entry.index} has an index or term beyond 64 bits")
-            payload = self._registry.encode(entry)
-            if len(payload) > MAX_PAYLOAD:
-                msg = f"entry {entry.index} encodes to {len(payload)} bytes, over {MAX_PAYLOAD}"
-                raise ValueError(msg)
-            records.append((entry.term, entry.index, payload))
-            last, last_term = entry.index, entry.term
-        return records
+        check_save(
+            first_index=self._log.first_index,
+            last_index=self._log.last_index,
+            term_at=self._log.term_at,
+            truncate_from=truncate_from,
+            entries=entries,
+        )
+        return [(entry.term, entry.index, encode_entry(self._registry, entry)) for entry in entries]
 
     def _save_sync(
         self,

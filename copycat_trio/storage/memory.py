@@ -9,7 +9,7 @@ import trio
 
 from ..core.raft import HardState
 from ..protocol.messages import Entry
-from .base import StoredState
+from .base import StoredState, check_save
 
 
 class MemoryStorage:
@@ -27,6 +27,22 @@ class MemoryStorage:
     def last_index(self) -> int:
         return self.entries[-1].index if self.entries else 0
 
+    def term_at(self, index: int) -> int | None:
+        """Term of the entry at `index`, if the log holds it."""
+        if not self.entries or not self.first_index <= index <= self.last_index:
+            return None
+        return self.entries[index - self.first_index].term
+
+    def check_save(self, truncate_from: int | None, entries: Sequence[Entry]) -> None:
+        """Refuse a save that DiskStorage would refuse (see base.check_save)."""
+        check_save(
+            first_index=self.first_index,
+            last_index=self.last_index,
+            term_at=self.term_at,
+            truncate_from=truncate_from,
+            entries=entries,
+        )
+
     async def load(self) -> StoredState:
         await trio.lowlevel.checkpoint()
         return StoredState(self.hard_state, tuple(self.entries))
@@ -38,6 +54,7 @@ class MemoryStorage:
         truncate_from: int | None,
         entries: Sequence[Entry],
     ) -> None:
+        self.check_save(truncate_from, entries)
         if truncate_from is not None:
             self.truncate(truncate_from)
         self.entries.extend(entries)

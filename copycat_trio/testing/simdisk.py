@@ -7,6 +7,10 @@ middle of one keeps a prefix of it chosen by the seeded rng: the truncation, the
 entries, then the hard state, in the order the DISK storage writes them. A save that returned
 is durable. `stall(seconds)` makes saves slow for a while (a disk that hangs).
 
+It refuses what DiskStorage refuses, so that a simulation fails where a real disk would: a save
+that would leave a gap, an overlap or a decreasing term (storage.base.check_save), an entry that
+does not encode or is too big for a record; and it keeps each entry as the codec reads it back.
+
 Nothing here runs in a thread or reads a real clock, so a simulation on a MockClock stays
 deterministic.
 """
@@ -17,12 +21,16 @@ import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 import attrs
 import trio
 
 from ..core.raft import HardState
-from ..protocol.messages import Entry
+from ..protocol.codec import TypeRegistry
+from ..protocol.codec import registry as default_registry
+from ..protocol.messages import ENTRY_TYPES, Entry
+from ..storage.disk import encode_entry
 from ..storage.errors import StorageError
 from ..storage.memory import MemoryStorage
 from ..storage.snapshots import SnapshotInfo, SnapshotReader, SnapshotStore, SnapshotWriter
@@ -52,8 +60,10 @@ class SimDisk(MemoryStorage):
         latency: float = 0.001,
         snapshots: bool = True,
         keep_snapshots: int = 2,
+        registry: TypeRegistry = default_registry,
     ) -> None:
         super().__init__()
+        self.registry = registry
         self.name = name
         self.rng = rng
         self.latency = latency
@@ -93,10 +103,11 @@ class SimDisk(MemoryStorage):
         truncate_from: int | None,
         entries: Sequence[Entry],
     ) -> None:
+        self.check_save(truncate_from, entries)
         steps: list[tuple[str, object]] = []
         if truncate_from is not None:
             steps.append(("truncate", truncate_from))
-        steps.extend(("append", entry) for entry in entries)
+        steps.extend(("append", self._through_codec(entry)) for entry in entries)
         if hard_state is not None:
             steps.append(("hard state", hard_state))
         hook, self.crash_on_next_save = self.crash_on_next_save, None
@@ -115,6 +126,18 @@ class SimDisk(MemoryStorage):
             raise
         self._apply(steps)
         self.stats.saves += 1
+
+    def _through_codec(self, entry: Entry) -> Entry:
+        """The entry as a restart on DiskStorage would read it back: encoded (refused if too
+        big or not encodable, as the disk refuses it) and decoded again."""
+        value = self.registry.decode(encode_entry(self.registry, entry))
+        decoded = cast(Entry, value)
+        if not isinstance(value, ENTRY_TYPES) or (decoded.term, decoded.index) != (
+            entry.term,
+            entry.index,
+        ):
+            raise StorageError(f"{self.name}: entry {entry!r} decodes as {value!r}")
+        return decoded
 
     def _apply(self, steps: list[tuple[str, object]]) -> None:
         for kind, value in steps:
