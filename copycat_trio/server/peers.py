@@ -11,6 +11,7 @@ import logging
 import attrs
 import trio
 
+from ..protocol.errors import ProtocolError
 from ..protocol.messages import Envelope
 from ..transport.base import MessageStream, Transport, TransportError
 
@@ -26,7 +27,32 @@ class PeerStatistics:
     sent: int = 0
     dropped_full: int = 0
     dropped_unreachable: int = 0
+    """Envelopes lost because the peer could not be reached (or the connection broke)."""
     connects: int = 0
+
+
+class _Connection:
+    """An open connection to a peer and a task that watches it for the peer's close: peers
+    never write on it, so anything that ends `receive` means the connection is gone. Over TCP
+    a write after the peer closed still succeeds locally and is lost, so the link must know
+    before it writes."""
+
+    def __init__(self, stream: MessageStream) -> None:
+        self.stream = stream
+        self.closed = trio.Event()
+
+    async def watch(self) -> None:
+        try:
+            while True:
+                await self.stream.receive()
+        except (TransportError, ProtocolError):
+            pass
+        finally:
+            self.closed.set()
+
+    async def aclose(self) -> None:
+        self.closed.set()
+        await self.stream.aclose()
 
 
 class PeerLink:
@@ -39,6 +65,7 @@ class PeerLink:
         self.outbox_send, self.outbox_receive = trio.open_memory_channel[Envelope](OUTBOX_CAPACITY)
         self.stats = PeerStatistics()
         self.cancel_scope = trio.CancelScope()
+        self._connection: _Connection | None = None
 
     def offer(self, envelope: Envelope) -> None:
         try:
@@ -48,39 +75,58 @@ class PeerLink:
 
     async def run(self) -> None:
         with self.cancel_scope:
-            stream: MessageStream | None = None
             try:
-                async for envelope in self.outbox_receive:
-                    if stream is None:
-                        try:
-                            stream = await self.transport.connect(self.address)
-                            self.stats.connects += 1
-                        except TransportError:
-                            self.stats.dropped_unreachable += 1
-                            await self._drain_for(self.retry_interval)
-                            continue
-                    batch = [envelope]
-                    while len(batch) < SEND_BATCH:
-                        try:
-                            batch.append(self.outbox_receive.receive_nowait())
-                        except trio.WouldBlock:
-                            break
-                    try:
-                        send_many = getattr(stream, "send_many", None)
-                        if send_many is not None:
-                            await send_many(batch)  # one write for all that queued up
-                        else:
-                            for message in batch:
-                                await stream.send(message)
-                        self.stats.sent += len(batch)
-                    except TransportError as exc:
-                        log.debug("lost connection to %s: %s", self.address, exc)
-                        self.stats.dropped_unreachable += 1
-                        await stream.aclose()
-                        stream = None
+                async with trio.open_nursery() as watchers:
+                    async for envelope in self.outbox_receive:
+                        batch = [envelope]
+                        while len(batch) < SEND_BATCH:
+                            try:
+                                batch.append(self.outbox_receive.receive_nowait())
+                            except trio.WouldBlock:
+                                break
+                        await self._send(batch, watchers)
+                    watchers.cancel_scope.cancel()
             finally:
-                if stream is not None:
-                    await stream.aclose()
+                if self._connection is not None:
+                    await self._connection.aclose()
+
+    async def _send(self, batch: list[Envelope], watchers: trio.Nursery) -> None:
+        """Send a batch, on a fresh connection if the peer closed the old one. A send that
+        fails on a connection opened earlier is tried once more on a new one: the peer may
+        have restarted since, and losing its first poll would cost an election round."""
+        for _attempt in range(2):
+            connection = self._connection
+            if connection is not None and connection.closed.is_set():
+                self._connection = None
+                await connection.aclose()
+            fresh = self._connection is None
+            if self._connection is None:
+                try:
+                    stream = await self.transport.connect(self.address)
+                except TransportError:
+                    self.stats.dropped_unreachable += len(batch)
+                    await self._drain_for(self.retry_interval)
+                    return
+                self.stats.connects += 1
+                self._connection = _Connection(stream)
+                watchers.start_soon(self._connection.watch)
+            connection = self._connection
+            try:
+                send_many = getattr(connection.stream, "send_many", None)
+                if send_many is not None:
+                    await send_many(batch)  # one write for all that queued up
+                else:
+                    for message in batch:
+                        await connection.stream.send(message)
+                self.stats.sent += len(batch)
+                return
+            except TransportError as exc:
+                log.debug("lost connection to %s: %s", self.address, exc)
+                self._connection = None
+                await connection.aclose()
+                if fresh:
+                    break
+        self.stats.dropped_unreachable += len(batch)
 
     async def _drain_for(self, seconds: float) -> None:
         """While the peer is unreachable, discard what queues up rather than send it late."""
