@@ -16,11 +16,13 @@ import pytest
 import trio
 import trio.testing
 
+from copycat_trio.client import open_client
 from copycat_trio.protocol import (
     PROTOCOL_VERSION,
     FrameDecoder,
     Hello,
     IncompatibleVersionError,
+    Member,
     ProtocolError,
     RpcRequest,
     RpcResponse,
@@ -30,6 +32,10 @@ from copycat_trio.protocol import (
     encode,
     encode_frame,
 )
+from copycat_trio.recipes.kv import Get, KeyValueStore, Put
+from copycat_trio.server.server import CopycatServer
+from copycat_trio.storage.memory import MemoryStorage
+from copycat_trio.testing.processes import free_ports
 from copycat_trio.transport.base import MessageStream, TransportError
 from copycat_trio.transport.framed import FramedStream
 from copycat_trio.transport.rpc import ResponseLost, RpcConnection
@@ -200,3 +206,51 @@ async def test_over_tcp_a_newer_minor_is_served_and_another_major_refused(
         warnings = [r.getMessage() for r in caplog.records if r.name.endswith("transport.rpc")]
         assert any("another major version is refused" in w for w in warnings), warnings
         nursery.cancel_scope.cancel()
+
+
+async def test_a_member_one_minor_newer_serves_in_a_cluster_and_is_rolled_back() -> None:
+    """Real TCP, in one process: member 3 announces the next minor version, then restarts on
+    the current one with its log; the cluster commits throughout, with 3 needed for a quorum
+    at the end."""
+    members = [Member(i, f"127.0.0.1:{port}") for i, port in enumerate(free_ports(3), start=1)]
+    storages = {member.id: MemoryStorage() for member in members}
+    scopes: dict[int, trio.CancelScope] = {}
+
+    async def run(
+        member: Member, version: Hello, *, task_status: trio.TaskStatus[CopycatServer]
+    ) -> None:
+        server = CopycatServer(
+            member.id,
+            member.address,
+            state_machine=KeyValueStore,
+            transport=TcpTransport(version=version),
+            storage=storages[member.id],
+            election_timeout=0.5,
+            heartbeat_interval=0.1,
+        )
+        with trio.CancelScope() as scopes[member.id]:
+            await server.bootstrap(members, task_status=task_status)
+
+    async def stop(member_id: int) -> None:
+        scopes[member_id].cancel()
+        await trio.lowlevel.checkpoint()
+
+    addresses = [member.address for member in members]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as starting:
+                for member in members:
+                    version = NEWER_MINOR if member.id == 3 else PROTOCOL_VERSION
+                    starting.start_soon(nursery.start, run, member, version)
+            async with open_client(addresses, timeout=20) as client:
+                await client.submit(Put("before", "1"))
+                status = await client.status(members[2].address)
+                assert status.id == 3 and status.leader is not None
+                await stop(3)
+                await nursery.start(run, members[2], PROTOCOL_VERSION)  # rolled back
+                await client.submit(Put("rolled back", "2"))
+                await stop(1)  # from here on, no quorum without member 3
+                await client.submit(Put("after", "3"))
+                for key, value in (("before", "1"), ("rolled back", "2"), ("after", "3")):
+                    assert await client.submit(Get(key)) == value
+            nursery.cancel_scope.cancel()
