@@ -1,5 +1,5 @@
 """Developer sessions: `nox -s tests`, `lint`, `typecheck`, `demo`, `bench`, `soak`, `simulate`,
-`nemesis`."""
+`nemesis`, `mutation`."""
 
 from __future__ import annotations
 
@@ -93,3 +93,16 @@ def failover(session: nox.Session) -> None:
     session.install("-e", ".")
     args = session.posargs or ["--trials", "20"]
     session.run("python", "-m", "copycat_trio.testing.failover", *args)
+
+
+@nox.session(python=PYTHON)
+def mutation(session: nox.Session) -> None:
+    """Break one rule at a time (copycat_trio/testing/mutants) and check that a named scenario
+    or a simulation seed catches each; fails if any mutant survives.
+
+    `nox -s mutation` tries up to 100 seeds per mutant; `-- --list` lists them; `-- --only
+    dedup-off --seeds 20`; `-- --simulation-only` measures the simulation alone;
+    `-- --catalogue mypackage.mutants:CATALOGUE` runs your own; see docs/testing.md.
+    """
+    session.install("-e", ".")
+    session.run("python", "-m", "copycat_trio.testing.mutation", *session.posargs)

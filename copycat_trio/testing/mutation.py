@@ -351,7 +351,9 @@ def kv_simulation(seed: int) -> tuple[bool, str]:
     if result.ok:
         return True, result.summary()
     failures = result.failures()
-    first = failures[0].strip().splitlines()[0] if failures else "failed"
+    lines = failures[0].strip().splitlines() if failures else ["failed"]
+    # A traceback says what went wrong on its last line; anything else on its first.
+    first = lines[-1].strip(" |+") if "Traceback" in lines[0] else lines[0]
     return False, f"{result.summary()}: {first[:300]}"
 
 
@@ -418,6 +420,9 @@ def load_catalogue(reference: str) -> Catalogue:
 
 
 def _short(exc: BaseException) -> str:
+    """One line for a failure (the first exception inside an exception group)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
     text = f"{type(exc).__name__}: {exc}".strip()
     return " ".join(text.split())[:300]
 

@@ -34,6 +34,15 @@ MUTANTS: tuple[Mutant, ...] = (
         aimed_at=["lease-vs-new-leader"],
     ),
     mutant(
+        "restart-grants-votes-at-once",
+        "a member that (re)starts refuses polls and votes for an election timeout: before its "
+        "crash it may have confirmed a leader's lease, and it remembers no leader now",
+        f"{RAFT}._in_leader_lease",
+        "if now - self._started_at < timeout:",
+        "if False:",
+        aimed_at=["restarted-member-waits"],
+    ),
+    mutant(
         "follower-acks-before-durable",
         "a follower acknowledges an append only once the entries are durable",
         "copycat_trio.server.loop:RaftLoop._process_ready",
@@ -100,10 +109,10 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant(
         "dedup-off",
         "a session's command applies once: a retried sequence number is answered from the cache",
-        "copycat_trio.core.sessions:SessionTable.decide",
-        "if sequence <= session.command_sequence:",
+        "copycat_trio.server.executor:Executor._apply_command",
+        "if decision is CommandDecision.DUPLICATE:",
         "if False:",
-        aimed_at=["applies-once"],
+        aimed_at=["retry-applies-once"],
     ),
     mutant(
         "read-index-before-first-commit",

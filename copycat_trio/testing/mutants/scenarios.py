@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -176,6 +177,42 @@ def lease_expires_before_another_leader_is_elected() -> None:
 
         c.advance(4.0, each=check)
         assert any(i != 1 for i in c.leaders()), f"seed {seed}: no new leader: {c.describe()}"
+
+
+def restarted_member_waits_before_voting() -> None:
+    """Five members; 4 and 5 have long been cut off from leader 1, whose lease 2 and 3
+    confirm. 3 restarts (knowing no leader) on 4's side of a cut: it must not help 4 win an
+    election inside 1's lease, as it may have confirmed that lease just before its crash."""
+    c = Cores(5)
+    c.elect(1)
+    c.advance(0.3)
+    c.cut |= {frozenset((1, 4)), frozenset((1, 5))}
+    c.advance(1.5)
+    assert c[1].role is Role.LEADER and c[1].lease_valid(c.now), "no lease (setup)"
+    old = c[3]
+    c.cores[3] = RaftCore(
+        3,
+        config=CONFIG,
+        members=c.members,
+        hard_state=old.hard_state,
+        entries=old.log.slice(1, old.log.last_index + 1),
+        rng=random.Random(33),
+        now=c.now,
+    )
+    c.cut.add(frozenset((1, 3)))
+    c[4].campaign(c.now)
+
+    def check() -> None:
+        for i in c.leaders():
+            if i != 1 and c[i].commit_index >= c[i].log.last_index:
+                assert not c[1].lease_valid(c.now), (
+                    f"member {i} leads term {c[i].term} while leader 1 still holds a lease: "
+                    + c.describe()
+                )
+
+    c.deliver()
+    check()
+    c.advance(3.0, each=check)
 
 
 # --- durability --------------------------------------------------------------------------
@@ -416,6 +453,53 @@ def each_session_command_applies_once() -> None:
     assert applied == [1, 2, 3], f"applied {applied}"
 
 
+def _on_a_cluster(body: Callable[[Any, Callable[[int, Any], Any]], Any]) -> None:
+    """Run `body(cluster, request)` on three in-memory servers of the Counter recipe under a
+    MockClock; `request(sequence, operation)` sends a raw CommandRequest of one session to
+    the leader (no client library: no retries, no sequencing of its own)."""
+    import trio
+    import trio.testing
+
+    from ...protocol.messages import CommandRequest, RegisterRequest
+    from ...recipes.counter import Counter
+    from ...transport.rpc import ConnectionPool
+    from ..cluster import open_memory_cluster
+
+    async def run() -> None:
+        async with open_memory_cluster(3, Counter) as cluster:
+            leader = await cluster.wait_for_leader()
+            address = cluster.address(leader)
+            async with trio.open_nursery() as nursery:
+                pool = ConnectionPool(cluster.network.transport("raw"), nursery)
+                registered = await pool.request(address, RegisterRequest(client="raw"), 5)
+
+                async def request(sequence: int, operation: Any) -> Any:
+                    command = CommandRequest(
+                        session=registered.session, sequence=sequence, operation=operation
+                    )
+                    return await pool.request(address, command, 10)
+
+                with trio.fail_after(30):
+                    await body(cluster.servers[leader], request)
+                nursery.cancel_scope.cancel()
+
+    trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def a_retried_command_applies_once() -> None:
+    """A command sent twice with the same sequence number (a retry whose first answer was
+    lost) is applied once; the retry gets the first result."""
+    from ...recipes.counter import Increment
+
+    async def body(leader: Any, request: Callable[[int, Any], Any]) -> None:
+        first = await request(1, Increment(1))
+        again = await request(1, Increment(1))
+        assert (first.result, again.result) == (1, 1), (first, again)
+        assert leader.state_machine.value == 1, f"applied {leader.state_machine.value} times"
+
+    _on_a_cluster(body)
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "lease-after-handover",
@@ -426,6 +510,11 @@ SCENARIOS: tuple[Scenario, ...] = (
         "lease-vs-new-leader",
         lease_expires_before_another_leader_is_elected,
         "a lease ends before another leader can be elected",
+    ),
+    Scenario(
+        "restarted-member-waits",
+        restarted_member_waits_before_voting,
+        "a member that restarts refuses polls and votes for an election timeout",
     ),
     Scenario(
         "leader-durable-before-counting",
@@ -474,6 +563,11 @@ SCENARIOS: tuple[Scenario, ...] = (
         "read-after-first-commit",
         read_index_waits_for_the_terms_first_commit,
         "no read index before the term's first commit",
+    ),
+    Scenario(
+        "retry-applies-once",
+        a_retried_command_applies_once,
+        "a retried command (same session and sequence) applies once",
     ),
     Scenario(
         "applies-once",
