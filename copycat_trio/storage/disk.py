@@ -3,7 +3,8 @@
 Directory layout::
 
     <directory>/LOCK         flock'd while a DiskStorage is open (holds the owner's pid)
-    <directory>/meta         hard state (meta.py)
+    <directory>/meta         hard state (meta.py); written before the log's first entry, so
+                             a log without it means a lost file, and load refuses it
     <directory>/log/         segment files (segments.py)
     <directory>/snapshots/   snapshot files (snapshots.py)
 
@@ -187,6 +188,8 @@ class DiskStorage:
         self._meta_store = MetaStore(self.directory, registry=registry)
         self._meta: Meta | None = None
         """What the meta file holds, once loaded."""
+        self._meta_on_disk = False
+        """Whether the meta file exists: it is written before the log's first entry."""
         self._mutex = trio.Lock()
         self._closed = False
         self._failure: BaseException | None = None
@@ -211,14 +214,21 @@ class DiskStorage:
         meta = self._meta_store.read()
         entries = self._log.recover(self._decode)
         if meta is None and entries:
-            log.warning(
-                "%s: the log holds entries up to %d but there is no meta file; starting from term "
-                "0 with no vote (a crash before the first hard state was written, or a lost file)",
-                self.directory,
-                self._log.last_index,
-            )
+            raise self._meta_lost(entries[0].index, entries[-1].index, entries[-1].term)
+        self._meta_on_disk = meta is not None
         self._meta = meta or Meta()
         return self._meta.hard_state, entries
+
+    def _meta_lost(self, first: int, last: int, last_term: int) -> StorageCorruptionError:
+        return StorageCorruptionError(
+            f"metadata file {self._meta_store.path} is missing, but the log in "
+            f"{self.directory / 'log'} holds entries {first} to {last} (the last of term "
+            f"{last_term}). A save writes the metadata before the first entry, so the file was "
+            "lost, not left unwritten by a crash; it held this member's term and vote, which may "
+            "be later than any term in the log. The server refuses to start rather than vote "
+            "twice in a term (two leaders could be elected). Remove the directory and add the "
+            "member back as a new one; see 'A lost meta file' in docs/durability.md."
+        )
 
     def _decode(self, raw: RawRecord) -> Entry:
         try:
@@ -292,10 +302,18 @@ class DiskStorage:
         records: list[tuple[int, int, bytes]],
         meta: Meta | None,
     ) -> None:
+        if records and not self._meta_on_disk:
+            # A log never exists without a meta file beside it, so a missing one is a loss.
+            self._write_meta(meta or self._meta or Meta())
+            meta = None
         self._log.write(truncate_from=truncate_from, records=records)
         if meta is not None:
-            self._meta_store.write(meta)
-            self._meta = meta
+            self._write_meta(meta)
+
+    def _write_meta(self, meta: Meta) -> None:
+        self._meta_store.write(meta)
+        self._meta = meta
+        self._meta_on_disk = True
 
     async def aclose(self) -> None:
         """Close files and release the LOCK; waits for a save in progress. Idempotent."""
