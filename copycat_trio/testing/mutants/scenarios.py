@@ -500,6 +500,29 @@ def a_retried_command_applies_once() -> None:
     _on_a_cluster(body)
 
 
+def an_early_command_waits_for_the_one_before() -> None:
+    """Command 2 of a session reaches the leader before command 1 (as after a reordering
+    network or a retry): it must wait, and then both apply, in sequence order."""
+    import trio
+
+    from ...recipes.counter import Increment
+
+    async def body(leader: Any, request: Callable[[int, Any], Any]) -> None:
+        answers: dict[int, Any] = {}
+
+        async def send(sequence: int) -> None:
+            answers[sequence] = await request(sequence, Increment(1))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send, 2)
+            await trio.sleep(0.05)  # virtual time: 2 has arrived and is being held
+            assert 2 not in answers, f"command 2 answered before command 1 came: {answers[2]}"
+            nursery.start_soon(send, 1)
+        assert (answers[1].result, answers[2].result) == (1, 2), answers
+
+    _on_a_cluster(body)
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "lease-after-handover",
@@ -568,6 +591,11 @@ SCENARIOS: tuple[Scenario, ...] = (
         "retry-applies-once",
         a_retried_command_applies_once,
         "a retried command (same session and sequence) applies once",
+    ),
+    Scenario(
+        "early-command-waits",
+        an_early_command_waits_for_the_one_before,
+        "a session's commands are appended in sequence order, early arrivals wait",
     ),
     Scenario(
         "applies-once",
