@@ -437,19 +437,20 @@ def _run_task(task: _Task, directory: str) -> None:
     os.environ[DEADLOCK_DIR_VARIABLE] = deadlocks
     progress = open(os.path.join(directory, f"{task.key}.progress"), "a", buffering=1)  # noqa: SIM115
     outcome = MutantOutcome(task.mutant or "(none)")
-    catalogue = load_catalogue(task.catalogue)
-    chosen = next((m for m in catalogue.mutants if m.name == task.mutant), None)
-    if task.mutant is not None and chosen is None:
-        outcome.error = f"no mutant named {task.mutant!r} in {task.catalogue}"
-    else:
-        started = time.monotonic()
-        try:
-            with applied(chosen) if chosen is not None else contextlib.nullcontext():
-                _checks(task, catalogue, outcome, started, progress)
-        except MutantError as exc:
-            outcome.error = str(exc)
-        if outcome.seed is None and not outcome.scenario_failures:
-            outcome.seconds = time.monotonic() - started
+    started = time.monotonic()
+    try:
+        catalogue = load_catalogue(task.catalogue)
+        chosen = next((m for m in catalogue.mutants if m.name == task.mutant), None)
+        if task.mutant is not None and chosen is None:
+            raise MutantError(f"no mutant named {task.mutant!r} in {task.catalogue}")
+        with applied(chosen) if chosen is not None else contextlib.nullcontext():
+            _checks(task, catalogue, outcome, started, progress)
+    except MutantError as exc:
+        outcome.error = str(exc)
+    except Exception as exc:  # the tool's own failure, not a catch
+        outcome.error = f"the run failed: {_short(exc)}"
+    if outcome.seed is None and not outcome.scenario_failures:
+        outcome.seconds = time.monotonic() - started
     with open(os.path.join(directory, f"{task.key}.json"), "w") as file:
         json.dump(attrs.asdict(outcome), file)
     progress.close()
@@ -601,7 +602,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--start", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--jobs", type=int, default=2, help="mutants at once (default 2)")
     parser.add_argument(
-        "--timeout", type=float, help="seconds a mutant may take before it is killed"
+        "--timeout",
+        type=float,
+        help="seconds a mutant may take before it is killed (default: 600 + 150 per seed)",
     )
     checks = parser.add_mutually_exclusive_group()
     checks.add_argument("--simulation-only", action="store_true", help="skip the named scenarios")
@@ -649,6 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = tuple(range(args.start, args.start + args.seeds))
     if args.scenarios_only:
         seeds = ()
+    if args.timeout is None:  # a seed stops itself after 120 s; a scenario that hangs does not
+        args.timeout = 600.0 + 150.0 * len(seeds)
     began = time.monotonic()
 
     if not args.simulation_only and catalogue.scenarios:

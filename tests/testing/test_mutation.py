@@ -177,6 +177,9 @@ def test_command_line_fails_on_a_survivor_and_on_a_stale_catalogue(
     assert "SURVIVED" in out and "0 of 1 mutants caught" in out
     assert main(["--catalogue", f"{HERE}:STALE"]) == 2
     assert "mutant 'gone'" in capsys.readouterr().err
+    assert main(["--catalogue", f"{HERE}:CATALOGUE", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "triple: double doubles" in listed and "doubles: double(2) is 4" in listed
 
 
 def test_a_deadlocked_seed_counts_as_caught_by_that_seed(tmp_path: os.PathLike[str]) -> None:
