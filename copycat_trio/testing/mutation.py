@@ -681,7 +681,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if catching:
         checks_ = [_Task(f"s{s}", args.catalogue, None, False, (s,), False) for s in catching]
         verdicts = _run_all(checks_, max(1, args.jobs), args.timeout, _quiet)
-        failing = {s for s in catching if verdicts[f"s{s}"].seed is not None}
+        # A seed whose check could not run is not known to pass: it proves nothing either.
+        failing = {
+            s
+            for s in catching
+            if verdicts[f"s{s}"].seed is not None or verdicts[f"s{s}"].error is not None
+        }
         for o in ordered:
             o.baseline_fails = o.seed in failing
         print(

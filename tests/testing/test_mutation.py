@@ -52,8 +52,9 @@ def _doubles() -> None:
 
 
 def _simulation(seed: int) -> tuple[bool, str]:
-    """A stand-in for a simulation: seed s passes if 2s is even."""
-    return is_even(2 * seed), f"seed {seed}"
+    """A stand-in for a simulation: seed s passes if 2s is even; seed 5 always fails (a bug
+    of the code under test, not of a mutant)."""
+    return is_even(2 * seed) and seed != 5, f"seed {seed}"
 
 
 CATALOGUE = Catalogue(
@@ -168,13 +169,16 @@ def test_command_line_catches_by_scenario_and_by_seed(capsys: pytest.CaptureFixt
     assert "2 of 2 mutants caught" in out
 
 
-def test_command_line_fails_on_a_survivor_and_on_a_stale_catalogue(
+def test_command_line_fails_on_a_survivor_a_seed_failing_unmutated_and_a_stale_catalogue(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     argv = ["--catalogue", f"{HERE}:CATALOGUE", "--seeds", "2", "--only", "harmless"]
     assert main(argv) == 1
     out = capsys.readouterr().out
     assert "SURVIVED" in out and "0 of 1 mutants caught" in out
+    assert main([*argv[:2], "--only", "harmless", "--start", "5", "--seeds", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "seed 5, but it fails unmutated too" in out and "(failing: [5])" in out
     assert main(["--catalogue", f"{HERE}:STALE"]) == 2
     assert "mutant 'gone'" in capsys.readouterr().err
     assert main(["--catalogue", f"{HERE}:CATALOGUE", "--list"]) == 0
