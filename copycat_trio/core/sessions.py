@@ -52,7 +52,8 @@ class Session:
     last_active: int
     """Log time of the last keep-alive (or of registration, or of a leader change)."""
     command_sequence: int = 0
-    """The highest command sequence number applied for this session."""
+    """The highest command sequence number applied for this session; every one below it was
+    applied too (commands never apply past a gap)."""
     results: dict[int, CachedResult] = attrs.Factory(dict)
     event_index: int = 0
     """Index of the last command that published to this session (0 if none)."""
@@ -67,11 +68,26 @@ class Session:
 
 
 class CommandDecision(enum.Enum):
+    """What a server does with a committed command entry of a session."""
+
     APPLY = "apply"
-    """A new command, next in sequence (or past a gap the leader allowed): apply it."""
+    """The next in sequence: apply it."""
     DUPLICATE = "duplicate"
     """Already applied: answer with the cached result, do not apply again."""
+    GAP = "gap"
+    """An earlier command of the session has not been applied: do not apply this one (it
+    would be out of order); the client resubmits it."""
     UNKNOWN_SESSION = "unknown-session"
+
+
+def decide_command(applied_sequence: int, sequence: int) -> CommandDecision:
+    """Apply a session's commands one after another, never past a gap: `applied_sequence` is
+    the highest sequence applied so far, and every sequence below it was applied too."""
+    if sequence <= applied_sequence:
+        return CommandDecision.DUPLICATE
+    if sequence == applied_sequence + 1:
+        return CommandDecision.APPLY
+    return CommandDecision.GAP
 
 
 def clamp_timeout(requested_ms: int, default_ms: int) -> int:
@@ -130,9 +146,7 @@ class SessionTable:
         session = self.sessions.get(session_id)
         if session is None:
             return CommandDecision.UNKNOWN_SESSION
-        if sequence <= session.command_sequence:
-            return CommandDecision.DUPLICATE
-        return CommandDecision.APPLY
+        return decide_command(session.command_sequence, sequence)
 
     def record(self, session: Session, sequence: int, result: CachedResult) -> None:
         """The command at `sequence` was applied with this result."""
@@ -148,15 +162,64 @@ class SessionTable:
         session.event_index = index
 
 
-def classify_sequence(sequence: int, sequenced: int, max_queue: int) -> str:
-    """How the leader treats a command request, given the highest sequence already sequenced.
+class Sequencing(enum.Enum):
+    """How the leader treats a command request, given how far the session is sequenced."""
 
-    'now': append it (a retry of an old sequence is appended too; it is deduplicated when
-    applied). 'wait': it arrived early; hold it until the ones before it are sequenced.
-    'reject': too far ahead to hold; the client must resubmit from `sequenced + 1`.
-    """
+    NOW = "now"
+    """Hand it to the raft loop now (a retry of an old sequence too: it is deduplicated when
+    applied)."""
+    WAIT = "wait"
+    """It arrived early: hold it until the one before it has been handed on."""
+    REJECT = "reject"
+    """Too far ahead to hold: the client must resubmit the earlier ones first."""
+
+
+def classify_sequence(sequence: int, sequenced: int, max_queue: int) -> Sequencing:
+    """Sequence a command request against `sequenced`, the highest sequence of the session
+    already handed on, holding at most `max_queue` early arrivals."""
     if sequence <= sequenced + 1:
-        return "now"
+        return Sequencing.NOW
     if sequence - sequenced > max_queue:
-        return "reject"
-    return "wait"
+        return Sequencing.REJECT
+    return Sequencing.WAIT
+
+
+@attrs.define
+class SessionSequencer:
+    """The leader's marks for one session in one term, so that it never appends a command
+    past a gap.
+
+    `queued` is the highest sequence handed to the raft loop (its inbox is first in, first
+    out, so the next command may be handed on behind it at once); `appended` the highest
+    appended to the log in this term, or applied before it. A command is appended only if
+    every sequence before it is (`may_append`, checked by the loop at the moment of
+    appending); a refused command moves `queued` back, so nothing after it is appended
+    until it is resubmitted.
+    """
+
+    term: int
+    appended: int
+    queued: int = attrs.field()
+
+    @queued.default
+    def _queued_default(self) -> int:
+        return self.appended
+
+    def classify(self, sequence: int, max_queue: int) -> Sequencing:
+        return classify_sequence(sequence, self.queued, max_queue)
+
+    def queue(self, sequence: int) -> None:
+        """`sequence` was handed to the raft loop."""
+        self.queued = max(self.queued, sequence)
+
+    def may_append(self, sequence: int, term: int) -> bool:
+        """Whether the loop may append `sequence` now, as leader of `term`."""
+        return term == self.term and sequence <= self.appended + 1
+
+    def appended_one(self, sequence: int) -> None:
+        self.appended = max(self.appended, sequence)
+        self.queued = max(self.queued, self.appended)
+
+    def refused(self) -> None:
+        """A command handed on was not appended: later ones must wait for its retry."""
+        self.queued = self.appended

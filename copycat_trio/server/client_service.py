@@ -3,7 +3,9 @@
 Requests that need the leader (register, keep-alive, unregister, commands, linearizable
 queries) are forwarded to it by followers. The leader sequences each session's commands by their
 sequence numbers (seed 001): early arrivals wait their turn up to a bound, retries are appended
-again and deduplicated when applied, so each command applies exactly once and in order.
+again and deduplicated when applied, and a command is appended only once every one before it is
+(a refused one holds back those behind it until it is resubmitted), so each command applies
+exactly once and in order.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import trio
 from trio_util import AsyncValue
 
 from ..core.raft import Role
-from ..core.sessions import clamp_timeout, classify_sequence
+from ..core.sessions import Sequencing, SessionSequencer, clamp_timeout
 from ..protocol.errors import (
+    CommandError,
     CopycatError,
     ErrorInfo,
     ErrorType,
@@ -92,6 +96,50 @@ class ClientConnection:
 Forward = Callable[[Any, Callable[[ErrorInfo], Any]], Awaitable[Any]]
 
 
+class _SessionGate:
+    """One session's sequencer on this leader (see SessionSequencer), and the value its early
+    arrivals wait on."""
+
+    def __init__(self, session: int, sequencer: SessionSequencer) -> None:
+        self.session = session
+        self.sequencer = sequencer
+        self.queued = AsyncValue(sequencer.queued)
+
+    def queue(self, sequence: int) -> None:
+        self.sequencer.queue(sequence)
+        self.queued.value = self.sequencer.queued
+
+    def refused(self) -> None:
+        self.sequencer.refused()
+        self.queued.value = self.sequencer.queued
+
+
+@attrs.define(eq=False)
+class _CommandAdmission:
+    """The raft loop's check that a command comes right after what is appended (Admission)."""
+
+    gate: _SessionGate
+    sequence: int
+
+    def admit(self, term: int) -> CopycatError | None:
+        sequencer = self.gate.sequencer
+        if sequencer.may_append(self.sequence, term):
+            return None
+        if term != sequencer.term:
+            return CommandError("leadership changed while the command was queued; resubmit it")
+        return CommandError(
+            f"command {sequencer.appended + 1} of session {self.gate.session} was not appended; "
+            f"resubmit from it (this was {self.sequence})"
+        )
+
+    def settled(self, appended: bool) -> None:
+        if appended:
+            self.gate.sequencer.appended_one(self.sequence)
+            self.gate.queued.value = self.gate.sequencer.queued
+        else:
+            self.gate.refused()
+
+
 class ClientService:
     """The client-facing request handlers of one server."""
 
@@ -114,8 +162,8 @@ class ClientService:
         self.election_timeout = election_timeout
         self.log_clock = log_clock
         """Log time as this member would stamp an entry now (see log_clock.py)."""
-        self._sequenced: dict[int, AsyncValue[int]] = {}
-        """Leader-local: the highest command sequence appended per session in this term."""
+        self._gates: dict[int, _SessionGate] = {}
+        """Leader-local, per session: how far its commands are sequenced in this term."""
         self._term = -1
 
     # --- helpers ---------------------------------------------------------------------------
@@ -126,19 +174,20 @@ class ClientService:
 
     async def _as_leader(self) -> bool:
         """Whether to handle a leader-only request here; waits until this leader has applied
-        everything committed before its term, so its session table is current."""
+        everything committed before its term, so its session table is current. A wait that
+        spans a new election starts again for the new term."""
         core = self.loop.core
-        if core.role is not Role.LEADER:
-            return False
-        start = core.term_start_index
-        if core.term != self._term:
-            self._term = core.term
-            self._sequenced.clear()
-        if start is None:
-            return False
         with trio.move_on_after(2 * self.election_timeout):
-            await self.executor.applied_index.wait_value(lambda applied: applied >= start)
-            return core.role is Role.LEADER
+            while core.role is Role.LEADER:
+                term, start = core.term, core.term_start_index
+                if term != self._term:
+                    self._term = term
+                    self._gates.clear()
+                if start is None:
+                    return False
+                await self.executor.applied_index.wait_value(lambda a, s=start: a >= s)
+                if core.role is Role.LEADER and core.term == term:
+                    return True
         return False
 
     async def _propose_and_wait(self, build: Callable[..., Any]) -> Pending:
@@ -271,43 +320,52 @@ class ClientService:
         session = self.executor.session(request.session)
         if session is None:
             return error(ErrorInfo(ErrorType.UNKNOWN_SESSION, f"unknown session {request.session}"))
-        sequenced = self._sequenced.get(request.session)
-        if sequenced is None:
-            sequenced = self._sequenced[request.session] = AsyncValue(session.command_sequence)
-        kind = classify_sequence(request.sequence, sequenced.value, MAX_QUEUED_COMMANDS)
-        if kind == "reject":
+        gate = self._gates.get(request.session)
+        if gate is None:
+            # Everything before this term is applied (_as_leader): the session's applied
+            # sequence is all that is in the log for it so far.
+            sequencer = SessionSequencer(self.loop.core.term, session.command_sequence)
+            gate = self._gates[request.session] = _SessionGate(request.session, sequencer)
+        kind = gate.sequencer.classify(request.sequence, MAX_QUEUED_COMMANDS)
+        if kind is Sequencing.REJECT:
             return error(
                 ErrorInfo(
                     ErrorType.COMMAND,
                     f"sequence {request.sequence} is too far ahead; resubmit from "
-                    f"{sequenced.value + 1}",
+                    f"{gate.sequencer.queued + 1}",
                 )
             )
-        if kind == "wait":
+        if kind is Sequencing.WAIT:
             with trio.move_on_after(self.request_timeout):
-                await sequenced.wait_value(lambda v: request.sequence <= v + 1)
-            if request.sequence > sequenced.value + 1:
+                await gate.queued.wait_value(lambda queued: request.sequence <= queued + 1)
+            if request.sequence > gate.queued.value + 1:
                 return error(
                     ErrorInfo(
                         ErrorType.COMMAND,
                         f"commands before {request.sequence} never arrived; resubmit from "
-                        f"{sequenced.value + 1}",
+                        f"{gate.queued.value + 1}",
                     )
                 )
-        item = await self.loop.enqueue(
-            functools.partial(
-                CommandEntry,
-                operation=request.operation,
-                session=request.session,
-                sequence=request.sequence,
+        # The inbox is first in, first out: once this one is in, the next command of this
+        # session may follow it at once; the loop appends that one only if this one was
+        # appended (_CommandAdmission), and a refusal moves the mark back.
+        gate.queue(request.sequence)
+        try:
+            item = await self.loop.enqueue(
+                functools.partial(
+                    CommandEntry,
+                    operation=request.operation,
+                    session=request.session,
+                    sequence=request.sequence,
+                ),
+                _CommandAdmission(gate, request.sequence),
             )
-        )
-        # The inbox is first in, first out: the next command of this session may go now.
-        if request.sequence > sequenced.value:
-            sequenced.value = request.sequence
+        except BaseException:
+            gate.refused()  # never reached the loop (it stopped, or this request was cancelled)
+            raise
         try:
             pending = await self.loop.wait_appended(item)
-        except NoLeaderError as exc:
+        except CopycatError as exc:
             return error(exc.to_info())
         await pending.event.wait()
         if pending.error is not None:

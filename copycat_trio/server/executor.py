@@ -397,14 +397,27 @@ class Executor:
             return None, UnknownSessionError(f"unknown session {entry.session}"), 0
         session = self.sessions.get(entry.session)
         assert session is not None
+        if decision is CommandDecision.GAP:
+            return (
+                None,
+                CommandError(
+                    f"command {entry.sequence} of session {entry.session} came before command "
+                    f"{session.command_sequence + 1}; not applied: resubmit it after that one"
+                ),
+                0,
+            )
         if decision is CommandDecision.DUPLICATE:
             cached = session.results.get(entry.sequence)
             if cached is None:
+                # Its result was freed when the client's keep-alive acknowledged it, so only a
+                # stale copy of the request gets here, and nobody waits for the answer. Not
+                # COMMAND ("not applied": a client resubmits it, and this answer would never
+                # change): APPLICATION, whose promise is that the command was applied.
                 return (
                     None,
-                    CommandError(
-                        f"command {entry.sequence} of session {entry.session} was applied and "
-                        "its result already acknowledged"
+                    ApplicationError(
+                        f"command {entry.sequence} of session {entry.session} was applied once; "
+                        "its result was acknowledged by the client and is no longer kept"
                     ),
                     session.event_index,
                 )

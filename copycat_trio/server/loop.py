@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -44,10 +44,28 @@ class Tick:
     pass
 
 
+class Admission(Protocol):
+    """A condition on appending a proposal, checked inside the loop at the moment of appending
+    (so nothing can come between the check and the append), and told the outcome."""
+
+    def admit(self, term: int) -> CopycatError | None:
+        """None to append the entry as leader of `term`; else the error that refuses it."""
+
+    def settled(self, appended: bool) -> None:
+        """The proposal was appended, or refused (by `admit` or because this is no leader)."""
+
+
+class _Refused(Exception):
+    def __init__(self, error: CopycatError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 @attrs.define(eq=False)
 class Propose:
     build: Callable[..., Entry]
     """Makes the entry from term=, index=, timestamp= (see RaftCore.propose_entry)."""
+    admission: Admission | None = None
     reply: trio.Event = attrs.Factory(trio.Event)
     pending: Pending | None = None
     error: CopycatError | None = None
@@ -179,11 +197,26 @@ class RaftLoop:
         elif isinstance(item, Tick):
             core.tick(now)
         elif isinstance(item, Propose):
+            admission = item.admission
+            build = item.build
+            if admission is not None:
+
+                def build(admission: Admission = admission, **at: Any) -> Entry:
+                    # Called by the core once it knows it may append (leader, no transfer).
+                    refusal = admission.admit(at["term"])
+                    if refusal is not None:
+                        raise _Refused(refusal)
+                    return item.build(**at)
+
             try:
-                index, term = core.propose_entry(item.build)
+                index, term = core.propose_entry(build)
                 item.pending = self.executor.expect(index, term)
             except NotLeaderError as exc:
                 item.error = NoLeaderError(str(exc))
+            except _Refused as refused:
+                item.error = refused.error
+            if admission is not None:
+                admission.settled(item.error is None)
             item.reply.set()
         elif isinstance(item, Reconfigure):
             try:
@@ -262,10 +295,13 @@ class RaftLoop:
         """Append an entry; the Pending resolves when its index is applied."""
         return await self._append(Propose(build))
 
-    async def enqueue(self, build: Callable[..., Entry]) -> Propose:
+    async def enqueue(
+        self, build: Callable[..., Entry], admission: Admission | None = None
+    ) -> Propose:
         """Queue an entry and return at once: entries are appended in the order enqueued.
-        Await `wait_appended` on the result to learn its Pending (or the error)."""
-        item = Propose(build)
+        Await `wait_appended` on the result to learn its Pending (or the error). An
+        `admission` is checked at the moment of appending, and told whether it was."""
+        item = Propose(build, admission)
         await self._put(item)
         return item
 

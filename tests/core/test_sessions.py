@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from copycat_trio.core.sessions import (
     CachedResult,
     CommandDecision,
+    Sequencing,
     SessionTable,
     clamp_timeout,
     classify_sequence,
@@ -27,9 +28,9 @@ def test_each_sequence_applies_once_whatever_the_arrival_order(arrivals: list[in
     sequenced = 0
     for sequence in arrivals:
         kind = classify_sequence(sequence, sequenced, max_queue=10)
-        if kind == "reject":
+        if kind is Sequencing.REJECT:
             continue
-        if kind == "wait":
+        if kind is Sequencing.WAIT:
             held.add(sequence)
             continue
         ready = [sequence]
@@ -60,11 +61,11 @@ def test_each_sequence_applies_once_whatever_the_arrival_order(arrivals: list[in
 def test_classify_sequence(sequence: int, sequenced: int, max_queue: int) -> None:
     kind = classify_sequence(sequence, sequenced, max_queue)
     if sequence <= sequenced + 1:
-        assert kind == "now"
+        assert kind is Sequencing.NOW
     elif sequence - sequenced > max_queue:
-        assert kind == "reject"
+        assert kind is Sequencing.REJECT
     else:
-        assert kind == "wait"
+        assert kind is Sequencing.WAIT
 
 
 def test_keep_alive_frees_acknowledged_results_and_events() -> None:
