@@ -162,6 +162,17 @@ class Executor:
         self._wakeup.set()
 
     def expect(self, index: int, term: int) -> Pending:
+        """A waiter for the entry this leader just appended at `index` in `term`. A waiter
+        still there from an earlier term lost its entry: this leader's log holds another one
+        at that index, so the earlier entry never committed and never will."""
+        replaced = self.pending.get(index)
+        if replaced is not None:
+            replaced.resolve(
+                error=CommandError(
+                    f"entry {index} of term {replaced.term} was replaced by an entry of term "
+                    f"{term}; not applied"
+                )
+            )
         pending = self.pending[index] = Pending(index, term)
         return pending
 

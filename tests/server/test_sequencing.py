@@ -15,6 +15,7 @@ from copycat_trio.protocol.messages import (
     CommandEntry,
     CommandRequest,
     KeepAliveEntry,
+    NoOpEntry,
     RegisterEntry,
     RegisterRequest,
 )
@@ -164,3 +165,30 @@ async def test_pipelined_commands_across_a_transfer_that_times_out(autojump_cloc
             assert len(results) == 100  # every submit returned
             assert await client.submit(Notes()) == submitted  # once each, in order
             assert [results[v] for v in submitted] == list(range(1, 101))
+
+
+async def test_a_waiter_whose_entry_was_truncated_is_answered_when_its_index_is_reused(
+    autojump_clock,
+) -> None:
+    # Issue 10, suspected bug 7: Executor.expect() replaced a waiter still unresolved at the
+    # same index, so whoever waited on it waited for ever.
+    async with open_memory_cluster(3, Notebook) as cluster:
+        old = await cluster.wait_for_leader()
+        loop = loop_of(cluster.servers[old])
+        cluster.isolate(old)
+        lost = [await loop.propose(NoOpEntry) for _ in range(3)]  # never committed
+        others = [i for i in cluster.all_ids() if i != old]
+        new = await cluster.wait_for_leader(others)
+        cluster.network.heal()
+        # The new leader's shorter log truncates the old leader's: its last entry goes.
+        await wait_until(lambda: loop.core.log.last_index < lost[-1].index)
+        await cluster.servers[new].transfer_leadership(old)
+        assert await cluster.wait_for_leader() == old
+        again = await loop.propose(NoOpEntry)
+        assert again.index == lost[-1].index  # the same index, in a later term
+        with trio.fail_after(10):
+            for pending in lost:
+                await pending.event.wait()
+            await again.event.wait()
+        assert all(isinstance(p.error, CommandError) for p in lost)
+        assert again.error is None
