@@ -26,13 +26,16 @@ Durability rules (each save fsyncs every file it touches once, and the directory
 
 Recovery scans every file. Bytes that fail to parse or match their checksum at the end of the last
 non-empty file, with no valid record anywhere after them, are a torn tail (a crash during an
-unacknowledged write): they are cut off and logged. That includes a flipped bit in the last
-record, by choice: a torn write can leave exactly that, and it is the usual crash. The price: if
-media damage hits an acknowledged last record, this member forgets that one entry (logged), and
-the leader sends it again if it still has it. Anything else (bad data followed by a valid record,
-a bad record in an earlier file, a gap, an overlap, an index out of sequence, a decreasing term)
-raises StorageCorruptionError naming the file and offset: the server refuses to start rather than
-diverge.
+unacknowledged write) if a torn write can explain them: the record is incomplete (fewer bytes than
+its header promises, or not even a header), or one of its sectors (512 bytes, by file offset) is
+all zeros, as an unwritten sector reads after a crash. They are cut off and logged. A complete
+record with no zeroed sector that fails its checksum (or that verifies once its magic, version and
+reserved bytes are put right) was damaged after it was written, and may have been acknowledged:
+cutting it would make this member forget an entry that counted toward a commit. So it, and
+anything else (bad data followed by a valid record, a bad record in an earlier file, a gap, an
+overlap, an index out of sequence, a decreasing term) raises StorageCorruptionError naming the file
+and offset: the server refuses to start rather than diverge. What a torn write can still hide: a
+flipped bit in the length field that makes the last record look longer than the file.
 """
 
 from __future__ import annotations
@@ -183,6 +186,42 @@ def _check_record(data: bytes, pos: int) -> tuple[int, int, int] | str:
     return term, index, length
 
 
+SECTOR = 512
+"""The unit a crash tears a write at: each sector of an unsynced write is there or not."""
+
+
+def _damaged_complete_record(data: bytes, pos: int) -> str | None:
+    """Why the bad record at `pos`, with nothing valid after it, is damage rather than a torn
+    write; None if a torn write can explain it.
+
+    A torn write leaves fewer bytes than the header promises, or sectors that were never written
+    and read as zeros (or, for the header, bytes that are no record at all). A record whose bytes
+    are all there, with no zeroed sector, that fails its checksum was damaged after it was
+    written, and may have been acknowledged; so is a complete record that verifies once its
+    fixed header bytes (magic, version, reserved) are put right.
+    """
+    if len(data) - pos < HEADER_SIZE:
+        return None
+    magic, version, reserved, length, term, index = _HEAD.unpack_from(data, pos)
+    end = pos + HEADER_SIZE + length
+    if end > len(data):
+        return None
+    first = pos // SECTOR * SECTOR
+    for sector in range(first, end, SECTOR):
+        chunk = data[max(sector, pos) : min(sector + SECTOR, len(data))]
+        if chunk.count(0) == len(chunk):
+            return None  # a sector the crash did not write
+    (crc,) = _CRC.unpack_from(data, pos + _HEAD.size)
+    payload = memoryview(data)[pos + HEADER_SIZE : end]
+    what = f"a complete record ({length} payload bytes, index {index}, term {term})"
+    if (magic, version, reserved) == (MAGIC, VERSION, 0):
+        return f"{what} fails its checksum: the bytes were damaged after they were written"
+    head = _HEAD.pack(MAGIC, VERSION, 0, length, term, index)
+    if zlib.crc32(payload, zlib.crc32(head)) == crc:
+        return f"{what} has a damaged magic, version or reserved byte"
+    return None
+
+
 def _find_valid_record(data: bytes, start: int, after_index: int) -> int | None:
     """Offset of any checksum-valid record at or after `start` with an index past `after_index`."""
     pos = data.find(MAGIC, start)
@@ -278,6 +317,9 @@ class SegmentedLog:
                     if later is not None:
                         problem = f"{found}, yet a valid record follows at offset {later}"
                         raise _corrupt(path, pos, problem)
+                    damage = _damaged_complete_record(data, pos)
+                    if damage is not None:
+                        raise _corrupt(path, pos, damage + " (not a torn write)")
                     log.warning(
                         "log file %s: cutting a torn tail of %d bytes at offset %d (%s); a crash "
                         "interrupted a write that was never acknowledged",

@@ -91,16 +91,42 @@ async def test_zeros_after_the_last_record_are_a_torn_tail(tmp_path: Path) -> No
     assert segment.stat().st_size == size
 
 
-async def test_a_flipped_bit_in_the_last_record_is_treated_as_a_torn_tail(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("where", ["payload", "crc", "magic", "version", "term"])
+async def test_a_flipped_bit_in_a_complete_last_record_refuses_to_start(
+    tmp_path: Path, where: str
 ) -> None:
-    """Documented choice (segments.py): damage to the newest record can't be told from a torn
-    write, the usual crash, so it is cut with a warning rather than refusing to start."""
-    await write_log(tmp_path, [entries(1, 5, size=64)])
+    """All of the record's bytes are there, so no torn write left it: the entry may have been
+    acknowledged, and cutting it would make this member forget it."""
+    await write_log(tmp_path, [entries(1, 4, size=64), [entry(5, size=64)]])
     (segment,) = segment_files(tmp_path)
-    flip_bit(segment, record_offsets(segment)[-1] + HEADER_SIZE + 30)
+    offset = record_offsets(segment)[-1]
+    delta = {"payload": HEADER_SIZE + 30, "crc": 25, "magic": 1, "version": 2, "term": 12}[where]
+    flip_bit(segment, offset + delta, bit=3)
+    original = segment.read_bytes()
+    with pytest.raises(StorageCorruptionError) as caught:
+        await reopen(tmp_path)
+    message = str(caught.value)
+    assert str(segment) in message and f"byte offset {offset}" in message
+    assert "complete record" in message and "refuses to start" in message
+    assert segment.read_bytes() == original  # nothing was "repaired"
+
+
+@pytest.mark.parametrize("sector", [0, 1, 3])
+async def test_a_complete_last_record_with_an_unwritten_sector_is_a_torn_tail(
+    tmp_path: Path, sector: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash can persist a write's file size and some of its sectors but not others, which
+    then read as zeros: the record looks complete but was never fsynced, never acknowledged."""
+    await write_log(tmp_path, [entries(1, 3, size=100), [entry(4, size=2000)]])
+    (segment,) = segment_files(tmp_path)
+    offset = record_offsets(segment)[-1]
+    data = bytearray(segment.read_bytes())
+    start = (offset // 512 + sector) * 512  # the sector's part that the record occupies:
+    data[max(start, offset) : start + 512] = bytes(len(data[max(start, offset) : start + 512]))
+    segment.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING):
-        assert (await reopen(tmp_path))[1] == entries(1, 4, size=64)
+        assert (await reopen(tmp_path))[1] == entries(1, 3, size=100)
+    assert segment.stat().st_size == offset
     assert "torn tail" in caplog.text and str(segment) in caplog.text
 
 
