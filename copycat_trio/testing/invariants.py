@@ -10,11 +10,16 @@ sentence naming the members, terms and indices involved:
 - leader completeness: an entry committed in a term is in the log of every later term's leader;
 - state machine safety: every member applies the same command, with the same result, at each
   index (a restarted member that re-applies its log must agree with itself too);
-- exactly once: each session command (session, sequence) is applied at one index only.
+- exactly once: each session command (session, sequence) is applied at one index only;
+- session order: every member applies each session's commands at consecutive sequence numbers
+  (1, 2, 3 ...), no gap and none out of order, from the first it applies after starting or
+  after installing a snapshot (then from wherever the snapshot left the session, and that
+  command's predecessor must have applied, somewhere, at a lower index).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,14 +28,18 @@ import attrs
 from ..core.raft import Role
 from ..protocol.messages import CommandEntry, Entry
 from ..protocol.operations import Command
+from ..state_machine import Snapshottable
 
 if TYPE_CHECKING:
     from ..server.server import CopycatServer
-    from ..state_machine import StateMachine
+    from ..state_machine import SnapshotSource, StateMachine
 
 __all__ = ["Applied", "InvariantChecker", "observe"]
 
 MAX_VIOLATIONS = 50
+
+_runs = itertools.count(1)
+"""Numbers a state machine's runs (see `Applied.run`), unique in the process."""
 
 
 @attrs.frozen
@@ -43,14 +52,35 @@ class Applied:
     sequence: int
     operation: Any
     result: Any
+    run: int = 0
+    """Which run of the member's state machine applied it: a new one at each start (a fresh
+    state machine) and at each snapshot it installs."""
+    from_snapshot: bool = False
+    """That run began by installing a snapshot (so a session's first command in it may be any)."""
+
+
+@attrs.define
+class _Run:
+    number: int
+    from_snapshot: bool = False
 
 
 def observe(
     state_machine: StateMachine, member: int, on_apply: Callable[[Applied], None]
 ) -> StateMachine:
     """Wrap a state machine's `apply` so that each command it applies is reported (with the
-    session and sequence number the executor is applying); queries are not reported."""
+    session and sequence number the executor is applying); queries are not reported. A
+    `Snapshottable` one's `install` is wrapped too: what it applies after is a new run."""
     original = state_machine.apply
+    run = _Run(next(_runs))
+    if isinstance(state_machine, Snapshottable):
+        original_install = state_machine.install
+
+        def install(reader: SnapshotSource) -> None:
+            original_install(reader)
+            run.number, run.from_snapshot = next(_runs), True
+
+        state_machine.install = install  # type: ignore[method-assign]
 
     def apply(commit: Any) -> Any:
         if not isinstance(commit.operation, Command) or commit.session is None:
@@ -67,11 +97,22 @@ def observe(
                     sequence,
                     commit.operation,
                     ("raised", type(exc).__name__, str(exc)),
+                    run.number,
+                    run.from_snapshot,
                 )
             )
             raise
         on_apply(
-            Applied(member, commit.index, commit.session.id, sequence, commit.operation, result)
+            Applied(
+                member,
+                commit.index,
+                commit.session.id,
+                sequence,
+                commit.operation,
+                result,
+                run.number,
+                run.from_snapshot,
+            )
         )
         return result
 
@@ -94,6 +135,8 @@ class InvariantChecker:
         self.applied: dict[int, Applied] = {}
         self.applications: dict[tuple[int, int], int] = {}
         """(session, sequence) -> the index it was applied at."""
+        self._last_sequence: dict[tuple[int, int, int], int] = {}
+        """(member, run, session) -> the last sequence that run applied for the session."""
         self._checked: dict[tuple[int, int], int] = {}
         """(member, incarnation) -> committed index checked up to."""
         self._completeness: dict[tuple[int, int, int], int] = {}
@@ -197,6 +240,7 @@ class InvariantChecker:
                 f"state machine safety: member {applied.member} applied {_applied(applied)} at "
                 f"index {applied.index}, where the committed entry is {_describe(entry)}"
             )
+        self._check_session_order(applied)
         command = (applied.session, applied.sequence)
         first = self.applications.setdefault(command, applied.index)
         if first != applied.index:
@@ -204,6 +248,37 @@ class InvariantChecker:
                 f"exactly once: command {applied.sequence} of session {applied.session} "
                 f"({applied.operation!r}) applied at index {first} and again at index "
                 f"{applied.index} (member {applied.member})"
+            )
+
+    def _check_session_order(self, applied: Applied) -> None:
+        key = (applied.member, applied.run, applied.session)
+        last = self._last_sequence.get(key)
+        self._last_sequence[key] = max(last or 0, applied.sequence)
+        sequence = applied.sequence
+        if last is not None:
+            if sequence != last + 1:
+                self.violation(
+                    f"session order: member {applied.member} applied command {sequence} of "
+                    f"session {applied.session} ({applied.operation!r}) at index "
+                    f"{applied.index} right after command {last}"
+                )
+            return
+        if sequence == 1:
+            return
+        if not applied.from_snapshot:
+            self.violation(
+                f"session order: member {applied.member} applied command {sequence} of session "
+                f"{applied.session} ({applied.operation!r}) at index {applied.index} as the "
+                "session's first since it started"
+            )
+            return
+        previous = self.applications.get((applied.session, sequence - 1))
+        if previous is None or previous >= applied.index:
+            where = "nowhere" if previous is None else f"at index {previous}"
+            self.violation(
+                f"session order: member {applied.member} applied command {sequence} of session "
+                f"{applied.session} ({applied.operation!r}) at index {applied.index} after a "
+                f"snapshot, but command {sequence - 1} applied {where}"
             )
 
     def summary(self) -> str:
