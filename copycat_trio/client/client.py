@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 EVENT_BUFFER = 256
 """Events buffered per subscriber; a slow subscriber slows delivery, it never loses events."""
 
+WAKE_INTERVAL = 0.05
+"""A new command ends the back-off of the oldest pending one at most this often (seconds)."""
+
 
 class ClientClosedError(UnknownSessionError):
     """The client is closed (by `aclose`, or because its session was lost)."""
@@ -77,6 +80,8 @@ class ClientClosedError(UnknownSessionError):
 class _Attempts:
     """What the attempts at one request showed, across failovers and resubmissions."""
 
+    sequence: int = 0
+    """The command's sequence number (0 for any other request)."""
     uncertain: bool = False
     """Some attempt may have reached the leader without its answer coming back (a lost
     answer, or a forwarding member's "outcome unknown"): no later error proves it did not
@@ -139,7 +144,12 @@ class CopycatClient:
         self._served = 0
         """How many requests members have served (a back-off that sees it move starts over)."""
         self._retry = trio.Event()
-        """Set (and replaced) to end every back-off early; see `_wake_retries`."""
+        """Set (and replaced) to end back-offs early; see `_wake_retries`."""
+        self._woken_at = -math.inf
+        self._head_wakes = 0
+        """How many times a new command asked the oldest pending one to try again now."""
+        self._pending: set[int] = set()
+        """Sequence numbers of the commands being (re)submitted, not yet answered."""
         self._next_sequence = 1
         self._completed = AsyncValue(0)
         """Highest sequence such that it and every one before it have completed."""
@@ -356,11 +366,31 @@ class CopycatClient:
         elif isinstance(response, RegisterResponse) and response.error is None:
             self.last_index = max(self.last_index, response.session)
 
-    def _wake_retries(self) -> None:
-        """End every back-off now: a member just served a request, or a new command needs the
-        pending ones before it to be resubmitted."""
+    def _wake_retries(self, *, head_only: bool = False) -> None:
+        """End every back-off now (a member just served a request: the cluster works), or only
+        the oldest pending command's (a new command waits for it: it is needed now)."""
+        if head_only:
+            self._head_wakes += 1
         self._retry.set()
         self._retry = trio.Event()
+        self._woken_at = trio.current_time()
+
+    async def _back_off(self, delay: float, attempts: _Attempts | None) -> bool:
+        """Sleep `delay`, less if woken; True if woken because a member served meanwhile."""
+        served, head_wakes = self._served, self._head_wakes
+        deadline = trio.current_time() + delay
+        while trio.current_time() < deadline:
+            with trio.move_on_at(deadline):
+                await self._retry.wait()
+            if self._served != served:
+                return True
+            if (
+                self._head_wakes != head_wakes
+                and attempts is not None
+                and attempts.sequence == min(self._pending, default=0)
+            ):
+                return False
+        return False
 
     async def _request_any(
         self, body: Any, attempt_timeout: float | None = None, attempts: _Attempts | None = None
@@ -419,10 +449,7 @@ class CopycatClient:
             if delay is None:
                 why = f" (last: {refusal.type.name}: {refusal.message})" if refusal else ""
                 raise NoLeaderError(f"no member could serve the request{why}")
-            served = self._served
-            with trio.move_on_after(delay):
-                await self._retry.wait()
-            if self._served != served:
+            if await self._back_off(delay, attempts):
                 delays = self.connection_strategy.delays()  # the cluster works again
 
     async def _switch_to(self, address: str) -> None:
@@ -435,7 +462,12 @@ class CopycatClient:
     async def _submit_command(self, operation: Command, budget: float) -> Any:
         submission = _Submission(self._next_sequence, operation)
         self._next_sequence += 1
-        self._wake_retries()  # commands before this one that are backing off are needed now
+        if self._pending and trio.current_time() - self._woken_at >= WAKE_INTERVAL:
+            # The leader holds this command until the ones before it arrive: the oldest pending
+            # one must not sit out its back-off. Only that one, at most once per WAKE_INTERVAL,
+            # so submissions to a leaderless cluster cause no storm; once it is served, every
+            # back-off ends.
+            self._wake_retries(head_only=True)
         self._nursery.start_soon(self._drive, submission, self._session_generation)
         with trio.move_on_after(budget):
             await submission.done.wait()
@@ -453,7 +485,20 @@ class CopycatClient:
         request = CommandRequest(
             session=self.session_id, sequence=submission.sequence, operation=submission.operation
         )
-        attempts = _Attempts()
+        attempts = _Attempts(sequence=submission.sequence)
+        self._pending.add(submission.sequence)
+        try:
+            await self._resubmit(submission, generation, request, attempts)
+        finally:
+            self._pending.discard(submission.sequence)
+
+    async def _resubmit(
+        self,
+        submission: _Submission,
+        generation: int,
+        request: CommandRequest,
+        attempts: _Attempts,
+    ) -> None:
         while True:
             if generation != self._session_generation or self.state.value is ClientState.CLOSED:
                 submission.finish(
@@ -480,8 +525,10 @@ class CopycatClient:
                 if attempts.uncertain and exc.error_type is not ErrorType.APPLICATION:
                     # An earlier attempt may have applied: this error proves nothing about it.
                     exc = OutcomeUnknownError(f"an earlier attempt may have applied; then: {exc}")
+                self._pending.discard(submission.sequence)
                 await self._complete(submission, 0, None, exc)
                 return
+            self._pending.discard(submission.sequence)  # answered: no longer the one held up
             await self._complete(submission, response.event_index, response.result, None)
             return
 

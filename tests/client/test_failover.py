@@ -170,3 +170,31 @@ async def test_a_later_command_does_not_wait_out_the_back_off_of_a_pending_one(
             outage_over.set()
         assert len(waited) == 3
         assert max(waited) < 0.1, f"later commands waited {waited} behind the pending ones"
+
+
+async def test_commands_submitted_to_a_leaderless_cluster_cause_no_request_storm(
+    autojump_clock,
+) -> None:
+    async with open_memory_cluster(3, KeyValueStore) as cluster:
+        old = await cluster.wait_for_leader()
+        rest = [i for i in (1, 2, 3) if i != old]
+        async with cluster.client(rest, session_timeout=30.0) as client:
+            answers = Answers(client)
+            cluster.crash(old)
+            cluster.isolate(rest[0])  # no leader can be elected
+
+            async def put(i: int) -> None:
+                with pytest.raises(OutcomeUnknownError):
+                    await client.submit(Put("k", i), timeout=0.5)
+
+            # A command every 10 ms for 1 s: each wants the pending ones before it resubmitted,
+            # but with no leader that is no reason for all of them to give up their back-off.
+            async with trio.open_nursery() as nursery:
+                for i in range(100):
+                    nursery.start_soon(put, i)
+                    await trio.sleep(0.01)
+            sent = len(answers.seen)
+            cluster.network.heal()
+        # The commands' own back-offs send about 950 requests here (two members a round); the
+        # oldest pending one's extra rounds, one per 50 ms, a few dozen.
+        assert sent < 1200, f"{sent} requests"
