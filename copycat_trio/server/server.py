@@ -521,20 +521,65 @@ class CopycatServer:
             return ErrorResponse(Status.ERROR, ErrorInfo(ErrorType.INTERNAL, repr(exc)))
 
     async def _forward(self, body: Any, make_error: Callable[[ErrorInfo], Any]) -> Any:
-        """Send a request on to the leader and relay its answer."""
-        assert self._loop is not None and self._pool is not None
-        leader = self._loop.core.leader
-        member = self._loop.core.member(leader) if leader is not None else None
+        """Send a request on to the leader and relay its answer.
+
+        Ends as soon as this member's leader changes (or becomes unknown): the old leader
+        will not answer in time, and holding the request for a whole request timeout kept the
+        client waiting here. The answer is then NO_LEADER, which a client retries elsewhere:
+        a command may have reached the old leader, and its sequence number makes the retry
+        safe (the other requests forwarded are idempotent, or a duplicate is harmless).
+        """
+        assert self._loop is not None and self._pool is not None and self._nursery is not None
+        loop, pool = self._loop, self._pool
+        leader = loop.core.leader
+        member = loop.core.member(leader) if leader is not None else None
         if member is None:
             return make_error(ErrorInfo(ErrorType.NO_LEADER, "no leader is known"))
-        try:
-            return await self._pool.request(member.address, body, self.options.request_timeout)
-        except RequestNotSent as exc:
-            return make_error(ErrorInfo(ErrorType.NO_LEADER, f"leader unreachable: {exc}"))
-        except ResponseLost as exc:
-            return make_error(
-                ErrorInfo(ErrorType.INTERNAL, f"outcome unknown: forwarded to leader, {exc}")
+        answer: list[Any] = []
+        answered = trio.Event()
+
+        async def ask(address: str) -> None:
+            # In the server's nursery, not cancelled with the wait: a send cut off half-way
+            # would leave a broken frame on the connection to the leader.
+            try:
+                answer.append(await pool.request(address, body, self.options.request_timeout))
+            except RequestNotSent as exc:
+                answer.append(
+                    make_error(ErrorInfo(ErrorType.NO_LEADER, f"leader unreachable: {exc}"))
+                )
+            except ResponseLost as exc:
+                answer.append(
+                    make_error(
+                        ErrorInfo(
+                            ErrorType.INTERNAL, f"outcome unknown: forwarded to leader, {exc}"
+                        )
+                    )
+                )
+            except Exception as exc:  # in a task of the server's nursery: must not escape
+                log.exception("forwarding %s failed", type(body).__name__)
+                answer.append(make_error(ErrorInfo(ErrorType.INTERNAL, repr(exc))))
+            finally:
+                answered.set()
+
+        self._nursery.start_soon(ask, member.address)
+        async with trio.open_nursery() as race:
+
+            async def leader_changes() -> None:
+                await loop.leader.wait_value(lambda current: current != leader)
+                race.cancel_scope.cancel()
+
+            race.start_soon(leader_changes)
+            await answered.wait()
+            race.cancel_scope.cancel()
+        if answer:
+            return answer[0]
+        return make_error(
+            ErrorInfo(
+                ErrorType.NO_LEADER,
+                f"member {self.id} no longer follows {leader} (leader now: "
+                f"{loop.leader.value}); the request may have reached it: resubmit",
             )
+        )
 
     async def _on_install(self, request: InstallRequest) -> InstallResponse:
         if self._replication is None:

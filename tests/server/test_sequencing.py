@@ -192,3 +192,26 @@ async def test_a_waiter_whose_entry_was_truncated_is_answered_when_its_index_is_
             await again.event.wait()
         assert all(isinstance(p.error, CommandError) for p in lost)
         assert again.error is None
+
+
+async def test_a_follower_stops_forwarding_to_a_leader_it_no_longer_follows(
+    autojump_clock,
+) -> None:
+    # Issue 10: a follower forwarding to a leader that was gone held the request for its whole
+    # request timeout, and the client waited on it, although the follower had long learned of
+    # a new leader. It answers NO_LEADER as soon as its leader changes (the command keeps its
+    # sequence number, so the client's resubmission is safe).
+    async with open_memory_cluster(3, Notebook) as cluster:
+        old = await cluster.wait_for_leader()
+        follower = next(i for i in cluster.all_ids() if i != old)
+        async with cluster.client([follower]) as client:
+            await client.submit(Note("before"))  # the follower forwards over a live connection
+            cluster.isolate(old)
+            started = trio.current_time()
+            await client.submit(Note("after"))
+            took = trio.current_time() - started
+            new = await cluster.wait_for_leader([i for i in cluster.all_ids() if i != old])
+            assert cluster.servers[new].state_machine.notes == ["before", "after"]
+        # The follower's leader changes within two election timeouts (its own randomised
+        # timeout, then a poll and a vote); the answer follows at once, not 5 s later.
+        assert took < 2.5 * cluster.election_timeout, took
