@@ -10,13 +10,13 @@ Directory layout::
 
 `save` returns only once everything it was given is on stable storage: PySyncObj kept term and
 vote in memory and wrote its journal without fsync, and lost committed data when a whole cluster
-restarted. Blocking file work runs in `trio.to_thread.run_sync`, shielded from cancellation.
+restarted. Blocking file work runs in `trio.to_thread.run_sync`, shielded from cancellation (inline
+on a simulated file system, see fs.py).
 """
 
 from __future__ import annotations
 
 import enum
-import fcntl
 import logging
 import os
 from collections.abc import Sequence
@@ -34,9 +34,10 @@ from ..protocol.errors import ConfigurationError, CopycatError
 from ..protocol.messages import ENTRY_TYPES, Entry
 from .base import LogStorage, StoredState, check_save
 from .errors import StorageCorruptionError, StorageError, StorageFailedError, StorageLockedError
+from .fs import OS, FileSystem, LockHeld, make_directory, run_blocking
 from .memory import MemoryStorage
 from .meta import Meta, MetaStore
-from .segments import MAX_PAYLOAD, RawRecord, SegmentedLog, make_directory
+from .segments import MAX_PAYLOAD, RawRecord, SegmentedLog
 from .snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -123,24 +124,16 @@ def encode_entry(registry: TypeRegistry, entry: Entry) -> bytes:
     return payload
 
 
-def _lock_directory(directory: Path) -> int:
-    """Open and flock ``<directory>/LOCK``; raises StorageLockedError if someone holds it."""
+def _lock_directory(fs: FileSystem, directory: Path) -> int:
+    """Lock ``<directory>/LOCK``; raises StorageLockedError if someone holds it."""
     path = directory / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())  # for people; the flock is what counts
-    except BlockingIOError:
-        os.close(fd)
+        return fs.lock(path)
+    except LockHeld:
         raise StorageLockedError(
             f"storage directory {directory} is in use: another server holds {path}. Two servers "
             "must never share a directory; stop the other one or give this one its own."
         ) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 class DiskStorage:
@@ -158,7 +151,10 @@ class DiskStorage:
         entries_per_segment: int = DEFAULT_ENTRIES_PER_SEGMENT,
         snapshots_to_keep: int = DEFAULT_SNAPSHOTS_TO_KEEP,
         registry: TypeRegistry = default_registry,
+        fs: FileSystem = OS,
     ) -> None:
+        """`fs` is the file system to work on: the real one, or a simulated one in tests."""
+        self.fs = fs
         self.segment_size = _check_positive("segment_size", segment_size)
         self.entries_per_segment = _check_positive("entries_per_segment", entries_per_segment)
         _check_positive("snapshots_to_keep", snapshots_to_keep)
@@ -166,26 +162,27 @@ class DiskStorage:
             raise ConfigurationError("the storage directory must not be an empty path")
         self.directory = Path(directory)
         try:
-            make_directory(self.directory)
+            make_directory(fs, self.directory)
         except (FileExistsError, NotADirectoryError):
             raise ConfigurationError(
                 f"storage directory {self.directory} is not a directory"
             ) from None
-        self._lock_fd = _lock_directory(self.directory)
+        self._lock_fd = _lock_directory(fs, self.directory)
         try:
-            make_directory(self.directory / "log")
-            self.snapshots = SnapshotStore(self.directory, keep=snapshots_to_keep)
+            make_directory(fs, self.directory / "log")
+            self.snapshots = SnapshotStore(self.directory, keep=snapshots_to_keep, fs=fs)
             """Snapshot files of this member (same directory, same lock)."""
         except BaseException:
-            os.close(self._lock_fd)
+            fs.unlock(self._lock_fd)
             raise
         self._registry = registry
         self._log = SegmentedLog(
             self.directory / "log",
             segment_size=segment_size,
             entries_per_segment=entries_per_segment,
+            fs=fs,
         )
-        self._meta_store = MetaStore(self.directory, registry=registry)
+        self._meta_store = MetaStore(self.directory, registry=registry, fs=fs)
         self._meta: Meta | None = None
         """What the meta file holds, once loaded."""
         self._meta_on_disk = False
@@ -203,7 +200,7 @@ class DiskStorage:
             self._check_usable()
             with trio.CancelScope(shield=True):
                 try:
-                    hard_state, entries = await trio.to_thread.run_sync(self._load_sync)
+                    hard_state, entries = await run_blocking(self.fs, self._load_sync)
                 except CopycatError:
                     raise
                 except Exception as exc:
@@ -278,7 +275,7 @@ class DiskStorage:
                 return
             with trio.CancelScope(shield=True):
                 try:
-                    await trio.to_thread.run_sync(self._save_sync, truncate_from, records, new_meta)
+                    await run_blocking(self.fs, self._save_sync, truncate_from, records, new_meta)
                 except Exception as exc:
                     raise self._fail("saving", exc) from exc
             self._saves += 1
@@ -322,14 +319,13 @@ class DiskStorage:
                 if self._closed:
                     return
                 self._closed = True
-                await trio.to_thread.run_sync(self._close_sync)
+                await run_blocking(self.fs, self._close_sync)
 
     def _close_sync(self) -> None:
         try:
             self._log.close()
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            self.fs.unlock(self._lock_fd)
 
     async def __aenter__(self) -> DiskStorage:
         return self
@@ -352,7 +348,7 @@ class DiskStorage:
             removed = 0
             with trio.CancelScope(shield=True):
                 try:
-                    removed = await trio.to_thread.run_sync(self._log.compact_before, index)
+                    removed = await run_blocking(self.fs, self._log.compact_before, index)
                 except Exception as exc:
                     raise self._fail("compacting", exc) from exc
             return removed

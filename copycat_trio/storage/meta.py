@@ -12,7 +12,6 @@ Blocking code: DiskStorage calls it from a worker thread.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
 import zlib
@@ -27,7 +26,7 @@ from ..protocol.codec import registry as default_registry
 from ..protocol.errors import CopycatError
 from ..protocol.messages import Member
 from .errors import StorageCorruptionError
-from .segments import fsync_directory, fsync_fd, write_all
+from .fs import OS, FileSystem, fsync_directory, write_all
 
 META_MAGIC = b"CCMT"
 META_VERSION = 1
@@ -47,8 +46,11 @@ class Meta:
 class MetaStore:
     """Reads and atomically replaces ``<directory>/meta``; every method blocks."""
 
-    def __init__(self, directory: Path, *, registry: TypeRegistry = default_registry) -> None:
+    def __init__(
+        self, directory: Path, *, registry: TypeRegistry = default_registry, fs: FileSystem = OS
+    ) -> None:
         self.directory = directory
+        self.fs = fs
         self.path = directory / META_FILE
         self.temp_path = directory / (META_FILE + ".tmp")
         self.registry = registry
@@ -56,10 +58,9 @@ class MetaStore:
 
     def read(self) -> Meta | None:
         """The stored state, or None if none was ever written; a damaged file raises."""
-        with contextlib.suppress(FileNotFoundError):
-            self.temp_path.unlink()  # a write that crashed before its rename
+        self.fs.unlink(self.temp_path, missing_ok=True)  # a write that crashed before its rename
         try:
-            data = self.path.read_bytes()
+            data = self.fs.read_file(self.path)
         except FileNotFoundError:
             return None
         if len(data) < _HEAD.size + _CRC.size:
@@ -101,14 +102,14 @@ class MetaStore:
         payload = self.registry.encode([meta.hard_state.term, meta.hard_state.vote, members])
         head = _HEAD.pack(META_MAGIC, META_VERSION, len(payload))
         data = head + _CRC.pack(zlib.crc32(payload, zlib.crc32(head))) + payload
-        fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = self.fs.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            write_all(fd, data)
-            fsync_fd(fd)
+            write_all(self.fs, fd, data)
+            self.fs.fsync(fd)
         finally:
-            os.close(fd)
-        os.replace(self.temp_path, self.path)
-        fsync_directory(self.directory)
+            self.fs.close(fd)
+        self.fs.replace(self.temp_path, self.path)
+        fsync_directory(self.fs, self.directory)
         self.writes += 1
 
     def _corrupt(self, offset: int, problem: str) -> StorageCorruptionError:

@@ -41,7 +41,6 @@ flipped bit in the length field that makes the last record look longer than the 
 from __future__ import annotations
 
 import bisect
-import fcntl
 import logging
 import os
 import re
@@ -55,6 +54,7 @@ from typing import TypeVar
 import attrs
 
 from .errors import StorageCorruptionError, StorageError
+from .fs import OS, FileSystem, fsync_directory, write_all
 
 log = logging.getLogger(__name__)
 
@@ -69,47 +69,6 @@ HEADER_SIZE = _HEAD.size + _CRC.size
 """Bytes before a record's payload (28)."""
 MAX_PAYLOAD = 2**32 - 1
 _NAME = re.compile(r"^(\d{20})\.log$")
-
-_FULLFSYNC: int | None = getattr(fcntl, "F_FULLFSYNC", None)
-
-
-def fsync_fd(fd: int) -> None:
-    """Flush a file to stable storage (F_FULLFSYNC on macOS, where fsync only reaches the drive)."""
-    if _FULLFSYNC is not None:
-        fcntl.fcntl(fd, _FULLFSYNC)
-    else:
-        os.fsync(fd)
-
-
-def fsync_directory(path: Path) -> None:
-    """Make creations, renames and unlinks in a directory durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fsync_fd(fd)
-    finally:
-        os.close(fd)
-
-
-def make_directory(path: Path) -> None:
-    """mkdir -p that fsyncs the parent of every directory it creates, so the new entry lasts."""
-    if path.is_dir():
-        return
-    make_directory(path.parent)
-    try:
-        path.mkdir()
-    except FileExistsError:
-        if not path.is_dir():
-            raise
-        return
-    fsync_directory(path.parent)
-
-
-def write_all(fd: int, data: bytes | memoryview) -> None:
-    """os.write until every byte is written (a write may be short)."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def encode_record(term: int, index: int, payload: bytes) -> bytes:
@@ -237,8 +196,16 @@ def _find_valid_record(data: bytes, start: int, after_index: int) -> int | None:
 class SegmentedLog:
     """The log's files and an index (index -> file, offset, term); every method blocks."""
 
-    def __init__(self, directory: Path, *, segment_size: int, entries_per_segment: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_size: int,
+        entries_per_segment: int,
+        fs: FileSystem = OS,
+    ) -> None:
         self.directory = directory
+        self.fs = fs
         self.segment_size = segment_size
         self.entries_per_segment = entries_per_segment
         self.segments: list[Segment] = []
@@ -281,14 +248,15 @@ class SegmentedLog:
         """Scan every file, cut a torn tail, index the records; `decode` each one, in order."""
         self.close()
         files: list[tuple[int, Path]] = []
-        for path in self.directory.iterdir():
-            match = _NAME.match(path.name)
+        for name in self.fs.listdir(self.directory):
+            path = self.directory / name
+            match = _NAME.match(name)
             if match is None:
                 log.warning("ignoring %s: not a log segment name", path)
             else:
                 files.append((int(match.group(1)), path))
         files.sort()
-        sizes = [path.stat().st_size for _, path in files]
+        sizes = [self.fs.size(path) for _, path in files]
         last_nonempty = max((i for i, size in enumerate(sizes) if size), default=-1)
 
         out: list[_T] = []
@@ -301,7 +269,7 @@ class SegmentedLog:
             if sizes[i] == 0:
                 doomed.append(path)
                 continue
-            data = path.read_bytes()
+            data = self.fs.read_file(path)
             if prev_last is not None and first != prev_last + 1:
                 problem = f"the file starts at index {first} but the one before ends at {prev_last}"
                 raise _corrupt(path, 0, problem + " (a file is missing or overlaps)")
@@ -351,15 +319,15 @@ class SegmentedLog:
 
         # Everything checked: only now change the files.
         if cut is not None and cut[1] > 0:
-            fd = os.open(cut[0], os.O_WRONLY)
+            fd = self.fs.open(cut[0], os.O_WRONLY)
             try:
-                os.ftruncate(fd, cut[1])
+                self.fs.ftruncate(fd, cut[1])
                 self._fsync(fd)
             finally:
-                os.close(fd)
+                self.fs.close(fd)
         for path in doomed:
             log.info("removing empty or torn log file %s", path)
-            path.unlink()
+            self.fs.unlink(path)
         if doomed:
             self._fsync_directory()
         self.segments = segments
@@ -400,7 +368,7 @@ class SegmentedLog:
                 offsets.append(pos)
                 terms.append(term)
                 pos += len(record)
-            write_all(fd, b"".join(chunks))
+            write_all(self.fs, fd, b"".join(chunks))
             self._fsync(fd)
             seg.offsets.extend(offsets)
             seg.terms.extend(terms)
@@ -414,12 +382,12 @@ class SegmentedLog:
         doomed = self.segments[cut:]
         self.close()
         for seg in reversed(doomed):
-            fd = os.open(seg.path, os.O_WRONLY)
+            fd = self.fs.open(seg.path, os.O_WRONLY)
             try:
-                os.ftruncate(fd, 0)
+                self.fs.ftruncate(fd, 0)
                 self._fsync(fd)
             finally:
-                os.close(fd)
+                self.fs.close(fd)
         del self.segments[cut:]
         del self._firsts[cut:]
         if self.segments and self.segments[-1].last_index >= index:
@@ -427,21 +395,22 @@ class SegmentedLog:
             keep = index - seg.first_index
             offset = seg.offsets[keep]
             fd = self._append_fd()
-            os.ftruncate(fd, offset)
+            self.fs.ftruncate(fd, offset)
             self._fsync(fd)
             synced.add(id(seg))
             del seg.offsets[keep:]
             del seg.terms[keep:]
             seg.size = offset
         for seg in doomed:
-            seg.path.unlink()
+            self.fs.unlink(seg.path)
         return bool(doomed)
 
     def _new_segment(self, first_index: int) -> Segment:
         self.close()
         path = self.directory / segment_name(first_index)
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+            self._fd = self.fs.open(path, flags, 0o644)
         except FileExistsError:
             raise StorageError(f"log file {path} already exists; the log index is stale") from None
         seg = Segment(first_index, path)
@@ -451,7 +420,7 @@ class SegmentedLog:
 
     def _append_fd(self) -> int:
         if self._fd is None:
-            self._fd = os.open(self.segments[-1].path, os.O_WRONLY | os.O_APPEND)
+            self._fd = self.fs.open(self.segments[-1].path, os.O_WRONLY | os.O_APPEND)
         return self._fd
 
     def compact_before(self, index: int) -> int:
@@ -461,7 +430,7 @@ class SegmentedLog:
             seg = self.segments[0]
             if len(self.segments) == 1:
                 self.close()
-            seg.path.unlink()
+            self.fs.unlink(seg.path)
             self._fsync_directory()
             del self.segments[0]
             del self._firsts[0]
@@ -472,12 +441,12 @@ class SegmentedLog:
         """Close the append descriptor; the log can still be written (it reopens on demand)."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            os.close(fd)
+            self.fs.close(fd)
 
     def _fsync(self, fd: int) -> None:
-        fsync_fd(fd)
+        self.fs.fsync(fd)
         self.fsyncs += 1
 
     def _fsync_directory(self) -> None:
-        fsync_directory(self.directory)
+        fsync_directory(self.fs, self.directory)
         self.fsyncs += 1

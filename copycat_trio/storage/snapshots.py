@@ -27,7 +27,7 @@ import attrs
 import trio
 
 from .errors import StorageCorruptionError, StorageError
-from .segments import fsync_directory, fsync_fd, make_directory, write_all
+from .fs import OS, FileSystem, fsync_directory, make_directory, run_blocking, write_all
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ def _corrupt(path: Path, offset: int, problem: str) -> StorageCorruptionError:
     )
 
 
-def _read_header(fd: int, path: Path) -> SnapshotInfo:
+def _read_header(fs: FileSystem, fd: int, path: Path) -> SnapshotInfo:
     """Parse and check a snapshot's header and file length (not the data checksum)."""
-    head = os.pread(fd, HEADER_SIZE, 0)
+    head = fs.pread(fd, HEADER_SIZE, 0)
     if len(head) < HEADER_SIZE:
         raise _corrupt(path, len(head), f"the file is {len(head)} bytes, shorter than its header")
     magic, index, term, length, _ = _HEAD.unpack_from(head)
@@ -79,23 +79,24 @@ def _read_header(fd: int, path: Path) -> SnapshotInfo:
     match = _NAME.match(path.name)
     if match is None or (int(match.group(1)), int(match.group(2))) != (index, term):
         raise _corrupt(path, 0, f"the header says index {index}, term {term}, unlike the name")
-    actual = os.fstat(fd).st_size
+    actual = fs.fstat_size(fd)
     if actual != HEADER_SIZE + length:
         problem = f"the header promises {length} data bytes but {actual - HEADER_SIZE} are there"
         raise _corrupt(path, min(actual, HEADER_SIZE + length), problem)
     return SnapshotInfo(index, term, path, length)
 
 
-def _data_crc(fd: int) -> int:
-    _, _, _, _, crc = _HEAD.unpack(os.pread(fd, _HEAD.size, 0))
+def _data_crc(fs: FileSystem, fd: int) -> int:
+    _, _, _, _, crc = _HEAD.unpack(fs.pread(fd, _HEAD.size, 0))
     return int(crc)
 
 
 class SnapshotWriter:
     """Streams one snapshot's data to its temp file; see SnapshotStore.create."""
 
-    def __init__(self, fd: int, path: Path) -> None:
+    def __init__(self, fd: int, path: Path, fs: FileSystem = OS) -> None:
         self._fd = fd
+        self.fs = fs
         self.path = path
         """The temp file being written."""
         self._crc = 0
@@ -107,7 +108,7 @@ class SnapshotWriter:
         """Append a chunk (its size is the caller's choice; nothing is kept in memory)."""
         if self._fd < 0:
             raise StorageError(f"snapshot {self.path} is no longer open for writing")
-        await trio.to_thread.run_sync(write_all, self._fd, data)
+        await run_blocking(self.fs, write_all, self.fs, self._fd, data)
         self._crc = zlib.crc32(data, self._crc)
         self.bytes_written += len(data)
 
@@ -115,8 +116,9 @@ class SnapshotWriter:
 class SnapshotReader:
     """Streams a verified snapshot's data; see SnapshotStore.open."""
 
-    def __init__(self, fd: int, info: SnapshotInfo, expected_crc: int) -> None:
+    def __init__(self, fd: int, info: SnapshotInfo, expected_crc: int, fs: FileSystem = OS) -> None:
         self._fd = fd
+        self.fs = fs
         self.info = info
         self._expected_crc = expected_crc
         self._crc = 0
@@ -137,7 +139,7 @@ class SnapshotReader:
             await trio.lowlevel.checkpoint()
             return b""
         offset = HEADER_SIZE + self._position
-        data = await trio.to_thread.run_sync(os.pread, self._fd, want, offset)
+        data = await run_blocking(self.fs, self.fs.pread, self._fd, want, offset)
         if len(data) < want:
             raise _corrupt(self.info.path, offset + len(data), "the file was cut while reading")
         self._crc = zlib.crc32(data, self._crc)
@@ -151,34 +153,41 @@ class SnapshotStore:
     """Snapshots in ``<directory>/snapshots``, newest `keep` kept. Use one store per directory
     at a time (DiskStorage creates it under its LOCK): opening removes leftover temp files."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, keep: int = 2) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], *, keep: int = 2, fs: FileSystem = OS
+    ) -> None:
         if type(keep) is not int or keep < 1:
             raise ValueError(f"keep must be a positive integer, not {keep!r}")
         self.directory = Path(directory) / "snapshots"
         self.keep = keep
-        make_directory(self.directory)
-        leftovers = [path for path in self.directory.iterdir() if path.name.endswith(".tmp")]
+        self.fs = fs
+        self.inline_snapshots = fs.inline
+        """Whether servers run snapshot code on the Trio thread (see executor.runs_inline)."""
+        make_directory(fs, self.directory)
+        leftovers = [
+            self.directory / name for name in fs.listdir(self.directory) if name.endswith(".tmp")
+        ]
         for path in leftovers:
             log.info("removing %s, left by a snapshot write that did not finish", path)
-            path.unlink()
+            fs.unlink(path)
         if leftovers:
-            fsync_directory(self.directory)
+            fsync_directory(fs, self.directory)
 
     def _names(self) -> list[tuple[int, int, Path]]:
         """(index, term, path) of every complete snapshot, oldest first, from names only."""
         found = []
-        for path in self.directory.iterdir():
-            match = _NAME.match(path.name)
+        for name in self.fs.listdir(self.directory):
+            match = _NAME.match(name)
             if match is not None:
-                found.append((int(match.group(1)), int(match.group(2)), path))
+                found.append((int(match.group(1)), int(match.group(2)), self.directory / name))
         return sorted(found)
 
     def _info(self, path: Path) -> SnapshotInfo:
-        fd = os.open(path, os.O_RDONLY)
+        fd = self.fs.open(path, os.O_RDONLY)
         try:
-            return _read_header(fd, path)
+            return _read_header(self.fs, fd, path)
         finally:
-            os.close(fd)
+            self.fs.close(fd)
 
     async def list_all(self) -> list[SnapshotInfo]:
         """Every complete snapshot, oldest first, each header checked."""
@@ -186,7 +195,7 @@ class SnapshotStore:
         def scan() -> list[SnapshotInfo]:
             return [self._info(path) for _, _, path in self._names()]
 
-        return await trio.to_thread.run_sync(scan)
+        return await run_blocking(self.fs, scan)
 
     async def latest(self) -> SnapshotInfo | None:
         """The newest snapshot (by index), its header checked; None if there is none.
@@ -199,7 +208,7 @@ class SnapshotStore:
             names = self._names()
             return self._info(names[-1][2]) if names else None
 
-        return await trio.to_thread.run_sync(newest)
+        return await run_blocking(self.fs, newest)
 
     def create(self, index: int, term: int) -> AbstractAsyncContextManager[SnapshotWriter]:
         """``async with store.create(index, term) as writer: await writer.write(chunk)``.
@@ -218,61 +227,63 @@ class SnapshotStore:
         final = self.directory / _snapshot_name(index, term)
         temp = final.with_name(f"{final.name}.{os.getpid()}-{next(_tokens)}.tmp")
 
+        fs = self.fs
+
         def start() -> int:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = fs.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                write_all(fd, bytes(HEADER_SIZE))
+                write_all(fs, fd, bytes(HEADER_SIZE))
             except BaseException:
-                os.close(fd)
-                temp.unlink()
+                fs.close(fd)
+                fs.unlink(temp)
                 raise
             return fd
 
-        fd = await trio.to_thread.run_sync(start)
-        writer = SnapshotWriter(fd, temp)
+        fd = await run_blocking(fs, start)
+        writer = SnapshotWriter(fd, temp, fs)
         try:
             yield writer
         except BaseException:
             writer._fd = -1
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._discard, fd, temp)
+                await run_blocking(fs, self._discard, fd, temp)
             raise
         writer._fd = -1
         info = SnapshotInfo(index, term, final, writer.bytes_written)
         head = _HEAD.pack(SNAPSHOT_MAGIC, index, term, writer.bytes_written, writer._crc)
         head += _CRC.pack(zlib.crc32(head))
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self._commit, fd, head, temp, final)
+            await run_blocking(fs, self._commit, fd, head, temp, final)
         writer.info = info
-        await trio.to_thread.run_sync(self._prune)
+        await run_blocking(fs, self._prune)
 
     def _commit(self, fd: int, head: bytes, temp: Path, final: Path) -> None:
         """Header, fsync, rename, fsync the directory; the temp file goes if any step fails."""
+        fs = self.fs
         try:
             try:
-                os.pwrite(fd, head, 0)
-                fsync_fd(fd)
+                fs.pwrite(fd, head, 0)
+                fs.fsync(fd)
             finally:
-                os.close(fd)
-            os.replace(temp, final)
+                fs.close(fd)
+            fs.replace(temp, final)
         except BaseException:
-            temp.unlink(missing_ok=True)
+            fs.unlink(temp, missing_ok=True)
             raise
-        fsync_directory(self.directory)
+        fsync_directory(fs, self.directory)
 
-    @staticmethod
-    def _discard(fd: int, temp: Path) -> None:
-        os.close(fd)
-        temp.unlink(missing_ok=True)
+    def _discard(self, fd: int, temp: Path) -> None:
+        self.fs.close(fd)
+        self.fs.unlink(temp, missing_ok=True)
 
     def _prune(self) -> None:
         names = self._names()
         doomed = names[: max(0, len(names) - self.keep)]
         for _, _, path in doomed:
             log.info("removing old snapshot %s", path)
-            path.unlink()
+            self.fs.unlink(path)
         if doomed:
-            fsync_directory(self.directory)
+            fsync_directory(self.fs, self.directory)
 
     def open(self, info: SnapshotInfo) -> AbstractAsyncContextManager[SnapshotReader]:
         """``async with store.open(info) as reader: await reader.read(n)``.
@@ -284,32 +295,34 @@ class SnapshotStore:
 
     @asynccontextmanager
     async def _open(self, info: SnapshotInfo) -> AsyncIterator[SnapshotReader]:
+        fs = self.fs
+
         def verify() -> tuple[int, int]:
-            fd = os.open(info.path, os.O_RDONLY)
+            fd = fs.open(info.path, os.O_RDONLY)
             try:
-                found = _read_header(fd, info.path)
+                found = _read_header(fs, fd, info.path)
                 if found != info:
                     raise _corrupt(info.path, 0, f"the header describes {found}, not {info}")
                 crc = 0
                 offset = HEADER_SIZE
                 while offset < HEADER_SIZE + info.size:
-                    chunk = os.pread(fd, min(CHUNK_SIZE, HEADER_SIZE + info.size - offset), offset)
+                    chunk = fs.pread(fd, min(CHUNK_SIZE, HEADER_SIZE + info.size - offset), offset)
                     if not chunk:
                         raise _corrupt(info.path, offset, "the file was cut while verifying")
                     crc = zlib.crc32(chunk, crc)
                     offset += len(chunk)
-                expected = _data_crc(fd)
+                expected = _data_crc(fs, fd)
                 if crc != expected:
                     raise _corrupt(info.path, HEADER_SIZE, "data checksum mismatch")
                 return fd, expected
             except BaseException:
-                os.close(fd)
+                fs.close(fd)
                 raise
 
-        fd, expected = await trio.to_thread.run_sync(verify)
-        reader = SnapshotReader(fd, info, expected)
+        fd, expected = await run_blocking(fs, verify)
+        reader = SnapshotReader(fd, info, expected, fs)
         try:
             yield reader
         finally:
             reader._fd = -1
-            os.close(fd)
+            fs.close(fd)
