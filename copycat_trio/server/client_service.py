@@ -418,6 +418,8 @@ class ClientService:
         self, request: QueryRequest, error: Callable[[ErrorInfo], QueryResponse]
     ) -> QueryResponse:
         session = self.executor.session(request.session)
+        if session is None and request.session > self.executor.applied_index.value:
+            return error(ErrorInfo(ErrorType.QUERY, "this member is behind the session's register"))
         if session is None:
             return error(ErrorInfo(ErrorType.UNKNOWN_SESSION, f"unknown session {request.session}"))
         # Read after the session's own earlier commands (its sequence), wherever they are.

@@ -198,3 +198,22 @@ async def test_commands_submitted_to_a_leaderless_cluster_cause_no_request_storm
         # The commands' own back-offs send about 950 requests here (two members a round); the
         # oldest pending one's extra rounds, one per 50 ms, a few dozen.
         assert sent < 1200, f"{sent} requests"
+
+
+async def test_a_member_behind_a_sessions_registration_does_not_call_it_unknown(
+    autojump_clock,
+) -> None:
+    async with open_memory_cluster(3, KeyValueStore, request_timeout=1.0) as cluster:
+        leader = await cluster.wait_for_leader()
+        lagging = next(i for i in (1, 2, 3) if i != leader)
+        cluster.isolate(lagging)  # it never hears of the session's registration
+        async with cluster.client([leader]) as client:
+            # A query that names no index to wait for (as clients before issue 10 sent them).
+            query = QueryRequest(
+                session=client.session_id,
+                index=0,
+                operation=Get("k"),
+                consistency=Consistency.SEQUENTIAL,
+            )
+            answer = await client._pool.request(cluster.address(lagging), query, 5.0)
+            assert answer.error is not None and answer.error.type is ErrorType.QUERY
