@@ -217,3 +217,22 @@ async def test_a_member_behind_a_sessions_registration_does_not_call_it_unknown(
             )
             answer = await client._pool.request(cluster.address(lagging), query, 5.0)
             assert answer.error is not None and answer.error.type is ErrorType.QUERY
+
+
+async def test_known_reserve_members_are_tried_last(autojump_clock) -> None:
+    async with open_memory_cluster(3, KeyValueStore) as cluster:
+        leader = await cluster.wait_for_leader()
+        follower = next(i for i in (1, 2, 3) if i != leader)
+        reserve = await cluster.join(4, via=[leader], member_type=MemberType.RESERVE)
+        await wait_until(lambda: types(reserve).get(4) is MemberType.RESERVE)
+        addresses = [leader, 4, follower]
+        async with cluster.client(addresses, request_timeout=1.0) as client:
+            await client.submit(Put("k", 1))
+            await wait_until(lambda: any(m.id == 4 for m in client.members))
+            answers = Answers(client)
+            cluster.network.cut("client", cluster.address(leader))
+            assert await client.submit(Put("k", 2)) == 1
+            assert next(a for a, *_ in answers.seen if a != cluster.address(leader)) == (
+                cluster.address(follower)
+            )
+            assert cluster.address(4) not in [a for a, *_ in answers.seen]
