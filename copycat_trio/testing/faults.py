@@ -10,6 +10,9 @@ Faults:
   sides not each other), one-way (a member's messages to the others are lost, theirs reach it);
 - crashes: a member stops at once and later restarts from its SimDisk (which keeps only what
   was durably saved); sometimes it is crashed in the middle of a save, keeping a prefix of it;
+- lease restarts: the leader is cut off from one follower until that follower campaigns,
+  another follower crashes and starts again at once, right after acknowledging the leader, and
+  often the leader is then cut off from it too: the leader's lease rests on that acknowledgement;
 - pauses: a member freezes (its raft loop stops, its traffic is held) for longer than its
   lease, then resumes and receives everything at once, as after a long GC pause or SIGSTOP;
 - clock jumps: a member's wall clock (its log timestamps, when it leads) jumps forward;
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from ..core.raft import Role
 from ..protocol.messages import MemberType
 from ..transport.memory import LinkFaults
 
@@ -46,6 +50,8 @@ class FaultMix:
 
     partitions: float = 0.0
     crashes: float = 0.0
+    lease_restarts: float = 0.0
+    """Crash-restarts timed inside the leader's lease, together with a partition."""
     pauses: float = 0.0
     clock_jumps: float = 0.0
     disk_stalls: float = 0.0
@@ -76,6 +82,7 @@ class FaultMix:
         return {
             "partition": self.partitions,
             "crash": self.crashes,
+            "lease_restart": self.lease_restarts,
             "pause": self.pauses,
             "clock": self.clock_jumps,
             "stall": self.disk_stalls,
@@ -116,6 +123,7 @@ class FaultMix:
         if profile == "crashes":
             return cls(
                 crashes=1,
+                lease_restarts=0.3,
                 torn_saves=rng.choice([0.3, 0.8]),
                 correlated_crashes=rng.choice([0.1, 0.4]),
                 concurrency=rng.choice([1, 2]),
@@ -142,6 +150,7 @@ class FaultMix:
             return cls(
                 partitions=1,
                 crashes=1,
+                lease_restarts=0.3,
                 pauses=0.5,
                 clock_jumps=0.3,
                 disk_stalls=0.3,
@@ -341,6 +350,61 @@ class FaultInjector:
     async def _crash_one(self, victim: int, torn: bool, within: float) -> None:
         if await self.sim.crash(victim, during_save=torn, within=within):
             self.crashed.add(victim)
+
+    async def _episode_lease_restart(self, length: float) -> None:
+        """Issue 10's race. The leader L is cut off from follower B until B's election timer
+        has fired; the clients are cut off from L and A except one, which can reach only L
+        (so nothing lengthens L's log past B's but that client's keep-alives). Follower A then
+        crashes and starts again at once, just after acknowledging a heartbeat round of L's,
+        and L is cut off from A too (most of the time); once A is up, B's timer fires again.
+        L still holds a lease that counts on A's acknowledgement while B asks for A's vote."""
+        leaders = self.sim.current_leaders()
+        if self.partitioned or len(leaders) != 1 or leaders[0] in self.busy:
+            return
+        leader = leaders[0]
+        followers = [i for i in self._available() if i != leader]
+        if len(followers) < 2:
+            return
+        cut_off, victim = self.rng.sample(followers, 2)
+        cluster, config = self.sim.cluster, self.sim.config
+        address = cluster.address
+        self.partitioned = True
+        self.busy.update((leader, cut_off, victim))
+        try:
+            cluster.partition([leader], [cut_off])
+            hosts = sorted(self.sim.client_hosts)
+            reader = self.rng.choice(hosts) if hosts else None
+            for host in hosts:
+                for member_id in [cut_off, victim] if host == reader else [leader, victim]:
+                    cluster.network.cut(host, address(member_id))
+            self.sim.trace.record(
+                "fault",
+                f"lease restart: leader {leader} cut off from {cut_off} (and clients but "
+                f"{reader}), {victim} next",
+            )
+            await trio.sleep(config.election_timeout * self.rng.uniform(1.0, 2.0))
+            await trio.sleep(self.rng.uniform(0.0, config.heartbeat_interval))
+            if not await self.sim.crash(victim):
+                return
+            self.sim.restart(victim)
+            if self.rng.random() < 0.8:
+                cluster.partition([leader], [victim])
+                self.sim.trace.record("fault", f"leader {leader} cut off from {victim} too")
+            with trio.move_on_after(config.election_timeout):
+                while victim not in cluster.servers or cluster.servers[victim]._loop is None:
+                    await trio.sleep(0.001)
+                await trio.sleep(self.rng.uniform(0.0, 0.01))
+                server = cluster.servers.get(cut_off)
+                loop = server._loop if server is not None else None
+                if loop is not None and loop.core.role is not Role.LEADER:
+                    self.sim.trace.record("fault", f"{cut_off}'s election timer fires")
+                    await loop.call(lambda core, now: core.campaign(now))
+            await trio.sleep(length)
+        finally:
+            cluster.network.heal()
+            self.partitioned = False
+            self.busy.difference_update((leader, cut_off, victim))
+            self.sim.trace.record("heal", "lease restart healed")
 
     async def _episode_pause(self, length: float) -> None:
         victim = self._pick(self._available(), leader_bias=0.7)
