@@ -5,12 +5,14 @@ Blocking code throughout: DiskStorage runs it in a worker thread. Layout of ``<d
     00000000000000000001.log    entries 1..1000   (named by its first index, 20 digits)
     00000000000000001001.log    entries 1001..    (the last file is the one appended to)
 
-A record is a 28-byte big-endian header, then the payload (a codec-encoded entry)::
+A record is a 32-byte big-endian header, then the payload (a codec-encoded entry)::
 
-    magic b"\\xc5\\x1e" | version u8 = 1 | reserved u8 = 0 | length u32 | term u64 | index u64 |
-    crc u32
+    magic b"\\xc5\\x1e" | version u8 = 2 | flags u8 = 0 | length u32 | term u64 | index u64 |
+    position u32 | crc u32
 
-``crc`` is zlib's CRC-32 over the first 24 header bytes followed by the payload.
+``crc`` is zlib's CRC-32 over the first 28 header bytes followed by the payload. ``position`` is
+the record's place in its write (0 for the first record a save appends), so recovery can tell
+which write a record belongs to. Version 1 records (28-byte header, no position) are still read.
 
 Durability rules (each save fsyncs every file it touches once, and the directory at most once):
 
@@ -24,18 +26,20 @@ Durability rules (each save fsyncs every file it touches once, and the directory
   because new data must never share an unsynced file with a cut that is not yet durable.
 * Compaction unlinks whole leading files, oldest first, fsyncing the directory after each.
 
-Recovery scans every file. Bytes that fail to parse or match their checksum at the end of the last
-non-empty file, with no valid record anywhere after them, are a torn tail (a crash during an
-unacknowledged write) if a torn write can explain them: the record is incomplete (fewer bytes than
-its header promises, or not even a header), or one of its sectors (512 bytes, by file offset) is
-all zeros, as an unwritten sector reads after a crash. They are cut off and logged. A complete
-record with no zeroed sector that fails its checksum (or that verifies once its magic, version and
-reserved bytes are put right) was damaged after it was written, and may have been acknowledged:
-cutting it would make this member forget an entry that counted toward a commit. So it, and
-anything else (bad data followed by a valid record, a bad record in an earlier file, a gap, an
-overlap, an index out of sequence, a decreasing term) raises StorageCorruptionError naming the file
-and offset: the server refuses to start rather than diverge. What a torn write can still hide: a
-flipped bit in the length field that makes the last record look longer than the file.
+Recovery scans every file. A crash tears only the last write (each earlier one was fsynced), and
+tears it by sector (512 bytes, by file offset): each sector of it is on disk or not, in any order,
+and one that is not reads as zeros. So a bad record in the last non-empty file is a torn tail, cut
+off with everything after it (and logged), when a torn write explains it: the record is incomplete
+(fewer bytes than its header promises, or not even a header) or has an all-zero sector, and every
+valid record after it belongs to the same write (its index minus its position is at most the bad
+record's index). A complete record with no zeroed sector that fails its checksum (or that
+verifies once its magic, version and flags are put right) was damaged after it was written, and
+may have been acknowledged: cutting it would make this member forget an entry that counted toward
+a commit. So it, and anything else (damage followed by a later write, a bad record in an earlier
+file, a gap, an overlap, an index out of sequence, a decreasing term) raises
+StorageCorruptionError naming the file and offset: the server refuses to start rather than
+diverge. What a torn write can still hide: a flipped bit in a length field that makes the last
+record look longer than the file, and a zeroed sector in the last write that is really damage.
 """
 
 from __future__ import annotations
@@ -61,23 +65,26 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 MAGIC = b"\xc5\x1e"
-VERSION = 1
-_HEAD = struct.Struct(">2sBBIQQ")
-"""The CRC-covered part of a record header: magic, version, reserved, length, term, index."""
+VERSION = 2
+"""Version of the records written; version 1 (no position field) is still read."""
+_PREFIX = struct.Struct(">2sBBI")
+"""magic, version, flags (0), payload length: where every version's header starts."""
+_HEADS = {1: struct.Struct(">2sBBIQQ"), 2: struct.Struct(">2sBBIQQI")}
+"""The CRC-covered part of a header by version: the prefix, term, index (and position)."""
 _CRC = struct.Struct(">I")
-HEADER_SIZE = _HEAD.size + _CRC.size
-"""Bytes before a record's payload (28)."""
+HEADER_SIZE = _HEADS[2].size + _CRC.size
+"""Bytes before a record's payload (32; 28 in version 1 records)."""
 MAX_PAYLOAD = 2**32 - 1
 _NAME = re.compile(r"^(\d{20})\.log$")
 
 
-def encode_record(term: int, index: int, payload: bytes) -> bytes:
-    """One record: header with CRC, then the payload."""
+def encode_record(term: int, index: int, payload: bytes, *, position: int = 0) -> bytes:
+    """One record: header with CRC, then the payload; `position` is its place in its write."""
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(
             f"entry {index} encodes to {len(payload)} bytes; the limit is {MAX_PAYLOAD}"
         )
-    head = _HEAD.pack(MAGIC, VERSION, 0, len(payload), term, index)
+    head = _HEADS[2].pack(MAGIC, VERSION, 0, len(payload), term, index, position)
     return head + _CRC.pack(zlib.crc32(payload, zlib.crc32(head))) + payload
 
 
@@ -123,26 +130,44 @@ def _corrupt(path: Path, offset: int, problem: str) -> StorageCorruptionError:
     )
 
 
-def _check_record(data: bytes, pos: int) -> tuple[int, int, int] | str:
-    """(term, index, payload length) of the record at `pos`, or why there is none."""
+@attrs.frozen
+class _Header:
+    version: int
+    term: int
+    index: int
+    length: int
+    """Payload bytes."""
+    position: int
+    """Place in its write (0: the write's first record); 0 in version 1 records."""
+    size: int
+    """Header bytes."""
+
+
+def _check_record(data: bytes, pos: int) -> _Header | str:
+    """The header of the checksum-valid record at `pos`, or why there is none."""
     available = len(data) - pos
-    if available < HEADER_SIZE:
-        return f"incomplete record header ({available} of {HEADER_SIZE} bytes)"
-    magic, version, reserved, length, term, index = _HEAD.unpack_from(data, pos)
+    if available < _PREFIX.size:
+        return f"incomplete record header ({available} bytes)"
+    magic, version, flags, length = _PREFIX.unpack_from(data, pos)
     if magic != MAGIC:
         return "no record starts here (bad magic)"
-    if version != VERSION:
+    head = _HEADS.get(version)
+    if head is None:
         return f"unknown record version {version}"
-    if reserved:
-        return "nonzero reserved header byte"
-    end = pos + HEADER_SIZE + length
+    if flags:
+        return "nonzero flags header byte"
+    size = head.size + _CRC.size
+    if available < size:
+        return f"incomplete record header ({available} of {size} bytes)"
+    _, _, _, _, term, index, *position = head.unpack_from(data, pos)
+    end = pos + size + length
     if end > len(data):
-        return f"incomplete record ({available - HEADER_SIZE} of {length} payload bytes)"
-    (crc,) = _CRC.unpack_from(data, pos + _HEAD.size)
+        return f"incomplete record ({available - size} of {length} payload bytes)"
+    (crc,) = _CRC.unpack_from(data, pos + head.size)
     view = memoryview(data)
-    if zlib.crc32(view[pos + HEADER_SIZE : end], zlib.crc32(view[pos : pos + _HEAD.size])) != crc:
+    if zlib.crc32(view[pos + size : end], zlib.crc32(view[pos : pos + head.size])) != crc:
         return "checksum mismatch"
-    return term, index, length
+    return _Header(version, term, index, length, position[0] if position else 0, size)
 
 
 SECTOR = 512
@@ -150,46 +175,58 @@ SECTOR = 512
 
 
 def _damaged_complete_record(data: bytes, pos: int) -> str | None:
-    """Why the bad record at `pos`, with nothing valid after it, is damage rather than a torn
-    write; None if a torn write can explain it.
+    """Why the bad record at `pos` is damage rather than a torn write; None if a torn write
+    can explain it.
 
     A torn write leaves fewer bytes than the header promises, or sectors that were never written
     and read as zeros (or, for the header, bytes that are no record at all). A record whose bytes
     are all there, with no zeroed sector, that fails its checksum was damaged after it was
     written, and may have been acknowledged; so is a complete record that verifies once its
-    fixed header bytes (magic, version, reserved) are put right.
+    fixed header bytes (magic, version, flags) are put right.
     """
-    if len(data) - pos < HEADER_SIZE:
+    if len(data) - pos < _PREFIX.size:
         return None
-    magic, version, reserved, length, term, index = _HEAD.unpack_from(data, pos)
-    end = pos + HEADER_SIZE + length
-    if end > len(data):
-        return None
-    first = pos // SECTOR * SECTOR
-    for sector in range(first, end, SECTOR):
-        chunk = data[max(sector, pos) : min(sector + SECTOR, len(data))]
-        if chunk.count(0) == len(chunk):
+    magic, version, flags, length = _PREFIX.unpack_from(data, pos)
+    intact = magic == MAGIC and version in _HEADS and not flags
+    for form, head in _HEADS.items():
+        if intact and form != version:
+            continue
+        end = pos + head.size + _CRC.size + length
+        if end > len(data):
+            continue  # incomplete: what a torn write leaves
+        first = pos // SECTOR * SECTOR
+        if any(
+            not data[max(sector, pos) : min(sector + SECTOR, len(data))].strip(b"\0")
+            for sector in range(first, end, SECTOR)
+        ):
             return None  # a sector the crash did not write
-    (crc,) = _CRC.unpack_from(data, pos + _HEAD.size)
-    payload = memoryview(data)[pos + HEADER_SIZE : end]
-    what = f"a complete record ({length} payload bytes, index {index}, term {term})"
-    if (magic, version, reserved) == (MAGIC, VERSION, 0):
-        return f"{what} fails its checksum: the bytes were damaged after they were written"
-    head = _HEAD.pack(MAGIC, VERSION, 0, length, term, index)
-    if zlib.crc32(payload, zlib.crc32(head)) == crc:
-        return f"{what} has a damaged magic, version or reserved byte"
+        _, _, _, _, term, index, *_ = head.unpack_from(data, pos)
+        what = f"a complete record ({length} payload bytes, index {index}, term {term})"
+        if intact:
+            return f"{what} fails its checksum: the bytes were damaged after they were written"
+        fixed = bytearray(data[pos : pos + head.size])
+        fixed[: _PREFIX.size] = _PREFIX.pack(MAGIC, form, 0, length)
+        (crc,) = _CRC.unpack_from(data, pos + head.size)
+        if zlib.crc32(data[pos + head.size + _CRC.size : end], zlib.crc32(fixed)) == crc:
+            return f"{what} has a damaged magic, version or flags byte"
     return None
 
 
-def _find_valid_record(data: bytes, start: int, after_index: int) -> int | None:
-    """Offset of any checksum-valid record at or after `start` with an index past `after_index`."""
-    pos = data.find(MAGIC, start)
-    while pos != -1:
-        if len(data) - pos >= HEADER_SIZE and _HEAD.unpack_from(data, pos)[5] > after_index:
-            found = _check_record(data, pos)
-            if not isinstance(found, str):
-                return pos
-        pos = data.find(MAGIC, pos + 1)
+def _later_write(data: bytes, start: int, index: int) -> int | None:
+    """The offset of a valid record at or after `start` that belongs to a write begun after
+    entry `index` (or is of version 1, which cannot say), or None if every valid record from
+    `start` on belongs to the write holding `index`: a torn last write then explains the damage
+    to `index`."""
+    found = data.find(MAGIC, start)
+    while found != -1:
+        header = _check_record(data, found)
+        if (
+            not isinstance(header, str)
+            and header.index > index
+            and (header.version == 1 or header.index - header.position > index)
+        ):
+            return found
+        found = data.find(MAGIC, found + 1)
     return None
 
 
@@ -281,13 +318,13 @@ class SegmentedLog:
                 if isinstance(found, str):
                     if i != last_nonempty:
                         raise _corrupt(path, pos, found + " in a file that is not the last one")
-                    later = _find_valid_record(data, pos + 1, expected - 1)
-                    if later is not None:
-                        problem = f"{found}, yet a valid record follows at offset {later}"
-                        raise _corrupt(path, pos, problem)
                     damage = _damaged_complete_record(data, pos)
                     if damage is not None:
                         raise _corrupt(path, pos, damage + " (not a torn write)")
+                    later = _later_write(data, pos + 1, expected)
+                    if later is not None:
+                        problem = f"{found}, yet a later write follows (at offset {later})"
+                        raise _corrupt(path, pos, problem)
                     log.warning(
                         "log file %s: cutting a torn tail of %d bytes at offset %d (%s); a crash "
                         "interrupted a write that was never acknowledged",
@@ -298,12 +335,12 @@ class SegmentedLog:
                     )
                     cut = (path, pos)
                     break
-                term, index, length = found
+                term, index, length = found.term, found.index, found.length
                 if index != expected:
                     raise _corrupt(path, pos, f"the record has index {index}, expected {expected}")
                 if term < prev_term:
                     raise _corrupt(path, pos, f"term {term} follows term {prev_term}")
-                start = pos + HEADER_SIZE
+                start = pos + found.size
                 out.append(decode(RawRecord(path, pos, term, index, data[start : start + length])))
                 seg.offsets.append(pos)
                 seg.terms.append(term)
@@ -362,8 +399,8 @@ class SegmentedLog:
             offsets = array("Q")
             terms = array("Q")
             pos = seg.size
-            for term, index, payload in records:
-                record = encode_record(term, index, payload)
+            for position, (term, index, payload) in enumerate(records):
+                record = encode_record(term, index, payload, position=position)
                 chunks.append(record)
                 offsets.append(pos)
                 terms.append(term)

@@ -6,15 +6,20 @@ import contextlib
 import logging
 import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from copycat_trio.core.raft import HardState
+from copycat_trio.protocol.codec import registry
 from copycat_trio.protocol.messages import Entry
 from copycat_trio.storage import (
     DiskStorage,
+    Meta,
+    MetaStore,
     StorageCorruptionError,
     StorageError,
     StorageFailedError,
@@ -91,7 +96,7 @@ async def test_zeros_after_the_last_record_are_a_torn_tail(tmp_path: Path) -> No
     assert segment.stat().st_size == size
 
 
-@pytest.mark.parametrize("where", ["payload", "crc", "magic", "version", "term"])
+@pytest.mark.parametrize("where", ["payload", "crc", "magic", "version", "term", "position"])
 async def test_a_flipped_bit_in_a_complete_last_record_refuses_to_start(
     tmp_path: Path, where: str
 ) -> None:
@@ -100,7 +105,14 @@ async def test_a_flipped_bit_in_a_complete_last_record_refuses_to_start(
     await write_log(tmp_path, [entries(1, 4, size=64), [entry(5, size=64)]])
     (segment,) = segment_files(tmp_path)
     offset = record_offsets(segment)[-1]
-    delta = {"payload": HEADER_SIZE + 30, "crc": 25, "magic": 1, "version": 2, "term": 12}[where]
+    delta = {
+        "payload": HEADER_SIZE + 30,
+        "crc": 29,
+        "magic": 1,
+        "version": 2,
+        "term": 12,
+        "position": 25,
+    }[where]
     flip_bit(segment, offset + delta, bit=3)
     original = segment.read_bytes()
     with pytest.raises(StorageCorruptionError) as caught:
@@ -137,7 +149,7 @@ async def test_a_flipped_bit_followed_by_valid_records_refuses_to_start(
     await write_log(tmp_path, [entries(1, 5, size=64), entries(6, 8, size=64)])
     (segment,) = segment_files(tmp_path)
     offset = record_offsets(segment)[3]
-    delta = {"payload": HEADER_SIZE + 10, "length": 6, "index": 23, "magic": 0, "crc": 25}[where]
+    delta = {"payload": HEADER_SIZE + 10, "length": 6, "index": 23, "magic": 0, "crc": 29}[where]
     flip_bit(segment, offset + delta, bit=4)
     original = segment.read_bytes()
     with pytest.raises(StorageCorruptionError) as caught:
@@ -249,3 +261,63 @@ async def test_a_crash_at_any_fsync_of_a_truncating_save_leaves_a_consistent_log
         assert loaded in (new, *(old[:n] for n in range(4, 13))), crash_at
         indexes = [e.index for e in loaded]
         assert indexes == list(range(1, len(loaded) + 1))
+
+
+@pytest.mark.parametrize("damaged", [4, 5])
+async def test_a_torn_write_that_is_not_a_prefix_is_cut_at_its_first_lost_sector(
+    tmp_path: Path, damaged: int
+) -> None:
+    """A crash may persist later sectors of a write but not earlier ones (the device reorders
+    them): the surviving records of that unacknowledged write go with the lost one."""
+    await write_log(tmp_path, [entries(1, 3, size=100), entries(4, 6, size=700)])
+    (segment,) = segment_files(tmp_path)
+    offset = record_offsets(segment)[damaged - 1]
+    data = bytearray(segment.read_bytes())
+    end = (offset // 512 + 1) * 512  # from the record's start to the end of its sector
+    data[offset:end] = bytes(end - offset)
+    segment.write_bytes(bytes(data))
+    loaded = (await reopen(tmp_path))[1]
+    assert loaded == [*entries(1, 3, size=100), *entries(4, damaged - 1, size=700)]
+    assert segment.stat().st_size == offset
+
+
+async def test_an_unwritten_looking_sector_in_an_earlier_write_refuses_to_start(
+    tmp_path: Path,
+) -> None:
+    """Zeros in a write that later writes followed cannot be a torn write: only the last write
+    can be unfinished."""
+    await write_log(tmp_path, [entries(1, 3, size=700), entries(4, 5, size=100)])
+    (segment,) = segment_files(tmp_path)
+    offsets = record_offsets(segment)
+    data = bytearray(segment.read_bytes())
+    start = (offsets[1] // 512 + 1) * 512  # a sector inside record 2, of the first write
+    data[start : start + 512] = bytes(512)
+    segment.write_bytes(bytes(data))
+    with pytest.raises(StorageCorruptionError, match=f"byte offset {offsets[1]}"):
+        await reopen(tmp_path)
+
+
+def version_1_record(term: int, index: int, payload: bytes) -> bytes:
+    """A record as version 1 wrote it: a 28-byte header without the position field."""
+    head = struct.pack(">2sBBIQQ", b"\xc5\x1e", 1, 0, len(payload), term, index)
+    return head + struct.pack(">I", zlib.crc32(payload, zlib.crc32(head))) + payload
+
+
+async def test_version_1_records_are_still_read(tmp_path: Path) -> None:
+    old = entries(1, 4)
+    (tmp_path / "log").mkdir(parents=True)
+    MetaStore(tmp_path).write(Meta(HardState(1, 1)))
+    segment = tmp_path / "log" / f"{1:020d}.log"
+    segment.write_bytes(
+        b"".join(version_1_record(e.term, e.index, registry.encode(e)) for e in old)
+    )
+    async with DiskStorage(tmp_path) as storage:
+        await storage.load()
+        await storage.save(hard_state=HardState(1, 1), truncate_from=None, entries=[entry(5)])
+    assert (await reopen(tmp_path))[1] == entries(1, 5)
+    # A damaged complete record is refused in a version 1 file too.
+    data = bytearray(segment.read_bytes())
+    data[40] ^= 0x01
+    segment.write_bytes(bytes(data))
+    with pytest.raises(StorageCorruptionError, match="byte offset 0"):
+        await reopen(tmp_path)
