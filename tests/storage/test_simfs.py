@@ -54,29 +54,68 @@ def possible(
     return logs + [base + batch[:n] for n in range(1, len(batch) + 1)]
 
 
+def snapshot_data(index: int, term: int) -> bytes:
+    return f"{index}:{term};".encode() * 100
+
+
+def matching(
+    loaded: list[Entry], logs: list[list[Entry]], compacted_upto: int
+) -> list[Entry] | None:
+    """The possible log that `loaded` is, once entries up to `compacted_upto` (covered by a
+    durable snapshot) may be gone from its start."""
+    for log in logs:
+        if loaded == log:
+            return log
+        dropped = len(log) - len(loaded) if loaded else len(log)
+        if 0 < dropped <= compacted_upto and log[dropped:] == loaded:
+            return log
+    return None
+
+
 async def power_loss_run(seed: int, rounds: int = 12) -> None:
     rng = random.Random(seed)
     fs = SimFileSystem(random.Random(f"fs:{seed}"))
     acknowledged: list[Entry] = []
+    """The whole acknowledged log from index 1 (the disk may have compacted its start)."""
     hard_states = [HardState()]
     """The acknowledged hard state, and a pending one a torn save may have written."""
     pending: tuple[int | None, list[Entry]] | None = None
+    snapshot: tuple[int, int] | None = None
+    """The newest acknowledged snapshot (index, term)."""
+    pending_snapshot: tuple[int, int] | None = None
     term = 1
     for round_ in range(rounds):
         fs.die_after(rng.randint(1, 80))
         try:
             async with DiskStorage(DIR, fs=fs, entries_per_segment=4, segment_size=600) as disk:
-                state = await disk.load()
-                loaded = list(state.entries)
                 where = f"seed {seed} round {round_}"
-                assert loaded in possible(acknowledged, pending), where
+                state = await disk.load()
+                info = await disk.snapshots.latest()
+                newest = None if info is None else (info.index, info.term)
+                assert newest in (snapshot, pending_snapshot or snapshot), where
+                if info is not None:
+                    async with disk.snapshots.open(info) as reader:
+                        assert await reader.read(1 << 20) == snapshot_data(info.index, info.term)
+                loaded = list(state.entries)
+                log = matching(loaded, possible(acknowledged, pending), newest[0] if newest else 0)
+                assert log is not None, where
                 assert state.hard_state in hard_states, where
-                acknowledged, hard_states, pending = loaded, [state.hard_state], None
-                term = max(term, state.hard_state.term, *(e.term for e in loaded[-1:]))
+                acknowledged, hard_states, pending = log, [state.hard_state], None
+                snapshot, pending_snapshot = newest, None
+                term = max(term, state.hard_state.term, *(e.term for e in log[-1:]))
                 while True:
                     last = len(acknowledged)
+                    covered = snapshot[0] if snapshot else 0
+                    if last > covered and rng.random() < 0.15:
+                        index = rng.randint(covered + 1, last)
+                        pending_snapshot = (index, acknowledged[index - 1].term)
+                        async with disk.snapshots.create(*pending_snapshot) as writer:
+                            await writer.write(snapshot_data(*pending_snapshot))
+                        snapshot, pending_snapshot = pending_snapshot, None
+                        await disk.compact_before(index + 1 - rng.choice([0, 3]))
+                        continue
                     cut = None
-                    if last > 3 and rng.random() < 0.2:
+                    if last > covered + 3 and rng.random() < 0.2:
                         term += 1
                         cut = rng.randint(last - 3, last)
                     first = cut or last + 1
