@@ -30,12 +30,14 @@ from ..core.raft import HardState
 from ..protocol.codec import TypeRegistry
 from ..protocol.codec import registry as default_registry
 from ..protocol.messages import ENTRY_TYPES, Entry
-from ..storage.disk import encode_entry
+from ..storage.base import StoredState
+from ..storage.disk import DiskStorage, encode_entry
 from ..storage.errors import StorageError
 from ..storage.memory import MemoryStorage
 from ..storage.snapshots import SnapshotInfo, SnapshotReader, SnapshotStore, SnapshotWriter
+from .simfs import PowerLoss, SimFileSystem
 
-__all__ = ["DiskStatistics", "SimDisk", "SimSnapshotStore"]
+__all__ = ["DiskStatistics", "FsDisk", "SimDisk", "SimSnapshotStore"]
 
 
 @attrs.define
@@ -253,3 +255,129 @@ class SimSnapshotStore(SnapshotStore):
             raise StorageError(f"snapshot {info.index}-{info.term} is gone (pruned)")
         await trio.lowlevel.checkpoint()
         yield _Reader(info, data)
+
+
+class FsDisk:
+    """One member's disk as the real DiskStorage on a SimFileSystem that outlives the server:
+    the real file format, fsync order and recovery, under a MockClock. A drop-in for SimDisk as
+    a MemoryCluster storage (same stall, stats, on_torn and crash_on_next_save).
+
+    Every start is a power cycle of the member's machine: `load` first crashes the file system
+    (unsynced writes are torn, unsynced directory changes may be lost), then opens a new
+    DiskStorage on it. A crash in the middle of a save (the server's scope cancelled while the
+    save waits for the disk) lets the save run until a random file operation, where the power
+    goes.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        rng: random.Random,
+        *,
+        latency: float = 0.001,
+        keep_snapshots: int = 2,
+        fs: SimFileSystem | None = None,
+        segment_size: int = 1 << 16,
+        entries_per_segment: int = 64,
+    ) -> None:
+        self.name = name
+        self.rng = rng
+        self.latency = latency
+        self.fs = fs if fs is not None else SimFileSystem(random.Random(rng.random()))
+        self.directory = Path(f"/sim/{name}")
+        self.keep_snapshots = keep_snapshots
+        self.segment_size = segment_size
+        self.entries_per_segment = entries_per_segment
+        """Small files by default, so that runs roll, truncate and compact across files."""
+        self.stats = DiskStatistics()
+        self.on_torn: Callable[[str], None] | None = None
+        self.crash_on_next_save: Callable[[], None] | None = None
+        self._storage: DiskStorage | None = None
+        self._stalled_until = 0.0
+
+    @property
+    def storage(self) -> DiskStorage:
+        if self._storage is None:
+            raise StorageError(f"{self.name}: load() first")
+        return self._storage
+
+    @property
+    def snapshots(self) -> SnapshotStore | None:
+        """The current DiskStorage's snapshot store (servers look for it after `load`)."""
+        return None if self._storage is None else self._storage.snapshots
+
+    @property
+    def first_index(self) -> int:
+        return self.storage.first_index
+
+    @property
+    def last_index(self) -> int:
+        return self.storage.last_index
+
+    def stall(self, seconds: float) -> None:
+        """Make every save started in the next `seconds` wait until then (a hung disk)."""
+        self._stalled_until = max(self._stalled_until, trio.current_time() + seconds)
+
+    def unstall(self) -> None:
+        self._stalled_until = 0.0
+
+    async def load(self) -> StoredState:
+        self.fs.crash()
+        self._storage = DiskStorage(
+            self.directory,
+            fs=self.fs,
+            snapshots_to_keep=self.keep_snapshots,
+            segment_size=self.segment_size,
+            entries_per_segment=self.entries_per_segment,
+        )
+        return await self._storage.load()
+
+    async def save(
+        self,
+        *,
+        hard_state: HardState | None,
+        truncate_from: int | None,
+        entries: Sequence[Entry],
+    ) -> None:
+        storage = self.storage
+        hook, self.crash_on_next_save = self.crash_on_next_save, None
+        if hook is not None and (hard_state is not None or truncate_from is not None or entries):
+            hook()
+        elif hook is not None:
+            self.crash_on_next_save = hook
+        delay = self.rng.uniform(0, self.latency) if self.latency else 0.0
+        delay = max(delay, self._stalled_until - trio.current_time())
+        try:
+            await trio.sleep(delay)
+        except trio.Cancelled:
+            operations = self.rng.randint(1, 6)
+            self.fs.die_after(operations)
+            try:
+                with trio.CancelScope(shield=True):
+                    await storage.save(
+                        hard_state=hard_state, truncate_from=truncate_from, entries=entries
+                    )
+            except PowerLoss:
+                self.stats.torn_saves += 1
+                if self.on_torn is not None:
+                    self.on_torn(
+                        f"{self.name}: power lost in a save, at file operation {operations}"
+                    )
+            finally:
+                self.fs.die_after(None)
+            self._storage = None  # the process is gone; the next load power-cycles the disk
+            raise
+        await storage.save(hard_state=hard_state, truncate_from=truncate_from, entries=entries)
+        self.stats.saves += 1
+
+    async def compact_before(self, index: int) -> int:
+        return await self.storage.compact_before(index)
+
+    def term_at(self, index: int) -> int | None:
+        return self.storage.term_at(index)
+
+    async def aclose(self) -> None:
+        if self._storage is not None:
+            await self._storage.aclose()
+        else:
+            await trio.lowlevel.checkpoint()
