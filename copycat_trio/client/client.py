@@ -132,6 +132,8 @@ class CopycatClient:
         self.state = AsyncValue(ClientState.SUSPENDED)
         self.session_id = 0
         self.leader: int | None = None
+        self._known_leader: int | None = None
+        """The last leader any answer named (`leader` may be None meanwhile)."""
         self.members: tuple[Member, ...] = ()
         self._address: str | None = None
         self._rotation = 0
@@ -150,6 +152,8 @@ class CopycatClient:
         """How many times a new command asked the oldest pending one to try again now."""
         self._pending: set[int] = set()
         """Sequence numbers of the commands being (re)submitted, not yet answered."""
+        self._in_flight: dict[str, set[trio.CancelScope]] = {}
+        """The attempts waiting on each member, abandoned when another is named leader."""
         self._next_sequence = 1
         self._completed = AsyncValue(0)
         """Highest sequence such that it and every one before it have completed."""
@@ -334,6 +338,18 @@ class CopycatClient:
         if members:
             self.members = tuple(members)
         self.leader = leader
+        if leader is not None and leader != self._known_leader:
+            if self._known_leader is not None:
+                self._abandon_attempts(except_at=self._leader_address())
+            self._known_leader = leader
+
+    def _abandon_attempts(self, except_at: str | None) -> None:
+        """A new leader was named: stop waiting on other members (a deposed leader cut off
+        from its peers holds a command until it is healed); those requests go elsewhere."""
+        for address, scopes in self._in_flight.items():
+            if address != except_at:
+                for scope in scopes:
+                    scope.cancel()
 
     def _leader_address(self) -> str | None:
         for member in self.members:
@@ -411,7 +427,7 @@ class CopycatClient:
         while True:
             for address in self._order():
                 try:
-                    response = await self._pool.request(address, body, timeout)
+                    response = await self._attempt(address, body, timeout)
                 except (RequestNotSent, ResponseLost) as exc:
                     log.debug("%s: %s", address, exc)
                     if isinstance(exc, ResponseLost) and attempts is not None:
@@ -451,6 +467,18 @@ class CopycatClient:
                 raise NoLeaderError(f"no member could serve the request{why}")
             if await self._back_off(delay, attempts):
                 delays = self.connection_strategy.delays()  # the cluster works again
+
+    async def _attempt(self, address: str, body: Any, timeout: float) -> Any:
+        """One member's turn at a request; given up, as if unanswered, if meanwhile another
+        member is named leader (see `_abandon_attempts`)."""
+        with trio.CancelScope() as scope:
+            scopes = self._in_flight.setdefault(address, set())
+            scopes.add(scope)
+            try:
+                return await self._pool.request(address, body, timeout)
+            finally:
+                scopes.discard(scope)
+        raise ResponseLost(f"stopped waiting on {address}: member {self.leader} leads now")
 
     async def _switch_to(self, address: str) -> None:
         """Talk through another member from now on (it resends our unacknowledged events)."""

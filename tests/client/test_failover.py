@@ -236,3 +236,24 @@ async def test_known_reserve_members_are_tried_last(autojump_clock) -> None:
                 cluster.address(follower)
             )
             assert cluster.address(4) not in [a for a, *_ in answers.seen]
+
+
+async def test_a_command_held_by_a_deposed_leader_goes_elsewhere_once_a_new_one_is_named(
+    autojump_clock,
+) -> None:
+    async with open_memory_cluster(3, KeyValueStore) as cluster:
+        leader = await cluster.wait_for_leader()
+        others = [i for i in (1, 2, 3) if i != leader]
+        options = {"request_timeout": 5.0, "session_timeout": 3.0}  # a keep-alive a second
+        async with cluster.client([leader, *others], **options) as client:
+            await client.submit(Put("k", 0))
+            # Cut off from its peers, the leader still hears the client and holds the command
+            # (it can never commit it) until it is healed.
+            cluster.isolate(leader)
+            started = trio.current_time()
+            assert await client.submit(Put("k", 1)) == 0
+            waited = trio.current_time() - started
+            assert client.leader in others
+        # The next keep-alive (every second here) answered by the new leader names it; the
+        # command is resubmitted then, not after a whole request timeout at the deposed one.
+        assert waited < 3.0, f"waited {waited:.2f}s"
