@@ -71,6 +71,11 @@ EVENT_BUFFER = 256
 WAKE_INTERVAL = 0.05
 """A new command ends the back-off of the oldest pending one at most this often (seconds)."""
 
+PROBE_INTERVAL = 0.25
+"""The longest the oldest pending command waits between rounds of members (seconds): it probes
+for a new leader on behalf of all, whose back-offs end once it is served. Elections take an
+election timeout or two; a back-off grown to seconds would add its own to that."""
+
 
 class ClientClosedError(UnknownSessionError):
     """The client is closed (by `aclose`, or because its session was lost)."""
@@ -465,6 +470,8 @@ class CopycatClient:
             if delay is None:
                 why = f" (last: {refusal.type.name}: {refusal.message})" if refusal else ""
                 raise NoLeaderError(f"no member could serve the request{why}")
+            if attempts is not None and attempts.sequence == min(self._pending, default=0):
+                delay = min(delay, PROBE_INTERVAL)
             if await self._back_off(delay, attempts):
                 delays = self.connection_strategy.delays()  # the cluster works again
 

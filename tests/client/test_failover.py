@@ -257,3 +257,32 @@ async def test_a_command_held_by_a_deposed_leader_goes_elsewhere_once_a_new_one_
         # The next keep-alive (every second here) answered by the new leader names it; the
         # command is resubmitted then, not after a whole request timeout at the deposed one.
         assert waited < 3.0, f"waited {waited:.2f}s"
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_a_command_is_resubmitted_soon_after_an_election_ends(autojump_clock, seed) -> None:
+    # With an election timeout of 2 s the election after a leader's crash takes over 1.5 s:
+    # by then the back-off between rounds of members answering NO_LEADER has grown past 1.5 s.
+    # (Where in that back-off the election ends varies; several seeds make it likely that one
+    # ends early in a long wait.)
+    async with open_memory_cluster(3, KeyValueStore, seed=seed, election_timeout=2.0) as cluster:
+        leader = await cluster.wait_for_leader()
+        others = [i for i in (1, 2, 3) if i != leader]
+        async with cluster.client([leader, *others]) as client:
+            await client.submit(Put("k", 0))
+            await trio.sleep(0.3)  # keep-alives have a phase of their own by now
+            cluster.crash(leader)
+            crashed = trio.current_time()
+            elected: list[float] = []
+
+            async def watch() -> None:
+                while not any(cluster.servers[i].is_leader for i in others):
+                    await trio.sleep(0.001)
+                elected.append(trio.current_time())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                await client.submit(Put("k", 1))
+            answered = trio.current_time()
+        assert elected and elected[0] - crashed > 1.5
+        assert answered - elected[0] < 0.3, f"answered {answered - elected[0]:.2f}s after"
