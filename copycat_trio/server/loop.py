@@ -102,6 +102,28 @@ class Call:
 Input = Step | Tick | Propose | Reconfigure | ReadIndex | Call
 
 
+class MonotonicClock(Protocol):
+    """A member's own monotonic clock (the core's time), for simulating clock drift."""
+
+    def now(self) -> float:
+        """The time on this clock."""
+        ...
+
+    def to_trio(self, time: float) -> float:
+        """Trio's time when this clock reads `time` (for timers)."""
+        ...
+
+
+class TrioClock:
+    """Trio's own clock: what a member uses unless told otherwise."""
+
+    def now(self) -> float:
+        return trio.current_time()
+
+    def to_trio(self, time: float) -> float:
+        return time
+
+
 class RaftLoop:
     """Drives a RaftCore with real time, storage, peers and an executor."""
 
@@ -113,8 +135,12 @@ class RaftLoop:
         executor: Executor,
         clock: Callable[[], float] = trio.current_time,
         on_snapshot_needed: Callable[[int], None] = lambda peer: None,
+        to_trio: Callable[[float], float] = lambda deadline: deadline,
     ) -> None:
+        """`clock` is the member's monotonic clock, the core's time; `to_trio` turns a time on
+        it into Trio's for timers (a simulation runs each member's clock at its own rate)."""
         self.on_snapshot_needed = on_snapshot_needed
+        self.to_trio = to_trio
         self._deferred: list[Call] = []
         self._started = clock()
         self._last_heard: dict[int, float] = {}
@@ -177,7 +203,7 @@ class RaftLoop:
 
     async def _election_timer(self) -> None:
         while True:
-            with trio.CancelScope(deadline=self.core.next_deadline()) as scope:
+            with trio.CancelScope(deadline=self.to_trio(self.core.next_deadline())) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
             await self.inbox_send.send(Tick())
@@ -287,7 +313,7 @@ class RaftLoop:
                 context.reply.set()
         self.leader.value = core.leader
         self.role.value = core.role
-        self._timer_scope.deadline = core.next_deadline()
+        self._timer_scope.deadline = self.to_trio(core.next_deadline())
 
     # --- called by request handlers ------------------------------------------------------
 
@@ -344,7 +370,8 @@ class RaftLoop:
         self._last_heard[member_id] = self.clock()
 
     def silent_for(self, now: float) -> dict[int, float]:
-        """Seconds since each other member was last heard from (since start if never)."""
+        """Seconds since each other member was last heard from (since start if never); `now`
+        is on this loop's `clock`."""
         return {
             m.id: now - self._last_heard.get(m.id, self._started)
             for m in self.core.members

@@ -216,7 +216,7 @@ class MembershipService:
                     timestamp=0,
                     members=core.members,
                 )
-                silent = self.loop.silent_for(trio.current_time())
+                silent = self.loop.silent_for(self.loop.clock())
                 for member in core.members:
                     # RESERVE members get no log; a member that has not answered for an
                     # election timeout may not know where the leader is (it joined, or the
@@ -246,8 +246,7 @@ class MembershipService:
             core = self.core
             if core.role is not Role.LEADER:
                 continue
-            now = trio.current_time()
-            silent = self.loop.silent_for(now)
+            silent = self.loop.silent_for(self.loop.clock())
             failed = [
                 m
                 for m in core.members

@@ -66,7 +66,7 @@ from ..transport.tcp import TcpTransport
 from .client_service import ClientConnection, ClientService
 from .executor import Executor
 from .log_clock import LogClock
-from .loop import RaftLoop, Step
+from .loop import MonotonicClock, RaftLoop, Step, TrioClock
 from .membership import MembershipService, configure_response
 from .options import ServerOptions, validate_members
 from .peers import PeerLinks
@@ -129,7 +129,11 @@ class CopycatServer:
         member_type: MemberType = MemberType.ACTIVE,
         priority: int = 0,
         replace_after: float | None = None,
+        monotonic_clock: MonotonicClock | None = None,
     ) -> None:
+        """`monotonic_clock`: the raft core's clock (default: Trio's); a simulation gives each
+        member its own rate."""
+        self.monotonic_clock = monotonic_clock
         self.member_type = member_type
         """The type this member asks for when it joins (bootstrap members are ACTIVE)."""
         self.priority = priority
@@ -227,6 +231,7 @@ class CopycatServer:
                     header = await executor.install_snapshot(info)
                 snapshot = (header.index, header.term, header.members, header.configuration_index)
                 log.info("member %s restored snapshot %s", self.id, header.index)
+        clock = self.monotonic_clock or TrioClock()
         core = RaftCore(
             self.id,
             config=RaftConfig(
@@ -237,7 +242,7 @@ class CopycatServer:
             hard_state=stored.hard_state,
             entries=stored.entries,
             rng=self.rng,
-            now=trio.current_time(),
+            now=clock.now(),
             timestamp=log_clock,
             entry_size=lambda entry: len(registry.encode(entry)),
             snapshot=snapshot,
@@ -258,7 +263,9 @@ class CopycatServer:
                     self.transport, nursery, self.id, retry_interval=options.heartbeat_interval
                 )
                 self._pool = ConnectionPool(self.transport, nursery)
-                self._loop = loop = RaftLoop(core, self.storage, peers, executor)
+                self._loop = loop = RaftLoop(
+                    core, self.storage, peers, executor, clock=clock.now, to_trio=clock.to_trio
+                )
                 if executor.snapshots is not None:
                     self._replication = SnapshotReplication(
                         self.id,
@@ -404,7 +411,7 @@ class CopycatServer:
             unavailable=tuple(
                 sorted(
                     member_id
-                    for member_id, silent in self._loop.silent_for(trio.current_time()).items()
+                    for member_id, silent in self._loop.silent_for(self._loop.clock()).items()
                     if silent > self.options.election_timeout
                 )
             )

@@ -10,6 +10,7 @@ Each server runs in its own cancel scope, so a test can crash one (`crash`) and 
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -23,6 +24,28 @@ from ..protocol.messages import Member
 from ..server.server import CopycatServer
 from ..storage.base import LogStorage
 from ..transport.memory import MemoryNetwork
+
+
+class DriftingClock:
+    """A member's monotonic clock that runs `rate` times as fast as Trio's, reading the same
+    as Trio's at `origin`: simulated clock drift, for the raft core's timers and lease."""
+
+    def __init__(self, rate: float, origin: float) -> None:
+        if rate <= 0:
+            raise ValueError("a clock rate must be positive")
+        self.rate = rate
+        self.origin = origin
+
+    def now(self) -> float:
+        return self.origin + (trio.current_time() - self.origin) * self.rate
+
+    def to_trio(self, time: float) -> float:
+        """The first Trio time at which this clock reads `time` or later (rounded up, so a
+        timer set for a deadline never wakes to find the deadline not yet reached)."""
+        at = self.origin + (time - self.origin) / self.rate
+        while at < math.inf and self.origin + (at - self.origin) * self.rate < time:
+            at = math.nextafter(at, math.inf)
+        return at
 
 
 class MemoryCluster:
@@ -57,6 +80,9 @@ class MemoryCluster:
         self.clock_offsets: dict[int, float] = {}
         """Seconds added to a member's wall clock (where its log timestamps come from): a
         simulation steps one member's clock forward by raising its offset."""
+        self.clock_rate: Callable[[int], float] | None = None
+        """If set, called with a member's id at each start: the rate its monotonic clock runs
+        at from then on, relative to Trio's (1.0: no drift)."""
         self.starts: dict[int, int] = {}
         """How many times each member was started (each start gets a fresh, seeded rng)."""
         self.observe_state_machine: Callable[[int, Any], Any] | None = None
@@ -83,6 +109,9 @@ class MemoryCluster:
                 made = self.observe_state_machine(member_id, made)
             return made
 
+        rate = self.clock_rate(member_id) if self.clock_rate is not None else 1.0
+        if rate != 1.0:
+            overrides = {"monotonic_clock": DriftingClock(rate, trio.current_time()), **overrides}
         return CopycatServer(
             member_id,
             address,

@@ -16,6 +16,8 @@ Faults:
 - pauses: a member freezes (its raft loop stops, its traffic is held) for longer than its
   lease, then resumes and receives everything at once, as after a long GC pause or SIGSTOP;
 - clock jumps: a member's wall clock (its log timestamps, when it leads) jumps forward;
+- clock drift: each member start runs its monotonic clock (election timer, heartbeats, lease)
+  at its own rate, within `clock_drift` of real time;
 - disk stalls: a member's saves hang for a while;
 - link faults (`LinkFaults`): messages dropped, duplicated and delayed (hence reordered);
 - joins: new members join the cluster during the run;
@@ -40,7 +42,13 @@ from ..transport.memory import LinkFaults
 if TYPE_CHECKING:
     from .simulation import Simulation
 
-__all__ = ["PROFILES", "FaultInjector", "FaultMix"]
+__all__ = ["LEASE_SAFE_DRIFT", "PROFILES", "FaultInjector", "FaultMix"]
+
+LEASE_SAFE_DRIFT = 1 / 7
+"""Clock rates within this fraction of real time keep lease reads safe: a leader's lease lasts
+0.75 of an election timeout on its clock and followers refuse votes for a whole one on theirs,
+so a follower's clock may run at most 4/3 as fast as the leader's, and (1 + 1/7) / (1 - 1/7) is
+4/3."""
 
 
 @attrs.frozen(kw_only=True)
@@ -62,6 +70,10 @@ class FaultMix:
     replace_after: float | None = None
     """The members' `replace_after`: seconds of silence after which a leader replaces a voter
     by a standby (None: never)."""
+    clock_drift: float = 0.0
+    """Each member start runs its monotonic clock at a rate drawn uniformly within this
+    fraction of real time (0: all agree). Below LEASE_SAFE_DRIFT lease reads must stay
+    linearizable; beyond it they may break, and only they."""
     link: LinkFaults = attrs.Factory(LinkFaults)
     joins: int = 0
     """Members that join during the run (started at random times in its first half)."""
@@ -102,6 +114,8 @@ class FaultMix:
             parts.append(f"joins={self.joins}")
         if self.replace_after is not None:
             parts.append(f"replace_after={self.replace_after:g}s")
+        if self.clock_drift:
+            parts.append(f"clock_drift={self.clock_drift:.3g}")
         if self.concurrency > 1:
             parts.append(f"concurrency={self.concurrency}")
         return ", ".join(parts) or "none"
@@ -133,7 +147,10 @@ class FaultMix:
         if profile == "pauses":
             return cls(pauses=1, clock_jumps=0.2, transfers=0.3)
         if profile == "clock":
-            return cls(clock_jumps=1, partitions=0.3)
+            return cls(clock_jumps=1, partitions=0.3, lease_restarts=0.3, clock_drift=0.14)
+        if profile == "drift-beyond":
+            # Clocks beyond the lease's bound: the run checks everything but lease reads.
+            return cls(crashes=1, partitions=0.5, lease_restarts=1, clock_drift=0.4)
         if profile == "membership":
             return cls(
                 joins=rng.choice([1, 2]),
@@ -159,8 +176,10 @@ class FaultMix:
                 link=noisy if rng.random() < 0.5 else LinkFaults(),
                 joins=rng.choice([0, 0, 1]),
                 concurrency=rng.choice([1, 2]),
+                clock_drift=0.1,
             )
-        raise ValueError(f"unknown fault profile {profile!r}; choose from {', '.join(PROFILES)}")
+        choices = ", ".join((*PROFILES, "drift-beyond", "none"))
+        raise ValueError(f"unknown fault profile {profile!r}; choose from {choices}")
 
 
 PROFILES = (
@@ -173,7 +192,8 @@ PROFILES = (
     "snapshots",
     "mixed",
 )
-"""The fault profiles seeds cycle through (seed % len(PROFILES)); "none" is also accepted."""
+"""The fault profiles seeds cycle through (seed % len(PROFILES)); "none" and "drift-beyond"
+(clock rates beyond LEASE_SAFE_DRIFT, lease reads unchecked) are also accepted."""
 
 
 class FaultInjector:

@@ -53,6 +53,7 @@ from ..client.admin import admin_request, fetch_status
 from ..protocol.messages import MemberType, ReconfigureRequest, StatusResponse, TransferRequest
 from ..recipes.kv import Get
 from .availability import FaultRecovery, recovery_after, summarize
+from .faults import LEASE_SAFE_DRIFT
 from .history import History, OpKind, Outcome
 from .linearizability import CheckResult, check
 from .netns import NetworkLab, open_network_lab, unavailable_reason
@@ -118,8 +119,10 @@ class NemesisConfig:
             raise ValueError(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULTS)}")
         if self.servers < 3:
             raise ValueError("a nemesis run needs at least 3 servers")
-        if not 0 <= self.clock_drift < 0.25:
-            raise ValueError("clock_drift must be at least 0 and below the lease's 0.25 margin")
+        if not 0 <= self.clock_drift < LEASE_SAFE_DRIFT:
+            # Two members within d of real time run up to (1 + d) / (1 - d) as fast as each
+            # other; the lease allows 4/3, so d must stay below 1/7 (not 0.25).
+            raise ValueError("clock_drift must be at least 0 and below the lease's bound of 1/7")
 
 
 @attrs.define

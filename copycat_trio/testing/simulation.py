@@ -54,10 +54,11 @@ from ..recipes.kv import Get, KeyValueStore
 from ..transport.base import TransportError
 from ..transport.memory import MemoryNetwork
 from .cluster import MemoryCluster
-from .faults import PROFILES, FaultInjector, FaultMix
+from .faults import LEASE_SAFE_DRIFT, PROFILES, FaultInjector, FaultMix
 from .history import History, OpKind, Outcome
 from .invariants import Applied, InvariantChecker, observe
 from .linearizability import CheckResult, check
+from .pipeline_workload import PipelineRecord, PipelineWorkload
 from .simdisk import SimDisk
 from .workload import KvWorkload
 
@@ -166,6 +167,8 @@ class SimulationConfig:
     catch_up_entries: int = 1_000
     faults: FaultMix = attrs.Factory(FaultMix)
     workload: KvWorkload = attrs.Factory(KvWorkload)
+    pipeline: PipelineWorkload | None = None
+    """Pipelining clients beside the key-value workload (pipeline_workload.py); None: none."""
     poll_interval: float = 0.005
     """How often (virtual seconds) the invariant checker looks at every member."""
     settle_timeout: float = 60.0
@@ -186,12 +189,14 @@ class SimulationConfig:
             snapshot_every = rng.choice([10, 20, 40])
             catch_up = rng.choice([0, 3, 10])
         faults = FaultMix.named(profile, rng)
+        check_lease_reads = faults.clock_drift < LEASE_SAFE_DRIFT
         workload = KvWorkload(
             clients=rng.choice([3, 4, 5]),
             keys=rng.choice([1, 2, 3]),
             max_ops=rng.choice([80, 120, 250]),
             bursty=rng.choice([0.0, 0.5]),
             lease_reads=rng.choice([0.0, 0.3]),
+            check_lease_reads=check_lease_reads,
         )
         values: dict[str, Any] = {
             "seed": seed,
@@ -204,6 +209,8 @@ class SimulationConfig:
             "workload": workload,
             "disk_latency": rng.choice([0.0005, 0.002, 0.01]),
         }
+        # Its own stream, so that drawing it shifts none of the draws above.
+        values["pipeline"] = PipelineWorkload.draw(random.Random(f"pipeline:{seed}"))
         values.update(overrides)
         return cls(**values)
 
@@ -268,6 +275,8 @@ class Simulation:
             server_options=options,
         )
         self.cluster.observe_state_machine = self._observe
+        if config.faults.clock_drift:
+            self.cluster.clock_rate = self._clock_rate(config.faults.clock_drift)
         self.member_ids: list[int] = list(range(1, config.servers + 1))
         self.bootstrap_ids = list(self.member_ids)
         self.injector = FaultInjector(self, config.faults, self.rng("faults"))
@@ -291,6 +300,17 @@ class Simulation:
     def rng(self, name: str) -> random.Random:
         """A random stream of its own for `name`, drawn from the seed (stable across runs)."""
         return random.Random(f"{self.seed}:{name}")
+
+    def _clock_rate(self, drift: float) -> Callable[[int], float]:
+        """Draws each member start's monotonic clock rate, within `drift` of real time."""
+        rates = self.rng("clock-rates")
+
+        def rate(member_id: int) -> float:
+            drawn = 1 + rates.uniform(-drift, drift)
+            self.trace.record("clock", f"{member_id} starts with its clock at rate {drawn:.3f}")
+            return drawn
+
+        return rate
 
     def _disk(self, member_id: int) -> SimDisk:
         disk = self.disks.get(member_id)
@@ -744,13 +764,20 @@ async def _kv_run(sim: Simulation) -> None:
     until = trio.current_time() + config.duration
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sim.run_faults, until)
-        await config.workload.run(sim, until)
+        records: list[PipelineRecord] = []
+        async with trio.open_nursery() as clients:
+            if config.pipeline is not None:
+                clients.start_soon(config.pipeline.run, sim, until, records)
+            await config.workload.run(sim, until)
         nursery.cancel_scope.cancel()
     await sim.heal()
     if await sim.settle() is None:
         return
-    await final_reads(sim, config.workload.key_names())
+    pipeline_keys = config.pipeline.key_names() if config.pipeline is not None else []
+    await final_reads(sim, [*config.workload.key_names(), *pipeline_keys])
     await sim.converge(kv_state)
+    if config.pipeline is not None:
+        config.pipeline.check(sim, records)
 
 
 async def final_reads(sim: Simulation, keys: Sequence[str], attempts: int = 5) -> None:
@@ -988,7 +1015,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     group.add_argument("--seed", type=int, help="replay one seed verbosely")
     parser.add_argument("--start", type=int, default=0, help="first seed of --seeds (default 0)")
     parser.add_argument(
-        "--profile", choices=[*PROFILES, "none"], help="force a fault profile (default: by seed)"
+        "--profile",
+        choices=[*PROFILES, "drift-beyond", "none"],
+        help="force a fault profile (default: by seed)",
     )
     parser.add_argument("--jobs", type=int, default=1, help="processes to run seeds in")
     parser.add_argument("--duration", type=float, help="virtual seconds of workload per seed")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from copycat_trio.testing.faults import FaultMix
+from copycat_trio.testing.faults import LEASE_SAFE_DRIFT, FaultMix
 from copycat_trio.testing.simulation import SimulationConfig, run_simulation
 
 
@@ -29,3 +29,29 @@ def test_restarts_inside_lease_windows_leave_lease_reads_linearizable() -> None:
         episodes = [line for line in result.trace.lines() if "lease restart:" in line]
         assert len(episodes) >= 3, result.trace.format(limit=50)
         assert any("election timer fires" in line for line in result.trace.lines())
+
+
+def test_clocks_drift_within_the_lease_bound_in_the_clock_profile() -> None:
+    config = SimulationConfig.for_seed(4, "clock")
+    assert 0 < config.faults.clock_drift < LEASE_SAFE_DRIFT
+    assert config.workload.check_lease_reads
+    result = run_simulation(
+        4, config=attrs.evolve(config, workload=attrs.evolve(config.workload, lease_reads=0.5))
+    )
+    assert result.ok, result.report()
+    rates = [line for line in result.trace.lines() if "clock at rate" in line]
+    assert len(rates) >= config.servers, result.trace.format(limit=50)
+
+
+def test_beyond_the_lease_bound_only_lease_reads_go_unchecked() -> None:
+    # Clocks drift by up to 40%: a lease read may be stale, so the run records lease reads as
+    # of unknown outcome; everything else (linearizable reads, writes) is still checked.
+    config = SimulationConfig.for_seed(2, "drift-beyond")
+    assert config.faults.clock_drift > LEASE_SAFE_DRIFT
+    assert not config.workload.check_lease_reads
+    config = attrs.evolve(config, workload=attrs.evolve(config.workload, lease_reads=0.5))
+    result = run_simulation(2, config=config)
+    assert result.ok, result.report()
+    lines = result.trace.lines()
+    assert any("(lease, unchecked)" in line for line in lines)
+    assert any("clock at rate" in line for line in lines)
