@@ -53,7 +53,11 @@ class FileSystem(Protocol):
 
     def fstat_size(self, fd: int) -> int: ...
 
-    def read_file(self, path: Path) -> bytes: ...
+    def read_file(self, path: Path, *, uncached: bool = False) -> bytes:
+        """The whole file. `uncached` first drops the file's clean cached pages, so that what is
+        read is what the device holds: after a failed fsync, Linux marks the lost pages clean
+        and goes on returning them to reads, though no fsync will ever write them."""
+        ...
 
     def size(self, path: Path) -> int: ...
 
@@ -106,8 +110,11 @@ class OsFileSystem:
     def fstat_size(self, fd: int) -> int:
         return os.fstat(fd).st_size
 
-    def read_file(self, path: Path) -> bytes:
-        return path.read_bytes()
+    def read_file(self, path: Path, *, uncached: bool = False) -> bytes:
+        with path.open("rb") as file:
+            if uncached and hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            return file.read()
 
     def size(self, path: Path) -> int:
         return path.stat().st_size

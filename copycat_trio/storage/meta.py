@@ -60,7 +60,7 @@ class MetaStore:
         """The stored state, or None if none was ever written; a damaged file raises."""
         self.fs.unlink(self.temp_path, missing_ok=True)  # a write that crashed before its rename
         try:
-            data = self.fs.read_file(self.path)
+            data = self.fs.read_file(self.path, uncached=True)
         except FileNotFoundError:
             return None
         if len(data) < _HEAD.size + _CRC.size:

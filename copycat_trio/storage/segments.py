@@ -306,7 +306,7 @@ class SegmentedLog:
             if sizes[i] == 0:
                 doomed.append(path)
                 continue
-            data = self.fs.read_file(path)
+            data = self.fs.read_file(path, uncached=True)  # the device's bytes, not the cache's
             if prev_last is not None and first != prev_last + 1:
                 problem = f"the file starts at index {first} but the one before ends at {prev_last}"
                 raise _corrupt(path, 0, problem + " (a file is missing or overlaps)")

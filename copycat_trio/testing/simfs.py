@@ -12,8 +12,11 @@ DiskStorage, segmented log, meta file and snapshot store run on it deterministic
   loses each name changed since, independently: a file fsynced but not its directory may vanish,
   a rename may be undone, an unlinked file may come back.
 * Faults, drawn from the seeded rng: `fsync_lies` (the probability an fsync returns without making
-  anything durable), `fsync_errors` (the probability it raises EIO, keeping nothing), and
-  `flip_bit(path)` (damage at rest, in the durable contents).
+  anything durable), `fsync_errors` (the probability it raises EIO), and `flip_bit(path)` (damage
+  at rest, in the durable contents). A failed fsync behaves as Linux's does: the file's unsynced
+  bytes stay visible to reads (the pages are marked clean) but never reach the device, not even
+  by a later successful fsync, until a read with `uncached=True` drops the cache and sees what
+  the device holds.
 
 A crash also closes every descriptor and releases every lock, as the process's death would.
 """
@@ -38,6 +41,8 @@ class _Inode:
     """What reads see."""
     durable: bytes = b""
     """What survives a crash for sure."""
+    failed: bytes | None = None
+    """The contents when an fsync failed: those unsynced bytes will never reach the device."""
 
 
 @attrs.define(eq=False)
@@ -177,13 +182,15 @@ class SimFileSystem:
         draw = self.rng.random()
         if draw < self.fsync_errors:
             self.errors += 1
+            if isinstance(handle.node, _Inode):
+                handle.node.failed = bytes(handle.node.data)
             raise _error(errno.EIO, handle.path)
         if draw < self.fsync_errors + self.fsync_lies:
             self.lies += 1
             return
         node = handle.node
         if isinstance(node, _Inode):
-            node.durable = bytes(node.data)
+            node.durable = self._persistable(node)
         else:
             node.durable = dict(node.names)
 
@@ -192,10 +199,28 @@ class SimFileSystem:
         assert isinstance(handle.node, _Inode)
         return len(handle.node.data)
 
-    def read_file(self, path: Path) -> bytes:
+    @staticmethod
+    def _persistable(node: _Inode) -> bytes:
+        """What an fsync writes: the current contents, but where a failed fsync left bytes
+        marked clean and unchanged since, what the device had (zeros past its end)."""
+        if node.failed is None:
+            return bytes(node.data)
+        data, failed, old = node.data, node.failed, node.durable
+        out = bytearray(data)
+        for i in range(min(len(data), len(failed))):
+            before = old[i] if i < len(old) else 0
+            if data[i] == failed[i] != before:
+                out[i] = before
+        return bytes(out)
+
+    def read_file(self, path: Path, *, uncached: bool = False) -> bytes:
         node = self._lookup(path)
         if isinstance(node, _Dir):
             raise _error(errno.EISDIR, path)
+        if uncached and node.failed is not None:
+            # Dropping the cache discards the pages a failed fsync marked clean.
+            node.data = bytearray(self._persistable(node))
+            node.failed = None
         return bytes(node.data)
 
     def size(self, path: Path) -> int:

@@ -228,3 +228,23 @@ async def test_a_lying_fsync_loses_data_but_never_invents_it() -> None:
         assert all(e in written for e in loaded), seed
         outcomes["kept" if loaded == log else "lost"] += 1
     assert outcomes["lost"] and outcomes["kept"], outcomes
+
+
+async def test_a_restart_after_a_failed_fsync_reads_the_device_not_the_page_cache() -> None:
+    """After a failed fsync Linux marks the unsynced pages clean: reads still return the lost
+    write, and no later fsync writes it. A restarted server that believed them would acknowledge
+    entries that a power loss then takes away."""
+    fs = SimFileSystem(random.Random(0))
+    async with DiskStorage(DIR, fs=fs) as disk:
+        await disk.load()
+        await disk.save(hard_state=HardState(1, 1), truncate_from=None, entries=entries(1, 3))
+        fs.fsync_errors = 1.0
+        with pytest.raises(StorageFailedError):
+            await disk.save(hard_state=None, truncate_from=None, entries=entries(4, 6))
+    fs.fsync_errors = 0.0
+    async with DiskStorage(DIR, fs=fs) as disk:  # the process restarts; the machine does not
+        assert list((await disk.load()).entries) == entries(1, 3)
+        await disk.save(hard_state=None, truncate_from=None, entries=entries(4, 4, 2))
+    fs.crash()
+    async with DiskStorage(DIR, fs=fs) as disk:
+        assert list((await disk.load()).entries) == [*entries(1, 3), *entries(4, 4, 2)]
