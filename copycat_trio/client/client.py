@@ -169,6 +169,8 @@ class CopycatClient:
         self._subscribers: dict[str | None, list[trio.MemorySendChannel[Event]]] = {}
         self._callbacks: dict[str | None, list[Callable[[Event], Awaitable[None] | None]]] = {}
         self._session_generation = 0
+        self._recovering = False
+        """A lost session is being replaced (RecoveryStrategy.RECOVER)."""
 
     # --- public ----------------------------------------------------------------------------
 
@@ -307,16 +309,20 @@ class CopycatClient:
                 self._note_cluster(response.leader, response.members)
                 self.state.value = ClientState.CONNECTED
             except UnknownSessionError:
-                await self._session_lost()
+                await self._session_lost(request.session)
                 return
             except (CopycatError, trio.TooSlowError) as exc:
                 log.info("keep-alive failed: %s", exc)
                 if self.state.value is ClientState.CONNECTED:
                     self.state.value = ClientState.SUSPENDED
 
-    async def _session_lost(self) -> None:
-        """The servers no longer know our session (it expired)."""
-        if self.state.value is ClientState.CLOSED:
+    async def _session_lost(self, session: int) -> None:
+        """The servers no longer know `session` (it expired). Only the first to hear of the
+        current session's loss acts: every other request of that session in flight hears the
+        same, during or after the recovery, and must not abandon the new (live) session."""
+        if self.state.value is ClientState.CLOSED or session != self.session_id:
+            return
+        if self._recovering:
             return
         # Release commands waiting for earlier ones of the old session to complete.
         self._completed.value = 2**62
@@ -324,11 +330,14 @@ class CopycatClient:
             log.warning("session %s expired; registering a new one", self.session_id)
             self.state.value = ClientState.SUSPENDED
             generation = self._session_generation
+            self._recovering = True
             try:
                 await self.open_session()
             except Exception as exc:
                 log.warning("could not recover the session: %s", exc)
                 self.state.value = ClientState.CLOSED
+            finally:
+                self._recovering = False
             if self._session_generation == generation:
                 self.state.value = ClientState.CLOSED
         else:
@@ -547,7 +556,7 @@ class CopycatClient:
                 await trio.sleep(0.05)
                 continue
             except UnknownSessionError as exc:
-                await self._session_lost()
+                await self._session_lost(request.session)
                 submission.finish(error=OutcomeUnknownError(f"session lost: {exc}"))
                 return
             except CopycatError as exc:
@@ -590,7 +599,7 @@ class CopycatClient:
         try:
             response = await self._request_any(request)
         except UnknownSessionError:
-            await self._session_lost()
+            await self._session_lost(request.session)
             raise
         return response.result
 

@@ -9,7 +9,12 @@ import trio
 
 from copycat_trio.client import ClientState, RecoveryStrategy
 from copycat_trio.protocol.codec import register
-from copycat_trio.protocol.errors import NoLeaderError, QueryError, UnknownSessionError
+from copycat_trio.protocol.errors import (
+    NoLeaderError,
+    OutcomeUnknownError,
+    QueryError,
+    UnknownSessionError,
+)
 from copycat_trio.protocol.operations import Command, Consistency, Query
 from copycat_trio.recipes.counter import Counter, Increment, Value
 from copycat_trio.recipes.election import Election, ElectionStateMachine
@@ -276,6 +281,52 @@ async def test_recover_strategy_opens_a_new_session(autojump_clock) -> None:
             assert client.session_id != first
             assert client.state.value is ClientState.CONNECTED
             await client.submit(Record("after recovery"))
+
+
+class RegisterCounting(Journal):
+    """A Journal that counts the sessions registered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.registered = 0
+
+    def on_register(self, session: ServerSession) -> None:
+        self.registered += 1
+
+
+@pytest.mark.parametrize("request_timeout", [0.5, 3.0])
+async def test_recovery_registers_one_session_however_many_requests_hear_of_the_expiry(
+    autojump_clock, request_timeout: float
+) -> None:
+    """Eight commands in flight when the session expires each hear UNKNOWN_SESSION: at once,
+    while the client registers its new session (request_timeout 0.5 s), or after it, once
+    their attempts sent during the cut time out (3 s; the keep-alive's attempts are short and
+    find the expiry first). The client must replace the lost session once, not abandon each
+    new, live session in turn for another."""
+    async with open_memory_cluster(3, RegisterCounting) as cluster:
+        leader = await cluster.wait_for_leader()
+        async with cluster.client(
+            host="sleepy",
+            session_timeout=1.0,
+            request_timeout=request_timeout,
+            recovery=RecoveryStrategy.RECOVER,
+        ) as client:
+            first = client.session_id
+            cluster.cut_off_host("sleepy")
+
+            async def record(value: str) -> None:
+                with pytest.raises(OutcomeUnknownError):  # the session expired under it
+                    await client.submit(Record(value))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(8):
+                    nursery.start_soon(record, f"in flight {i}")
+                await trio.sleep(5)
+                cluster.network.heal()
+            await client.submit(Record("after recovery"))
+            assert client.session_id != first
+        state_machine = cluster.servers[leader].state_machine
+        assert state_machine.registered == 2, "sessions registered besides the first one"
 
 
 async def test_lock_is_released_when_holder_session_expires(autojump_clock) -> None:
