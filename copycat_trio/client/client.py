@@ -570,17 +570,33 @@ class CopycatClient:
                     # An earlier attempt may have applied: this error proves nothing about it.
                     exc = OutcomeUnknownError(f"an earlier attempt may have applied; then: {exc}")
                 self._pending.discard(submission.sequence)
-                await self._complete(submission, 0, None, exc)
+                await self._complete(submission, 0, None, exc, generation)
                 return
             self._pending.discard(submission.sequence)  # answered: no longer the one held up
-            await self._complete(submission, response.event_index, response.result, None)
+            await self._complete(
+                submission, response.event_index, response.result, None, generation
+            )
             return
 
     async def _complete(
-        self, submission: _Submission, event_index: int, result: Any, error: CopycatError | None
+        self,
+        submission: _Submission,
+        event_index: int,
+        result: Any,
+        error: CopycatError | None,
+        generation: int,
     ) -> None:
+        """Complete in sequence order, after the events published before the answer. An answer
+        of a session that has since been replaced (RECOVER) completes at once: the new
+        session's order and acknowledgements are not the old one's to move."""
         sequence = submission.sequence
+        if generation != self._session_generation:
+            submission.finish(result, error)
+            return
         await self._completed.wait_value(lambda done: done >= sequence - 1)
+        if generation != self._session_generation:  # replaced while this one waited
+            submission.finish(result, error)
+            return
         with trio.move_on_after(self.request_timeout):
             await self._event_index.wait_value(lambda received: received >= event_index)
         self._completed.value = max(self._completed.value, sequence)

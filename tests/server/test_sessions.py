@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from copycat_trio.client import ClientState, RecoveryStrategy
+from copycat_trio.client.client import _Submission
 from copycat_trio.protocol.codec import register
 from copycat_trio.protocol.errors import (
     NoLeaderError,
@@ -327,6 +328,27 @@ async def test_recovery_registers_one_session_however_many_requests_hear_of_the_
             assert client.session_id != first
         state_machine = cluster.servers[leader].state_machine
         assert state_machine.registered == 2, "sessions registered besides the first one"
+
+
+async def test_a_late_answer_of_a_replaced_session_leaves_the_new_sessions_order_alone(
+    autojump_clock,
+) -> None:
+    """Under RECOVER, an answer to a command of the lost session can arrive after the new
+    session is registered. Completing it must neither wait for the new session's commands to
+    reach its sequence number nor raise the new session's completed mark to it (which would
+    let a keep-alive acknowledge results the client never received)."""
+    async with open_memory_cluster(3, Journal) as cluster:
+        await cluster.wait_for_leader()
+        async with cluster.client(recovery=RecoveryStrategy.RECOVER) as client:
+            await client.submit(Record("old"))
+            old_generation = client._session_generation
+            late = _Submission(7, Record("late"))
+            await client.open_session()  # what RECOVER does once the old session expired
+            with trio.fail_after(5):
+                await client._complete(late, 0, "answer", None, old_generation)
+            assert late.done.is_set() and late.result == "answer"
+            assert client._completed.value == 0, "the new session's completed mark moved"
+            assert await client.submit(Record("new")) == 2
 
 
 async def test_lock_is_released_when_holder_session_expires(autojump_clock) -> None:
