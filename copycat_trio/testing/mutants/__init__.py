@@ -123,6 +123,15 @@ MUTANTS: tuple[Mutant, ...] = (
         aimed_at=["read-after-first-commit"],
     ),
     mutant(
+        "no-sequencing-wait",
+        "a session's command that arrives before the ones ahead of it waits its turn on the "
+        "leader; it is never appended ahead of them",
+        "copycat_trio.server.client_service:ClientService.command",
+        "if kind is Sequencing.WAIT:",
+        "if False:",
+        aimed_at=["early-command-waits"],
+    ),
+    mutant(
         "removed-member-vote-counted",
         "only the votes of the configuration's voters count toward an election",
         f"{RAFT}._tally",
