@@ -81,14 +81,22 @@ class RecoveryStats:
     unrecovered: int
     """Faults after which some client that wrote before never had a write acknowledged."""
 
-    def format(self) -> str:
+    def format(self, *, every: bool = True) -> str:
+        """One line; `every=False` leaves out the every-client figures (for workloads whose
+        clients do not all keep writing)."""
+
         def seconds(value: float | None) -> str:
             return "-" if value is None else f"{value:.2f}s"
 
         text = (
             f"{self.kind}: {self.faults} faults; first write after {seconds(self.first_median)} "
-            f"median, {seconds(self.first_worst)} worst; every client after "
-            f"{seconds(self.every_median)} median, {seconds(self.every_worst)} worst"
+            f"median, {seconds(self.first_worst)} worst"
+        )
+        if not every:
+            return text
+        text += (
+            f"; every client after {seconds(self.every_median)} median, "
+            f"{seconds(self.every_worst)} worst"
         )
         if self.unrecovered:
             text += f"; {self.unrecovered} never recovered before the run ended"

@@ -23,6 +23,7 @@ def test_a_client_that_never_writes_again_is_unrecovered() -> None:
     stats = summarize([recovery])
     assert stats[0].unrecovered == 1
     assert "never recovered" in stats[0].format()
+    assert "every client" not in stats[0].format(every=False)
 
 
 def test_summary_gives_median_and_worst_per_kind_in_order() -> None:
