@@ -41,7 +41,9 @@ class Step:
 
 @attrs.frozen
 class Tick:
-    pass
+    """A deadline of the core has passed; `handled` is set once the loop has acted on it."""
+
+    handled: trio.Event = attrs.field(factory=trio.Event)
 
 
 class Admission(Protocol):
@@ -202,11 +204,15 @@ class RaftLoop:
             raise NoLeaderError(f"member {self.core.id} is stopping") from None
 
     async def _election_timer(self) -> None:
+        # One Tick in flight at a time: until the loop has ticked the core, its deadline is
+        # still in the past, and sending again would only fill the inbox with Ticks.
         while True:
             with trio.CancelScope(deadline=self.to_trio(self.core.next_deadline())) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
-            await self.inbox_send.send(Tick())
+            tick = Tick()
+            await self.inbox_send.send(tick)
+            await tick.handled.wait()
 
     def _handle(self, item: Input, now: float) -> None:
         core = self.core
@@ -222,6 +228,7 @@ class RaftLoop:
             core.step(item.source, message, now)
         elif isinstance(item, Tick):
             core.tick(now)
+            item.handled.set()
         elif isinstance(item, Propose):
             admission = item.admission
             build = item.build

@@ -298,3 +298,26 @@ async def test_a_stopped_raft_loop_answers_shielded_callers(autojump_clock) -> N
                 await item.reply.wait()
             with pytest.raises(NoLeaderError):
                 await loop.call(lambda core, now: None)
+
+
+async def test_the_election_timer_sends_one_tick_per_deadline(autojump_clock, monkeypatch) -> None:
+    # The timer used to send Tick after Tick while the loop had not yet ticked the core (its
+    # deadline still in the past): here one idle Tick for every two useful ones; in a busy
+    # simulation seed 295,000 timer turns, half of its run time.
+    from copycat_trio.server import loop as loop_module
+
+    handled = {"useful": 0, "idle": 0}
+    original = loop_module.RaftLoop._handle
+
+    def counting(self: loop_module.RaftLoop, item: object, now: float) -> None:
+        if isinstance(item, loop_module.Tick):
+            handled["useful" if now >= self.core.next_deadline() else "idle"] += 1
+        original(self, item, now)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop_module.RaftLoop, "_handle", counting)
+    async with open_memory_cluster(3, KeyValueStore) as cluster:
+        await cluster.wait_for_leader()
+        await trio.sleep(10)
+    # A leader's heartbeats alone give about 100 deadlines in 10 s.
+    assert handled["useful"] >= 50
+    assert handled["idle"] <= handled["useful"] // 10, handled
