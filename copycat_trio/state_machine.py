@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import attrs
 
-from .protocol.errors import ApplicationError
+from .protocol import errors
 
 __all__ = [
     "Commit",
@@ -186,8 +186,9 @@ class StateMachineContext:
         raise NotImplementedError
 
 
-class UnknownOperationError(ApplicationError):
-    """The state machine has no handler for an operation's type (nor for any of its parents)."""
+class UnknownOperationError(errors.UnknownOperationError):
+    """The state machine has no handler for an operation's type (nor for any of its parents);
+    it reaches the client as UNKNOWN_OPERATION."""
 
     def __init__(self, operation_type: type[Any], state_machine: type[Any]) -> None:
         super().__init__(

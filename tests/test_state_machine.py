@@ -83,7 +83,7 @@ def test_unknown_operation() -> None:
         Counter().apply(commit(Unknown()))
     err = info.value
     assert isinstance(err, ApplicationError)
-    assert err.error_type is ErrorType.APPLICATION
+    assert err.error_type is ErrorType.UNKNOWN_OPERATION  # still an ApplicationError to catch
     assert "Counter" in err.message
     assert "tests.test_state_machine.Unknown" in err.message
     assert (err.operation_type, err.state_machine) == (Unknown, Counter)

@@ -108,6 +108,9 @@ _ERROR_SCOPES: dict[ErrorType, ErrorScope] = {
     ErrorType.CONFIGURATION: ErrorScope.VERDICT,
     # The request could not be decoded or is not accepted: no other member will do better.
     ErrorType.PROTOCOL: ErrorScope.VERDICT,
+    # The servers' state machine does not know the operation (a command was logged as
+    # UnknownOperation and changed nothing): retrying elsewhere cannot help.
+    ErrorType.UNKNOWN_OPERATION: ErrorScope.VERDICT,
 }
 
 

@@ -23,7 +23,9 @@ from .errors import (
     ProtocolError,
     QueryError,
     Status,
+    UnknownOperationError,
     UnknownSessionError,
+    UnreadableRequestError,
     error_from_info,
 )
 from .framing import (
@@ -79,6 +81,7 @@ from .messages import (
     RpcResponse,
     StatusRequest,
     StatusResponse,
+    UnknownOperation,
     UnregisterRequest,
     UnregisterResponse,
     VoteRequest,
@@ -161,7 +164,10 @@ __all__ = [
     "StatusRequest",
     "StatusResponse",
     "TypeRegistry",
+    "UnknownOperation",
+    "UnknownOperationError",
     "UnknownSessionError",
+    "UnreadableRequestError",
     "UnregisterRequest",
     "UnregisterResponse",
     "VoteRequest",

@@ -57,8 +57,16 @@ def _type_name(value: object) -> str:
     return type(value).__qualname__
 
 
+class UnknownTagError(ProtocolError):
+    """A message holds a tag this process has not registered (the sender knows more types)."""
+
+    def __init__(self, tag: int) -> None:
+        super().__init__(f"message contains unknown CBOR tag {tag}")
+        self.tag = tag
+
+
 def _unknown_tag(tag: cbor2.CBORTag, immutable: bool) -> Any:
-    raise ProtocolError(f"message contains unknown CBOR tag {tag.tag}")
+    raise UnknownTagError(tag.tag)
 
 
 def _make_refuse_tag(tag: int) -> Callable[[Any, bool], Any]:
@@ -267,12 +275,21 @@ class TypeRegistry:
         except (cbor2.CBORError, TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise ProtocolError(f"cannot encode {_type_name(obj)}: {exc}") from exc
 
-    def decode(self, data: bytes) -> Any:
-        """The value encoded in `data`; raises ProtocolError for anything but one valid value."""
+    def decode(self, data: bytes, unknown_tag: Callable[[int], Any] | None = None) -> Any:
+        """The value encoded in `data`; raises ProtocolError for anything but one valid value.
+        `unknown_tag`, if given, makes the value of each unregistered tag instead (its content
+        is dropped) rather than refusing the message."""
+        tag_hook = _unknown_tag
+        if unknown_tag is not None:
+            make = unknown_tag
+
+            def tag_hook(tag: cbor2.CBORTag, immutable: bool) -> Any:
+                return make(tag.tag)
+
         try:
             decoder = cbor2.CBORDecoder(
                 io.BytesIO(data),
-                tag_hook=_unknown_tag,
+                tag_hook=tag_hook,
                 semantic_decoders=self._decoders,
                 max_depth=MAX_DEPTH,
                 allow_indefinite=False,

@@ -38,6 +38,8 @@ class ErrorType(enum.IntEnum):
     """A configuration change was rejected."""
     PROTOCOL = 9
     """A frame or message was malformed, oversized or of an unknown type."""
+    UNKNOWN_OPERATION = 10
+    """The servers' state machine does not know the operation's type; it changed nothing."""
 
 
 @attrs.frozen
@@ -84,6 +86,14 @@ class ApplicationError(CopycatError):
     error_type = ErrorType.APPLICATION
 
 
+class UnknownOperationError(ApplicationError):
+    """The servers' state machine has no handler for the operation's type, or the servers have
+    not registered its wire tag at all; the operation changed nothing, and retrying it cannot
+    help until the servers run code that knows it."""
+
+    error_type = ErrorType.UNKNOWN_OPERATION
+
+
 class IllegalMemberStateError(CopycatError):
     error_type = ErrorType.ILLEGAL_MEMBER_STATE
 
@@ -108,6 +118,15 @@ class ProtocolError(CopycatError):
     error_type = ErrorType.PROTOCOL
 
 
+class UnreadableRequestError(ProtocolError):
+    """A request frame whose id could be read but whose body could not be decoded: the server
+    answers it with a PROTOCOL error and keeps the connection open."""
+
+    def __init__(self, message: str, request_id: int) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
 class IncompatibleVersionError(ProtocolError):
     """The other side of a connection speaks another major version of the protocol."""
 
@@ -128,6 +147,7 @@ _BY_TYPE: dict[ErrorType, type[CopycatError]] = {
         QueryError,
         CommandError,
         ApplicationError,
+        UnknownOperationError,
         IllegalMemberStateError,
         UnknownSessionError,
         InternalError,

@@ -492,6 +492,15 @@ class ErrorResponse:
 
 
 @attrs.frozen
+class UnknownOperation:
+    """Stands in for an operation whose wire tag this member has not registered. A command is
+    logged with it in place, like any other, so its session's sequence numbers stay in order;
+    applying it answers UNKNOWN_OPERATION and changes nothing. A query is answered so at once."""
+
+    tag: int
+
+
+@attrs.frozen
 class Hello:
     """The first frame each side of a TCP connection sends: its protocol version, so that a
     member one minor version newer is accepted and one of another major version is refused."""
@@ -556,6 +565,7 @@ BUILTIN_TAGS: dict[type, int] = {
     TransferRequest: 32843,
     TransferResponse: 32844,
     Hello: 32774,
+    UnknownOperation: 32845,
 }
 
 USER_TAG_MIN = 40000

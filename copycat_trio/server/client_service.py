@@ -49,13 +49,14 @@ from ..protocol.messages import (
     RegisterResponse,
     RpcRequest,
     RpcResponse,
+    UnknownOperation,
     UnregisterEntry,
     UnregisterRequest,
     UnregisterResponse,
 )
 from ..protocol.operations import Command, Consistency, Query
 from ..transport.base import MessageStream, TransportError
-from .executor import Executor, Pending
+from .executor import Executor, Pending, unknown_operation
 from .loop import RaftLoop
 
 log = logging.getLogger(__name__)
@@ -313,7 +314,10 @@ class ClientService:
         def error(info: ErrorInfo) -> CommandResponse:
             return CommandResponse(status=Status.ERROR, error=info)
 
-        if not isinstance(request.operation, Command):
+        # An UnknownOperation (a tag the servers have not registered) is logged like any
+        # command, so the session's later commands follow it in order; applying it answers
+        # UNKNOWN_OPERATION.
+        if not isinstance(request.operation, Command | UnknownOperation):
             return error(ErrorInfo(ErrorType.COMMAND, "only a Command can be submitted as one"))
         if not await self._as_leader():
             return await self.forward(request, error)  # type: ignore[no-any-return]
@@ -388,6 +392,9 @@ class ClientService:
         def error(info: ErrorInfo) -> QueryResponse:
             return QueryResponse(status=Status.ERROR, error=info)
 
+        if isinstance(request.operation, UnknownOperation):
+            unknown = unknown_operation(request.operation, self.executor.state_machine)
+            return error(unknown.to_info())
         if not isinstance(request.operation, Query):
             return error(ErrorInfo(ErrorType.QUERY, "only a Query can be submitted as one"))
         try:

@@ -29,6 +29,7 @@ from ..protocol.errors import (
     ErrorInfo,
     ErrorType,
     InternalError,
+    UnknownOperationError,
     UnknownSessionError,
 )
 from ..protocol.messages import (
@@ -40,6 +41,7 @@ from ..protocol.messages import (
     Member,
     NoOpEntry,
     RegisterEntry,
+    UnknownOperation,
     UnregisterEntry,
 )
 from ..state_machine import (
@@ -81,6 +83,15 @@ class Pending:
         if not self.event.is_set():
             self.result, self.error, self.event_index = result, error, event_index
             self.event.set()
+
+
+def unknown_operation(operation: UnknownOperation, state_machine: object) -> UnknownOperationError:
+    """The answer to an operation whose wire tag the servers have not registered."""
+    return UnknownOperationError(
+        f"operation tag {operation.tag} is not registered on the servers, whose state machine "
+        f"is {type(state_machine).__qualname__}: they must import the module that registers "
+        "the operation's class (or run the state machine it was written for)"
+    )
 
 
 def application_error(exc: BaseException) -> ApplicationError:
@@ -442,6 +453,8 @@ class Executor:
         result: Any = None
         error_info: ErrorInfo | None = None
         try:
+            if type(entry.operation) is UnknownOperation:
+                raise unknown_operation(entry.operation, self.state_machine)
             result = self.state_machine.apply(commit)
         except CopycatError as exc:
             error_info = exc.to_info()
@@ -514,6 +527,8 @@ class Executor:
             session=handle,
         )
         try:
+            if type(operation) is UnknownOperation:
+                raise unknown_operation(operation, self.state_machine)
             return self.state_machine.apply(commit), None
         except CopycatError as exc:
             return None, exc.to_info()

@@ -30,6 +30,7 @@ from ..protocol.errors import (
     IllegalMemberStateError,
     ProtocolError,
     Status,
+    UnreadableRequestError,
     error_from_info,
 )
 from ..protocol.messages import (
@@ -447,7 +448,16 @@ class CopycatServer:
             connection = ClientConnection(stream, nursery)
             try:
                 while True:
-                    message = await stream.receive()
+                    try:
+                        message = await stream.receive()
+                    except UnreadableRequestError as exc:
+                        # Its id could be read: answer it, and go on reading this connection.
+                        log.info("request from %s: %s", stream.peer, exc)
+                        info = ErrorInfo(ErrorType.PROTOCOL, str(exc))
+                        await stream.send(
+                            RpcResponse(exc.request_id, ErrorResponse(Status.ERROR, info))
+                        )
+                        continue
                     if allowed is not None and not (
                         (isinstance(message, RpcRequest) and isinstance(message.body, allowed))
                         or isinstance(message, RpcResponse)

@@ -16,6 +16,7 @@ from ..protocol.codec import TypeRegistry, registry
 from ..protocol.errors import IncompatibleVersionError, ProtocolError
 from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
 from ..protocol.messages import PROTOCOL_VERSION, Hello
+from ..protocol.salvage import salvage_request
 from .base import TransportError
 
 RECEIVE_CHUNK = 65536
@@ -95,7 +96,10 @@ class FramedStream:
             frame = self._decoder.next_frame()
             if frame is not None:
                 self.frames_received += 1
-                message = self._codec.decode(frame)
+                try:
+                    message = self._codec.decode(frame)
+                except ProtocolError as exc:
+                    message = salvage_request(self._codec, frame, exc)
                 if self.peer_version is not None:
                     return message
                 try:

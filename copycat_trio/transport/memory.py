@@ -21,7 +21,9 @@ import attrs
 import trio
 
 from ..protocol.codec import registry
+from ..protocol.errors import ProtocolError
 from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
+from ..protocol.salvage import salvage_request
 from .base import ConnectionHandler, MessageStream, TransportError
 
 log = logging.getLogger(__name__)
@@ -247,7 +249,10 @@ class MemoryStream:
         while True:
             frame = self._decoder.next_frame()
             if frame is not None:
-                return registry.decode(frame)
+                try:
+                    return registry.decode(frame)
+                except ProtocolError as exc:
+                    return salvage_request(registry, frame, exc)
             try:
                 data = await self._receive.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError) as exc:

@@ -146,13 +146,48 @@ async def unknown_tag(attacker: Attacker) -> None:
     await attacker.garbage(encode_frame(payload), "unknown tag after a Hello", logged, hello=True)
 
 
+async def next_response(connection: RawConnection) -> RpcResponse:
+    """The next RpcResponse on the connection (skipping the server's Hello)."""
+    while not isinstance(message := await connection.receive(), RpcResponse):
+        assert isinstance(message, Hello), f"expected a response, got {message!r}"
+    return message
+
+
 async def wrong_field_types(attacker: Attacker) -> None:
+    """A request whose id can be read but whose body does not decode: a typed PROTOCOL answer
+    to that id, on a connection that stays open."""
     # RpcRequest(id=1, body=CommandRequest(session="x", sequence="y", operation=None)), built by
     # hand: a registered object travels as CBORTag(tag, [field values in attrs field order]).
     command = cbor2.CBORTag(BUILTIN_TAGS[CommandRequest], ["x", "y", None])
     payload = cbor2.dumps(cbor2.CBORTag(BUILTIN_TAGS[RpcRequest], [1, command]))
-    logged = "CommandRequest.session: expected int, got str"
-    await attacker.garbage(encode_frame(payload), "wrong field types", logged)
+    async with await attacker.connect() as connection:
+        with trio.fail_after(CLOSE_WITHIN):
+            await connection.send_bytes(encode_frame(payload))
+            answer = await next_response(connection)
+            status = await connection.request(StatusRequest())
+    assert isinstance(answer, RpcResponse) and answer.id == 1, answer
+    assert isinstance(answer.body, ErrorResponse) and answer.body.error is not None
+    assert answer.body.error.type is ErrorType.PROTOCOL
+    assert "CommandRequest.session: expected int, got str" in answer.body.error.message
+    assert isinstance(status, StatusResponse) and status.id == attacker.target
+
+
+async def unknown_operation_tag(attacker: Attacker) -> None:
+    """A command whose operation has a tag the server never registered (a client that knows
+    more types): answered with a typed error, the connection kept. Without a session it is
+    refused for that; with one, tests/e2e/test_unknown_operations_processes.py."""
+    operation = cbor2.CBORTag(45678, ["payload"])
+    command = cbor2.CBORTag(BUILTIN_TAGS[CommandRequest], [0, 1, operation])
+    payload = cbor2.dumps(cbor2.CBORTag(BUILTIN_TAGS[RpcRequest], [2, command]))
+    async with await attacker.connect() as connection:
+        with trio.fail_after(CLOSE_WITHIN):
+            await connection.send_bytes(encode_frame(payload))
+            answer = await next_response(connection)
+            status = await connection.request(StatusRequest())
+    assert isinstance(answer, RpcResponse) and answer.id == 2, answer
+    assert isinstance(answer.body, CommandResponse) and answer.body.error is not None, answer
+    assert answer.body.error.type is ErrorType.UNKNOWN_SESSION, answer
+    assert isinstance(status, StatusResponse) and status.id == attacker.target
 
 
 async def unsupported_request_bodies(attacker: Attacker) -> None:
@@ -249,6 +284,7 @@ ATTACKS: list[Callable[[Attacker], Awaitable[None]]] = [
     one_gibibyte_announced,
     unknown_tag,
     wrong_field_types,
+    unknown_operation_tag,
     unsupported_request_bodies,
     unsolicited_response,
     command_that_is_not_a_command,
