@@ -52,10 +52,28 @@ def soak(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Throughput and latency of a three-process cluster on loopback (see docs/benchmarks.md).
 
-    Pass options after `--`, e.g. `nox -s bench -- --seconds 10 --writers 1,16,64`.
+    Pass options after `--`, e.g. `nox -s bench -- --seconds 10 --writers 1,16,64`;
+    `-- --compare etcd,pysyncobj --reads` runs the same load against a 3-member etcd (the
+    Debian package etcd-server, when `etcd` is on PATH) and PySyncObj, alternating, with ratios.
     """
     session.install(".")
+    peers = compared_peers(session.posargs)
+    if "etcd" in peers:
+        session.install("h11")
+    if "pysyncobj" in peers:
+        session.install("pysyncobj")
     session.run("python", "benchmarks/bench_cluster.py", *session.posargs)
+
+
+def compared_peers(args: list[str]) -> set[str]:
+    """The systems named by `--compare A,B` or `--compare=A,B` in the bench's arguments."""
+    peers: set[str] = set()
+    for i, arg in enumerate(args):
+        if arg == "--compare" and i + 1 < len(args):
+            peers.update(args[i + 1].split(","))
+        elif arg.startswith("--compare="):
+            peers.update(arg.removeprefix("--compare=").split(","))
+    return {p.strip() for p in peers}
 
 
 @nox.session(python=PYTHON)

@@ -2,12 +2,13 @@
 
     python benchmarks/bench_cluster.py [--seconds S] [--writers 1,16,64] [--reads] [--json FILE]
         [--storage disk|memory] [--via leader|follower] [--max-ops N] [--profile DIR]
+        [--value-bytes 100] [--compare etcd,pysyncobj] [--runs 2]
 
 Starts three `python -m copycat_trio serve` processes on 127.0.0.1 (free ports), waits for a
 leader, then for each task count N runs N concurrent tasks that share ONE client (one pipelined
 connection per member), each submitting operations back to back:
 
-  put       Put(f"w{task}-{i}", 16-character value)     a command: logged, replicated, applied
+  put       Put(16-character key, --value-bytes value)  a command: logged, replicated, applied
   get-lin   Get(key), Consistency.LINEARIZABLE          --reads: read index confirmed by a quorum
   get-lease Get(key), Consistency.LINEARIZABLE_LEASE    --reads: the leader's lease, no quorum round
   get-seq   Get(key), Consistency.SEQUENTIAL            --reads: answered by the member asked
@@ -23,6 +24,11 @@ nothing. The client and the three servers share the machine's cores, so the tabl
 for the measured window, the CPU each process used (100 = one core), the whole machine's busy
 time (box%, other processes included) and how long the leader was runnable but waiting for a
 core (L wait%), all from /proc on Linux.
+
+--compare etcd[,pysyncobj] runs the same phases against a 3-member etcd (its JSON gateway, from
+a Trio HTTP client in this process) and/or PySyncObj (writes only, its client in the leader's
+process), alternating the systems --runs times, and prints each system's medians and the ratio
+copycat_trio/peer of every row (benchmarks/compare.py).
 
 Exit status: 0 if every phase ran without an unexpected error; 1 if the cluster never elected a
 leader (or a server exited) or any operation failed with anything but OutcomeUnknownError (those
@@ -57,7 +63,10 @@ from copycat_trio.protocol.operations import Consistency
 from copycat_trio.recipes.kv import Get, Put
 from copycat_trio.testing.processes import ProcessCluster
 
-VALUE = "v" * 16
+if __name__ == "__main__":  # the comparison modules `import bench_cluster`: let them find this one
+    sys.modules.setdefault("bench_cluster", sys.modules["__main__"])
+
+VALUE_BYTES = 100
 READ_KEYS = 1000
 LEADER_TIMEOUT = 30.0
 DRAIN_GRACE = 2.0
@@ -159,6 +168,29 @@ def own_cpu_seconds() -> float:
     return t.user + t.system
 
 
+# --- the load shape (the same for every system compared) ----------------------------------
+
+
+def write_key(task: int, i: int) -> str:
+    """The 16-character key of a writer task's i-th put."""
+    return f"w{task:04d}{i % 10**11:011d}"
+
+
+def read_key(n: int) -> str:
+    """The 16-character key of the n-th seeded key (0 <= n < --read-keys)."""
+    return f"r{n:015d}"
+
+
+def read_value(n: int, value_bytes: int) -> str:
+    """What the n-th seeded key holds: `value-n`, padded to value_bytes characters."""
+    return f"value-{n}".ljust(value_bytes, ".")
+
+
+def read_index(task: int, i: int, keys: int = READ_KEYS) -> int:
+    """Which of the `keys` seeded keys a reader task reads on its i-th read."""
+    return (task * 7919 + i) % keys
+
+
 # --- one phase ---------------------------------------------------------------------------
 
 
@@ -190,9 +222,19 @@ def percentile(sorted_values: list[float], q: float) -> float:
 class Phase:
     """N tasks submitting operations; records those that start and finish in the window."""
 
-    def __init__(self, op: str, tasks: int, max_ops: int) -> None:
+    def __init__(
+        self,
+        op: str,
+        tasks: int,
+        max_ops: int,
+        value_bytes: int = VALUE_BYTES,
+        read_keys: int = READ_KEYS,
+    ) -> None:
         self.result = PhaseResult(op, tasks)
+        self.read_keys = read_keys
         self.max_ops = max_ops
+        self.value = "v" * value_bytes
+        self.value_bytes = value_bytes
         self.latencies: list[float] = []
         self.recording = False
         self.window_start = 0.0
@@ -202,8 +244,8 @@ class Phase:
     def make_operation(self, task: int, i: int) -> tuple[Any, Consistency]:
         op = self.result.op
         if op == "put":
-            return Put(f"w{task}-{i}", VALUE), Consistency.LINEARIZABLE
-        key = f"r{(task * 7919 + i) % READ_KEYS}"
+            return Put(write_key(task, i), self.value), Consistency.LINEARIZABLE
+        key = read_key(read_index(task, i, self.read_keys))
         consistency = {
             "get-lin": Consistency.LINEARIZABLE,
             "get-lease": Consistency.LINEARIZABLE_LEASE,
@@ -212,7 +254,7 @@ class Phase:
 
     def check_result(self, operation: Any, result: Any) -> str | None:
         if isinstance(operation, Get):
-            expected = f"value-{operation.key[1:]}"
+            expected = read_value(int(operation.key[1:]), self.value_bytes)
             if result != expected:
                 return f"Get({operation.key!r}) returned {result!r}, expected {expected!r}"
         return None
@@ -265,33 +307,59 @@ async def run_phase(
     seconds: float,
     max_ops: int,
     op_timeout: float,
+    value_bytes: int = VALUE_BYTES,
+    read_keys: int = READ_KEYS,
 ) -> PhaseResult:
-    phase = Phase(op, tasks, max_ops)
+    phase = Phase(op, tasks, max_ops, value_bytes, read_keys)
     pids = cluster.pids()
+    roles = {m: "leader" if m == leader_id else f"follower{m}" for m in pids}
     async with trio.open_nursery() as nursery:
         for task in range(tasks):
             nursery.start_soon(phase.worker, client, task, op_timeout)
         await trio.sleep(warmup)
-
-        cpu_before = {m: process_cpu_seconds(pid) for m, pid in pids.items()}
-        wait_before = run_queue_wait_seconds(pids[leader_id])
-        own_before = own_cpu_seconds()
-        busy_before = machine_busy_seconds()
-        phase.window_start = time.perf_counter()
-        phase.recording = True
-        with trio.move_on_after(seconds):
-            await phase.full.wait()
-        phase.recording = False
-        window = time.perf_counter() - phase.window_start
-        own_after = own_cpu_seconds()
-        busy_after = machine_busy_seconds()
-        cpu_after = {m: process_cpu_seconds(pid) for m, pid in pids.items()}
-        wait_after = run_queue_wait_seconds(pids[leader_id])
-
+        window, cpu = await measure_window(phase, pids, roles, leader_id, seconds)
         phase.stopping = True
         # Let in-flight operations finish (each is bounded by op_timeout), then cut them off.
         nursery.cancel_scope.deadline = trio.current_time() + op_timeout + DRAIN_GRACE
+    return finish_result(phase, window, cpu)
 
+
+async def measure_window(
+    phase: Phase, pids: dict[Any, int], roles: dict[Any, str], leader: Any, seconds: float
+) -> tuple[float, dict[str, float | None]]:
+    """Record the phase's operations for `seconds` (or until max_ops), and the CPU that this
+    process (the client), each server (`roles` names them) and the machine used meanwhile, in
+    percent of one core: the window's length and that CPU."""
+    cpu_before = {m: process_cpu_seconds(pid) for m, pid in pids.items()}
+    wait_before = run_queue_wait_seconds(pids[leader])
+    own_before = own_cpu_seconds()
+    busy_before = machine_busy_seconds()
+    phase.window_start = time.perf_counter()
+    phase.recording = True
+    with trio.move_on_after(seconds):
+        await phase.full.wait()
+    phase.recording = False
+    window = time.perf_counter() - phase.window_start
+    own_after = own_cpu_seconds()
+    busy_after = machine_busy_seconds()
+    cpu_after = {m: process_cpu_seconds(pid) for m, pid in pids.items()}
+    wait_after = run_queue_wait_seconds(pids[leader])
+
+    def pct(before: float | None, after: float | None) -> float | None:
+        if before is None or after is None or window <= 0:
+            return None
+        return 100 * (after - before) / window
+
+    cpu: dict[str, float | None] = {"client": pct(own_before, own_after)}
+    for m in sorted(pids, key=roles.__getitem__):
+        cpu[roles[m]] = pct(cpu_before[m], cpu_after[m])
+    cpu["machine"] = pct(busy_before, busy_after)
+    cpu["leader_waiting"] = pct(wait_before, wait_after)
+    return window, cpu
+
+
+def finish_result(phase: Phase, window: float, cpu: dict[str, float | None]) -> PhaseResult:
+    """The phase's result: throughput and percentiles of what the window recorded."""
     result = phase.result
     result.seconds = window
     latencies = sorted(phase.latencies)
@@ -301,23 +369,14 @@ async def run_phase(
         result.p50_ms = percentile(latencies, 0.50) * 1000
         result.p99_ms = percentile(latencies, 0.99) * 1000
         result.max_ms = latencies[-1] * 1000
-
-    def pct(before: float | None, after: float | None) -> float | None:
-        if before is None or after is None or window <= 0:
-            return None
-        return 100 * (after - before) / window
-
-    result.cpu["client"] = pct(own_before, own_after)
-    for member_id in sorted(pids):
-        role = "leader" if member_id == leader_id else f"follower{member_id}"
-        result.cpu[role] = pct(cpu_before[member_id], cpu_after[member_id])
-    result.cpu["machine"] = pct(busy_before, busy_after)
-    result.cpu["leader_waiting"] = pct(wait_before, wait_after)
+    result.cpu = cpu
     return result
 
 
-async def seed_read_keys(client: CopycatClient) -> None:
-    """Write the keys the read phases read (r0..r999 -> value-0..value-999), 32 at a time."""
+async def seed_read_keys(
+    client: CopycatClient, value_bytes: int = VALUE_BYTES, read_keys: int = READ_KEYS
+) -> None:
+    """Write the keys the read phases read (read_key(n) -> read_value(n)), 32 at a time."""
     limiter = trio.Semaphore(32)
     failures: list[CopycatError] = []
 
@@ -326,12 +385,12 @@ async def seed_read_keys(client: CopycatClient) -> None:
             if failures:
                 return
             try:
-                await client.submit(Put(f"r{i}", f"value-{i}"))
+                await client.submit(Put(read_key(i), read_value(i, value_bytes)))
             except CopycatError as exc:
                 failures.append(exc)
 
     async with trio.open_nursery() as nursery:
-        for i in range(READ_KEYS):
+        for i in range(read_keys):
             nursery.start_soon(put, i)
     if failures:
         raise failures[0]
@@ -350,7 +409,8 @@ def format_cpu(cpu: dict[str, float | None]) -> str:
 
     leader = cpu.get("leader")
     followers = [v for k, v in sorted(cpu.items()) if k.startswith("follower")]
-    return f"{one(cpu.get('client'))}/{one(leader)}/" + "/".join(one(v) for v in followers)
+    client = one(cpu["client"]) if "client" in cpu else "-"  # "-": no client process of its own
+    return f"{client}/{one(leader)}/" + "/".join(one(v) for v in followers)
 
 
 def format_results(results: list[PhaseResult]) -> str:
@@ -446,6 +506,17 @@ def parse_counts(text: str) -> list[int]:
     return counts
 
 
+PEERS = ("etcd", "pysyncobj")
+
+
+def parse_peers(text: str) -> list[str]:
+    peers = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [p for p in peers if p not in PEERS]
+    if not peers or unknown:
+        raise argparse.ArgumentTypeError(f"--compare takes a list of {', '.join(PEERS)}")
+    return list(dict.fromkeys(peers))
+
+
 def positive(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -475,13 +546,60 @@ def build_parser() -> argparse.ArgumentParser:
         help="server storage: disk (fsynced, in a temporary directory under $TMPDIR; the "
         "default) or memory (nothing written)",
     )
+    p.add_argument(
+        "--value-bytes", type=int, default=VALUE_BYTES, help="bytes per value (keys are 16)"
+    )
+    p.add_argument("--read-keys", type=int, default=READ_KEYS, help="keys written before the reads")
+    p.add_argument(
+        "--compare",
+        type=parse_peers,
+        default=[],
+        metavar="etcd,pysyncobj",
+        help="also run the same load against these systems, alternating, and print ratios",
+    )
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=2,
+        help="with --compare: runs of each system, alternating (A B A B), medians quoted",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--profile", metavar="DIR", help="run each server under cProfile into DIR")
     return p
 
 
-async def bench(args: argparse.Namespace, facts: dict[str, Any]) -> int:
-    say = print
+class BenchFailed(Exception):
+    """A run that could not measure (no leader, a server exited, an unexpected CopycatError);
+    its message ends with the servers' log tails."""
+
+
+def phase_plan(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """The (op, tasks) rows of one run, in the order they run."""
+    phases = [("put", n) for n in args.writers]
+    if args.reads:
+        for op in ("get-lin", "get-lease", "get-seq"):
+            phases += [(op, n) for n in args.writers]
+    return phases
+
+
+def phase_line(result: PhaseResult) -> str:
+    """The one-line progress report of a finished phase."""
+    return (
+        f"  {result.op:9} x{result.tasks:<4} {result.ops:7} ops  {result.ops_per_s:8.0f}/s  "
+        f"p50 {format_ms(result.p50_ms)} ms  p99 {format_ms(result.p99_ms)} ms"
+        + (
+            f"  errors {result.errors} unknown {result.unknown}"
+            if result.errors or result.unknown
+            else ""
+        )
+    )
+
+
+async def copycat_run(
+    args: argparse.Namespace, facts: dict[str, Any], say: Any = print
+) -> tuple[list[PhaseResult], list[tuple[Any, ...]]]:
+    """Start three servers, run every phase of the plan against them with one client, stop
+    them: the phases' results and the members' final status rows. Raises BenchFailed."""
     with tempfile.TemporaryDirectory(prefix="copycat-bench-") as workdir:
         cluster = BenchCluster(workdir, args.storage, profile_dir=args.profile)
         results: list[PhaseResult] = []
@@ -490,9 +608,10 @@ async def bench(args: argparse.Namespace, facts: dict[str, Any]) -> int:
             all_addresses = cluster.addresses()
             leader = await wait_for_cluster(cluster, all_addresses)
             if leader is None:
-                say(f"FAILED: no leader elected within {LEADER_TIMEOUT:.0f}s; logs follow")
-                say(cluster.log_tails())
-                return 1
+                raise BenchFailed(
+                    f"no leader elected within {LEADER_TIMEOUT:.0f}s; logs follow\n"
+                    + cluster.log_tails()
+                )
             leader_id = leader["id"]
             leader_address = cluster.address(leader_id)
             others = [a for a in all_addresses if a != leader_address]
@@ -512,16 +631,10 @@ async def bench(args: argparse.Namespace, facts: dict[str, Any]) -> int:
                 storage=args.storage,
                 addresses={i: cluster.address(i) for i in cluster.ids()},
             )
-
-            phases = [("put", n) for n in args.writers]
-            if args.reads:
-                phases += [("get-lin", n) for n in args.writers]
-                phases += [("get-lease", n) for n in args.writers]
-                phases += [("get-seq", n) for n in args.writers]
             async with open_client(addresses, timeout=args.op_timeout) as client:
                 if args.reads:
-                    await seed_read_keys(client)
-                for op, tasks in phases:
+                    await seed_read_keys(client, args.value_bytes, args.read_keys)
+                for op, tasks in phase_plan(args):
                     result = await run_phase(
                         client,
                         cluster,
@@ -532,49 +645,61 @@ async def bench(args: argparse.Namespace, facts: dict[str, Any]) -> int:
                         seconds=args.seconds,
                         max_ops=args.max_ops,
                         op_timeout=args.op_timeout,
+                        value_bytes=args.value_bytes,
+                        read_keys=args.read_keys,
                     )
                     results.append(result)
-                    say(
-                        f"  {op:7} x{tasks:<4} {result.ops:7} ops  {result.ops_per_s:8.0f}/s  "
-                        f"p50 {format_ms(result.p50_ms)} ms  p99 {format_ms(result.p99_ms)} ms"
-                        + (
-                            f"  errors {result.errors} unknown {result.unknown}"
-                            if result.errors or result.unknown
-                            else ""
-                        )
-                    )
+                    say(phase_line(result))
             rows = await _final_status(all_addresses)
         except CopycatError as exc:
-            say(f"FAILED: {type(exc).__name__}: {exc}; logs follow")
-            say(cluster.log_tails())
-            return 1
+            raise BenchFailed(
+                f"{type(exc).__name__}: {exc}; logs follow\n{cluster.log_tails()}"
+            ) from exc
         finally:
             await cluster.aclose()
+    return results, rows
 
-        say("")
-        say(format_results(results))
-        say(
-            "cpu%: client / leader / followers during the measured window (100 = one core); "
-            f"box%: the whole machine, all processes ({100 * (facts['usable_cpus'] or 1)} = "
-            "every core busy); L wait%: leader runnable but waiting for a core"
-        )
-        if rows:
-            say(f"final status: {rows}")
-        failed = [r for r in results if r.errors]
-        unknown = [r for r in results if r.unknown]
-        for r in failed + unknown:
-            for sample in r.error_samples:
-                say(f"  {r.op} x{r.tasks}: {sample}")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"facts": facts, "results": [asdict(r) for r in results]}, f, indent=2)
-            say(f"wrote {args.json}")
-        if failed:
-            say(f"FAILED: unexpected errors in {len(failed)} phase(s)")
-            return 1
-        if unknown:
-            say("note: some commands timed out with unknown outcome (see the unknown column)")
-        return 0
+
+def report_errors(results: list[PhaseResult], say: Any = print) -> tuple[bool, bool]:
+    """Print the error samples of a run: (any unexpected error, any unknown outcome)."""
+    failed = [r for r in results if r.errors]
+    unknown = [r for r in results if r.unknown]
+    for r in failed + unknown:
+        for sample in r.error_samples:
+            say(f"  {r.op} x{r.tasks}: {sample}")
+    return bool(failed), bool(unknown)
+
+
+CPU_LEGEND = (
+    "cpu%: client / leader / followers during the measured window (100 = one core); "
+    "box%: the whole machine, all processes ({every} = every core busy); "
+    "L wait%: leader runnable but waiting for a core"
+)
+
+
+async def bench(args: argparse.Namespace, facts: dict[str, Any]) -> int:
+    say = print
+    try:
+        results, rows = await copycat_run(args, facts, say)
+    except BenchFailed as exc:
+        say(f"FAILED: {exc}")
+        return 1
+    say("")
+    say(format_results(results))
+    say(CPU_LEGEND.format(every=100 * (facts["usable_cpus"] or 1)))
+    if rows:
+        say(f"final status: {rows}")
+    failed, unknown = report_errors(results, say)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"facts": facts, "results": [asdict(r) for r in results]}, f, indent=2)
+        say(f"wrote {args.json}")
+    if failed:
+        say(f"FAILED: unexpected errors in {sum(1 for r in results if r.errors)} phase(s)")
+        return 1
+    if unknown:
+        say("note: some commands timed out with unknown outcome (see the unknown column)")
+    return 0
 
 
 async def wait_for_cluster(cluster: BenchCluster, addresses: list[str]) -> dict[str, Any] | None:
@@ -601,6 +726,12 @@ def main() -> None:
     args = build_parser().parse_args()
     if args.max_ops < 1:
         raise SystemExit("--max-ops must be at least 1")
+    if args.runs < 1:
+        raise SystemExit("--runs must be at least 1")
+    if args.read_keys < 1:
+        raise SystemExit("--read-keys must be at least 1")
+    if args.value_bytes < 16:
+        raise SystemExit("--value-bytes must be at least 16 (read values carry their key number)")
     args.storage = args.storage or "disk"
     if args.profile:
         args.profile = os.path.abspath(args.profile)
@@ -622,7 +753,12 @@ def main() -> None:
     print(f"code:    {facts['package']}")
     code = 130
     try:
-        code = trio.run(bench, args, facts)
+        if args.compare:
+            import compare  # beside this file: etcd and PySyncObj, alternating with copycat_trio
+
+            code = trio.run(compare.run_comparison, args, facts)
+        else:
+            code = trio.run(bench, args, facts)
     except* KeyboardInterrupt:  # the servers were stopped on the way out (stop_all is shielded)
         print("interrupted", file=sys.stderr)
     raise SystemExit(code)
