@@ -10,6 +10,8 @@ sentence naming the members, terms and indices involved:
 - leader completeness: an entry committed in a term is in the log of every later term's leader;
 - state machine safety: every member applies the same command, with the same result, at each
   index (a restarted member that re-applies its log must agree with itself too);
+- timer safety: every member has fired the same timer callbacks, at the same log positions,
+  by each command it applies (a digest the state machine keeps, `Applied.timers`);
 - exactly once: each session command (session, sequence) is applied at one index only;
 - session order: every member applies each session's commands at consecutive sequence numbers
   (1, 2, 3 ...), no gap and none out of order, from the first it applies after starting or
@@ -57,6 +59,10 @@ class Applied:
     state machine) and at each snapshot it installs."""
     from_snapshot: bool = False
     """That run began by installing a snapshot (so a session's first command in it may be any)."""
+    timers: Any = None
+    """The state machine's `timer_digest` as the command applied (None if it keeps none): a
+    hash of every timer callback fired before it, so members that fired different timers, or
+    at different log positions, disagree here."""
 
 
 @attrs.define
@@ -66,11 +72,18 @@ class _Run:
 
 
 def observe(
-    state_machine: StateMachine, member: int, on_apply: Callable[[Applied], None]
+    state_machine: StateMachine,
+    member: int,
+    on_apply: Callable[[Applied], None],
+    on_fire: Callable[[int, Any], None] | None = None,
 ) -> StateMachine:
     """Wrap a state machine's `apply` so that each command it applies is reported (with the
     session and sequence number the executor is applying); queries are not reported. A
-    `Snapshottable` one's `install` is wrapped too: what it applies after is a new run."""
+    `Snapshottable` one's `install` is wrapped too: what it applies after is a new run. A state
+    machine with an `observer` attribute (sim_machine.SimStore) reports its timer firings to
+    `on_fire(member, firing)`."""
+    if on_fire is not None and hasattr(state_machine, "observer"):
+        state_machine.observer = lambda firing: on_fire(member, firing)
     original = state_machine.apply
     run = _Run(next(_runs))
     if isinstance(state_machine, Snapshottable):
@@ -86,6 +99,7 @@ def observe(
         if not isinstance(commit.operation, Command) or commit.session is None:
             return original(commit)
         sequence = getattr(state_machine.context, "sequence", 0)
+        timers = getattr(state_machine, "timer_digest", None)
         try:
             result = original(commit)
         except Exception as exc:
@@ -99,6 +113,7 @@ def observe(
                     ("raised", type(exc).__name__, str(exc)),
                     run.number,
                     run.from_snapshot,
+                    timers,
                 )
             )
             raise
@@ -112,6 +127,7 @@ def observe(
                 result,
                 run.number,
                 run.from_snapshot,
+                timers,
             )
         )
         return result
@@ -141,6 +157,9 @@ class InvariantChecker:
         """(member, incarnation) -> committed index checked up to."""
         self._completeness: dict[tuple[int, int, int], int] = {}
         """(member, incarnation, term) -> committed index checked against that leader's log."""
+        self.firings: dict[int, Any] = {}
+        """Firing number -> the first member's (a sim_machine.Firing) of a timer callback."""
+        self._firing_member: dict[int, int] = {}
         self.polls = 0
         self.applies = 0
 
@@ -230,6 +249,14 @@ class InvariantChecker:
                 f"state machine safety: member {applied.member} applied {_applied(applied)} at "
                 f"index {applied.index}; member {known.member} applied {_applied(known)}"
             )
+        elif known is not applied and known.timers != applied.timers:
+            self.violation(
+                f"timer safety: members {known.member} and {applied.member} fired different "
+                f"timer callbacks before applying index {applied.index} (timer digests "
+                f"{known.timers!r} and {applied.timers!r}): replicas diverged through "
+                "scheduled callbacks (see each member's recent firings in the convergence "
+                "check)"
+            )
         entry = self.committed.get(applied.index)
         if isinstance(entry, CommandEntry) and (
             entry.session,
@@ -248,6 +275,18 @@ class InvariantChecker:
                 f"exactly once: command {applied.sequence} of session {applied.session} "
                 f"({applied.operation!r}) applied at index {first} and again at index "
                 f"{applied.index} (member {applied.member})"
+            )
+
+    def on_fire(self, member: int, firing: Any) -> None:
+        """A member ran a timer callback (a `sim_machine.Firing`): each firing number must be
+        the same callback, at the same log position and time, with the same effect, everywhere."""
+        known = self.firings.setdefault(firing.number, firing)
+        first = self._firing_member.setdefault(firing.number, member)
+        if known != firing:
+            self.violation(
+                f"timer safety: timer firing #{firing.number} was {known!r} on member {first} "
+                f"but {firing!r} on member {member}: replicas diverged through scheduled "
+                "callbacks"
             )
 
     def _check_session_order(self, applied: Applied) -> None:

@@ -54,11 +54,13 @@ from ..recipes.kv import Get, KeyValueStore
 from ..transport.base import TransportError
 from ..transport.memory import MemoryNetwork
 from .cluster import MemoryCluster
+from .event_workload import EventRecord, EventWorkload
 from .faults import LEASE_SAFE_DRIFT, PROFILES, FaultInjector, FaultMix
 from .history import History, OpKind, Outcome
 from .invariants import Applied, InvariantChecker, observe
 from .linearizability import CheckResult, check
 from .pipeline_workload import PipelineRecord, PipelineWorkload
+from .sim_machine import SimStore, sim_state
 from .simdisk import SimDisk
 from .workload import KvWorkload
 
@@ -169,6 +171,8 @@ class SimulationConfig:
     workload: KvWorkload = attrs.Factory(KvWorkload)
     pipeline: PipelineWorkload | None = None
     """Pipelining clients beside the key-value workload (pipeline_workload.py); None: none."""
+    events: EventWorkload | None = None
+    """Event and timer clients beside it (event_workload.py, on the SimStore); None: none."""
     poll_interval: float = 0.005
     """How often (virtual seconds) the invariant checker looks at every member."""
     settle_timeout: float = 60.0
@@ -211,6 +215,7 @@ class SimulationConfig:
         }
         # Its own stream, so that drawing it shifts none of the draws above.
         values["pipeline"] = PipelineWorkload.draw(random.Random(f"pipeline:{seed}"))
+        values["events"] = EventWorkload.draw(random.Random(f"events:{seed}"))
         values.update(overrides)
         return cls(**values)
 
@@ -325,7 +330,7 @@ class Simulation:
         return disk
 
     def _observe(self, member_id: int, state_machine: Any) -> Any:
-        return observe(state_machine, member_id, self._on_apply)
+        return observe(state_machine, member_id, self._on_apply, self.invariants.on_fire)
 
     def _on_apply(self, applied: Applied) -> None:
         self.invariants.on_apply(applied)
@@ -765,9 +770,12 @@ async def _kv_run(sim: Simulation) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sim.run_faults, until)
         records: list[PipelineRecord] = []
+        events: list[EventRecord] = []
         async with trio.open_nursery() as clients:
             if config.pipeline is not None:
                 clients.start_soon(config.pipeline.run, sim, until, records)
+            if config.events is not None:
+                clients.start_soon(config.events.run, sim, until, events)
             await config.workload.run(sim, until)
         nursery.cancel_scope.cancel()
     await sim.heal()
@@ -775,9 +783,11 @@ async def _kv_run(sim: Simulation) -> None:
         return
     pipeline_keys = config.pipeline.key_names() if config.pipeline is not None else []
     await final_reads(sim, [*config.workload.key_names(), *pipeline_keys])
-    await sim.converge(kv_state)
+    await sim.converge(sim_state)
     if config.pipeline is not None:
         config.pipeline.check(sim, records)
+    if config.events is not None:
+        config.events.check(sim, events)
 
 
 async def final_reads(sim: Simulation, keys: Sequence[str], attempts: int = 5) -> None:
@@ -926,7 +936,7 @@ async def _run_main(config: SimulationConfig, watchdog: _Watchdog, holder: dict[
                 watchdog.scope = scope
                 with trio.move_on_after(limit) as virtual:
                     async with open_simulation(
-                        KeyValueStore, config=config, check_invariants=False
+                        SimStore, config=config, check_invariants=False
                     ) as sim:
                         holder["sim"] = sim
                         sim.abort_scope = scope
