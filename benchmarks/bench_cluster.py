@@ -155,10 +155,18 @@ def machine_busy_seconds() -> float | None:
 
 
 def run_queue_wait_seconds(pid: int) -> float | None:
-    """Time the process spent runnable but waiting for a CPU (Linux /proc/PID/schedstat)."""
+    """Time the process's live threads spent runnable but waiting for a CPU (Linux
+    /proc/PID/task/*/schedstat: /proc/PID/schedstat is the main thread's alone, which for etcd's
+    Go runtime or PySyncObj's tick thread is next to nothing)."""
     try:
-        with open(f"/proc/{pid}/schedstat") as f:
-            return int(f.read().split()[1]) / 1e9
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            except FileNotFoundError:  # the thread ended meanwhile
+                continue
+        return total / 1e9
     except (OSError, IndexError, ValueError):
         return None
 

@@ -86,13 +86,17 @@ def median_or_none(values: list[float | None]) -> float | None:
 
 def cpu_us_per_op(result: bc.PhaseResult) -> dict[str, float | None]:
     """Each process's CPU per operation in microseconds (the window's CPU / its operations),
-    keyed client / leader / followerN; `sum` is all of them together."""
+    keyed client / leader / follower#1, follower#2 (the followers in member order: which
+    members follow changes from run to run); `sum` is all of them together."""
     out: dict[str, float | None] = {}
     total = 0.0
     complete = True
+    followers = sorted(role for role in result.cpu if role.startswith("follower"))
     for role, pct in result.cpu.items():
         if role in ("machine", "leader_waiting"):
             continue
+        if role in followers:
+            role = f"follower#{followers.index(role) + 1}"
         if pct is None or result.ops_per_s <= 0:
             out[role] = None
             complete = False

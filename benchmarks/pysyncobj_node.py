@@ -60,9 +60,16 @@ def busy_seconds() -> float | None:
 
 
 def waiting_seconds(pid: int) -> float | None:
+    """Run-queue wait of all the process's live threads (the tick thread does the work)."""
     try:
-        with open(f"/proc/{pid}/schedstat") as f:
-            return int(f.read().split()[1]) / 1e9
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            except FileNotFoundError:
+                continue
+        return total / 1e9
     except (OSError, IndexError, ValueError):
         return None
 

@@ -138,3 +138,31 @@ def test_ctrl_c_while_etcd_runs_stops_every_process(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_summary_medians_each_follower_slot_across_runs_with_different_leaders() -> None:
+    """Which members follow changes from run to run: the summary keeps one column per follower
+    (in member order), not one per member that was ever a follower."""
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import bench_cluster as bc
+        import compare
+    finally:
+        sys.path.remove(str(BENCH.parent))
+
+    def run(cpu: dict[str, float | None]) -> list[bc.PhaseResult]:
+        return [bc.PhaseResult("put", 1, ops=100, seconds=1.0, ops_per_s=100.0, cpu=cpu)]
+
+    first = run({"client": 10.0, "leader": 40.0, "follower2": 20.0, "follower3": 30.0})
+    second = run({"client": 10.0, "leader": 40.0, "follower1": 40.0, "follower2": 50.0})
+    table, data = compare.format_summary([("put", 1)], {"copycat_trio": [first, second]})
+    cpu = data["put x1"]["copycat_trio"]["cpu_us"]
+    # 10% of a core over 100 ops/s = 1,000 us per op
+    assert cpu == {
+        "client": 1000.0,
+        "leader": 4000.0,
+        "follower#1": 3000.0,
+        "follower#2": 4000.0,
+        "sum": 12000.0,
+    }
+    assert "1000/4000/3000/4000" in table
