@@ -35,4 +35,15 @@ from .state_machine import handler as handler
 from .storage.memory import MemoryStorage as MemoryStorage
 from .transport.tcp import TcpTransport as TcpTransport
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The one version string: the installed distribution's (pyproject.toml's)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("copycat-trio")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()

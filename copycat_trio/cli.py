@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -18,10 +19,12 @@ from typing import Any, NoReturn
 import attrs
 import trio
 
+from . import __version__
 from .client import open_client
-from .client.admin import admin_request, fetch_status
+from .client.admin import admin_request, fetch_status, leader_first
+from .client.diagnosis import ClusterView
 from .config import load_cluster_file
-from .protocol.errors import CopycatError, NoLeaderError
+from .protocol.errors import ConfigurationError, CopycatError, NoLeaderError, OutcomeUnknownError
 from .protocol.messages import (
     JoinRequest,
     LeaveRequest,
@@ -57,7 +60,20 @@ def parse_members(text: str) -> list[Member]:
         except ValueError as exc:
             raise UsageError(f"--members: {exc}") from None
         members.append(Member(int(member_id), address.strip()))
+    _check_unique(members, "--members")
     return members
+
+
+def _check_unique(members: Sequence[Member], where: str) -> None:
+    seen: dict[object, int] = {}
+    for member in members:
+        if member.id in seen:
+            raise UsageError(f"{where}: member id {member.id} appears twice")
+        if member.address in seen:
+            other = seen[member.address]
+            msg = f"{where}: members {other} and {member.id} share the address {member.address}"
+            raise UsageError(msg)
+        seen[member.id] = seen[member.address] = member.id
 
 
 def parse_cluster(text: str) -> list[str]:
@@ -94,6 +110,14 @@ async def _serve(args: argparse.Namespace) -> None:
     cluster_file = load_cluster_file(args.config) if args.config else None
     if cluster_file is not None:
         members = list(cluster_file.members)
+        if args.members:
+            given = {(m.id, m.address) for m in parse_members(args.members)}
+            if given != {(m.id, m.address) for m in members}:
+                listed = ",".join(f"{m.id}={m.address}" for m in members)
+                raise UsageError(
+                    f"--members {args.members} disagrees with the members of {args.config} "
+                    f"({listed}); give one of them"
+                )
         for name in ("election_timeout", "heartbeat_interval", "snapshot_every"):
             if getattr(args, name) is None:
                 setattr(args, name, getattr(cluster_file, name))
@@ -116,13 +140,18 @@ async def _serve(args: argparse.Namespace) -> None:
         raise UsageError(f"--address {address} differs from member {args.id}'s {own.address}")
     state_machine = load_state_machine(args.state_machine)
     # Check the settings before anything touches the disk.
-    ServerOptions(
-        member_id=args.id,
-        address=address,
-        state_machine=state_machine,
-        election_timeout=args.election_timeout,
-        heartbeat_interval=args.heartbeat_interval,
-    )
+    try:
+        ServerOptions(
+            member_id=args.id,
+            address=address,
+            state_machine=state_machine,
+            election_timeout=args.election_timeout,
+            heartbeat_interval=args.heartbeat_interval,
+        )
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None
+    for listen in dict.fromkeys(a for a in (address, own.client_address) if a):
+        _check_can_listen(listen)
     if args.storage == "memory":
         if args.data_dir is not None:
             raise UsageError("--data-dir goes with --storage disk")
@@ -173,6 +202,25 @@ async def _serve(args: argparse.Namespace) -> None:
             )
 
 
+def _check_can_listen(address: str) -> None:
+    """Fail before the data directory is made if the port is taken (the check is repeated,
+    for real, when the server binds)."""
+    host, port = split_address(address)
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {address}: unknown host ({exc.strerror})") from None
+    family, kind, proto, _name, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from None
+
+
 # --- kv ----------------------------------------------------------------------------------
 
 
@@ -189,8 +237,7 @@ async def _kv(args: argparse.Namespace) -> None:
         operation = Delete(args.key)
     else:
         operation = CompareAndSet(args.key, args.old, args.new)
-    async with open_client(addresses, timeout=args.timeout) as client:
-        result = await client.submit(operation)
+    result = await _submit(addresses, operation, args.timeout)
     if args.action == "cas":
         print("true" if result else "false")
         if not result:
@@ -204,15 +251,70 @@ async def _kv(args: argparse.Namespace) -> None:
         print("ok")
 
 
+async def _submit(addresses: Sequence[str], operation: Any, timeout: float) -> Any:
+    """One operation in a session of its own, within `timeout`; a failure says why the cluster
+    could not serve it (unreachable members, no quorum) rather than only that it timed out."""
+    with trio.move_on_after(timeout) as scope:
+        probe = min(2.0, timeout / 3)
+        answers = await fetch_status(addresses, timeout=probe)
+        view = ClusterView.of(addresses, answers)
+        if not view.statuses:
+            raise CliFailure(view.problem() or "no member could be reached")
+        try:
+            async with open_client(
+                leader_first(addresses, answers),
+                timeout=max(0.1, scope.deadline - trio.current_time()),
+                request_timeout=max(0.5, min(5.0, timeout / 3)),
+            ) as client:
+                return await client.submit(operation)
+        except (NoLeaderError, OutcomeUnknownError) as exc:
+            after = ClusterView.of(addresses, await fetch_status(addresses, timeout=probe))
+            why = after.problem()
+            raise CliFailure(
+                f"{type(exc).__name__}: {exc}" + (f" ({why})" if why else "")
+            ) from None
+    after = ClusterView.of(addresses, await fetch_status(addresses, timeout=1.0))
+    why = after.problem()
+    raise CliFailure(f"no answer within {timeout:g}s" + (f": {why}" if why else ""))
+
+
+class CliFailure(Exception):
+    """A runtime failure, printed as one line, exit status 1."""
+
+
 # --- status ------------------------------------------------------------------------------
 
-STATUS_KEYS = ("id", "address", "role", "term", "leader", "commit_index", "applied_index")
+STATUS_KEYS = (
+    "id",
+    "address",
+    "role",
+    "term",
+    "leader",
+    "commit_index",
+    "applied_index",
+    "snapshot_index",
+    "sessions",
+    "log_bytes",
+    "last_contact",
+)
 
 
-async def collect_status(addresses: Sequence[str], timeout: float = 2.0) -> list[dict[str, Any]]:
-    """Ask every address for its status; unreachable ones are reported as such."""
+async def collect_status(
+    addresses: Sequence[str], timeout: float = 2.0, *, confirm: bool = False
+) -> list[dict[str, Any]]:
+    """Ask every address for its status at once; unreachable ones are reported as such.
+    `last_contact` is, as the leader saw it, seconds since it last heard from that member."""
+    answers = await fetch_status(addresses, timeout=timeout, confirm=confirm)
+    return _status_rows(addresses, answers)
+
+
+def _status_rows(
+    addresses: Sequence[str], answers: Sequence[StatusResponse | CopycatError]
+) -> list[dict[str, Any]]:
+    view = ClusterView.of(addresses, answers)
+    heard = {c.member: c.seconds for c in view.leader.heard} if view.leader else {}
     rows: list[dict[str, Any]] = []
-    for address, s in zip(addresses, await fetch_status(addresses, timeout=timeout), strict=True):
+    for address, s in zip(addresses, answers, strict=True):
         if isinstance(s, StatusResponse):
             rows.append(
                 {
@@ -223,6 +325,10 @@ async def collect_status(addresses: Sequence[str], timeout: float = 2.0) -> list
                     "leader": s.leader,
                     "commit_index": s.commit_index,
                     "applied_index": s.applied_index,
+                    "snapshot_index": s.snapshot_index,
+                    "sessions": s.sessions,
+                    "log_bytes": s.log_bytes,
+                    "last_contact": 0.0 if s.role == "leader" else heard.get(s.id),
                 }
             )
         else:
@@ -242,13 +348,17 @@ async def collect_status(addresses: Sequence[str], timeout: float = 2.0) -> list
 
 
 async def _status(args: argparse.Namespace) -> None:
-    rows = await collect_status(parse_cluster(args.cluster), timeout=args.timeout)
+    addresses = parse_cluster(args.cluster)
+    # A frozen member costs this once (all are asked at once), not the whole --timeout.
+    answers = await fetch_status(addresses, timeout=min(args.timeout, 2.0), confirm=True)
+    rows = _status_rows(addresses, answers)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print(format_table(rows, STATUS_KEYS))
-    if all(row["role"] == "unreachable" for row in rows):
-        raise SystemExit(EXIT_FAILURE)
+    problem = ClusterView.of(addresses, answers, confirm_asked=True).problem()
+    if problem is not None:
+        raise CliFailure(problem)
 
 
 def format_table(rows: list[dict[str, Any]], keys: Sequence[str]) -> str:
@@ -265,28 +375,14 @@ PROMOTE = {MemberType.RESERVE: MemberType.PASSIVE, MemberType.PASSIVE: MemberTyp
 DEMOTE = {MemberType.ACTIVE: MemberType.PASSIVE, MemberType.PASSIVE: MemberType.RESERVE}
 
 
-async def _current_members(addresses: Sequence[str], timeout: float) -> StatusResponse:
-    """The leader's view (its member list is the freshest, and it knows who is unavailable)."""
-    answers = await fetch_status(addresses, timeout=timeout)
-    statuses = [s for s in answers if isinstance(s, StatusResponse)]
-    if not statuses:
-        raise NoLeaderError("no member answered")
-    leaders = [s for s in statuses if s.role == "leader"]
-    if leaders:
-        return leaders[0]
-    leader_ids = {s.leader for s in statuses if s.leader is not None}
-    for s in statuses:
-        for m in s.members:
-            if m.id in leader_ids:
-                (answer,) = await fetch_status([m.effective_client_address], timeout=timeout)
-                if isinstance(answer, StatusResponse):
-                    return answer
-    return statuses[0]
-
-
 async def _members(args: argparse.Namespace) -> None:
     addresses = parse_cluster(args.cluster)
-    status = await _current_members(addresses, args.timeout)
+    answers = await fetch_status(addresses, timeout=min(args.timeout, 2.0), confirm=True)
+    view = ClusterView.of(addresses, answers, confirm_asked=True)
+    # The leader's view is the freshest, and only it knows who is unavailable.
+    status = view.leader or (view.statuses[0] if view.statuses else None)
+    if status is None:
+        raise CliFailure(view.problem() or "no member answered")
     by_id = {m.id: m for m in status.members}
     body: Any
     if args.action == "list":
@@ -299,10 +395,16 @@ async def _members(args: argparse.Namespace) -> None:
             }
             for m in sorted(status.members, key=lambda m: m.id)
         ]
+        if not view.has_quorum:  # nobody can say who is available
+            for row in rows:
+                row["status"] = "unknown"
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
             print(format_table(rows, ("id", "address", "type", "status")))
+        problem = view.problem()
+        if problem is not None:
+            raise CliFailure(f"{problem} (the list is member {status.id}'s view)")
         return
     if args.action == "add":
         try:
@@ -325,9 +427,12 @@ async def _members(args: argparse.Namespace) -> None:
                     f"member {args.id} is {member.type.name} and cannot be {args.action}d"
                 )
             body = ReconfigureRequest(member=attrs.evolve(member, type=table[member.type]))
-    await admin_request(addresses, body, timeout=args.timeout)
+    await admin_request(leader_first(addresses, answers), body, timeout=args.timeout)
     if args.action == "add" and args.type == "active":
-        print(f"added member {args.id}: PASSIVE until it has caught up, then promote it")
+        print(
+            f"added member {args.id}: it joins as PASSIVE and becomes ACTIVE by itself once its "
+            "log has caught up"
+        )
     else:
         print("ok")
 
@@ -339,10 +444,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="copycat-trio", description="Raft replicated state machines on Trio."
     )
+    parser.add_argument("--version", action="version", version=f"copycat-trio {__version__}")
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run one member of a cluster")
+    serve = commands.add_parser("serve", help="run one member of a cluster", parents=[verbosity])
     serve.add_argument("--id", type=int, required=True, help="this member's stable id")
     serve.add_argument("--address", help="HOST:PORT to listen on (default: from --members)")
     serve.add_argument("--members", help="ID=HOST:PORT,... every initial member")
@@ -373,49 +483,95 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--election-timeout", type=float, default=None, metavar="SECONDS")
     serve.add_argument("--heartbeat-interval", type=float, default=None, metavar="SECONDS")
 
-    kv = commands.add_parser("kv", help="use the built-in key-value store")
-    kv.add_argument("--cluster", required=True, help="HOST:PORT,... of any members")
-    kv.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    kv_common = _client_options(10.0)
+    kv = commands.add_parser(
+        "kv", help="use the built-in key-value store", parents=[kv_common, verbosity]
+    )
     actions = kv.add_subparsers(dest="action", required=True)
-    put = actions.add_parser("put")
+    leaf = [kv_common, verbosity]
+    put = actions.add_parser("put", parents=leaf)
     put.add_argument("key")
     put.add_argument("value")
-    actions.add_parser("get").add_argument("key")
-    actions.add_parser("delete").add_argument("key")
-    cas = actions.add_parser("cas", help="set KEY to NEW if it is OLD; prints true or false")
+    actions.add_parser("get", parents=leaf).add_argument("key")
+    actions.add_parser("delete", parents=leaf).add_argument("key")
+    cas = actions.add_parser(
+        "cas", help="set KEY to NEW if it is OLD; prints true or false", parents=leaf
+    )
     cas.add_argument("key")
     cas.add_argument("old")
     cas.add_argument("new")
 
-    status = commands.add_parser("status", help="show each member's role, term and indexes")
-    status.add_argument("--cluster", required=True, help="HOST:PORT,... of the members")
+    status = commands.add_parser(
+        "status",
+        help="each member's role, term, indexes; exit 1 without a leader and a quorum",
+        parents=[_client_options(5.0), verbosity],
+    )
     status.add_argument("--json", action="store_true", help="a JSON list of objects")
-    status.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
 
-    members = commands.add_parser("members", help="list and change the cluster's members")
-    members.add_argument("--cluster", required=True, help="HOST:PORT,... of any members")
-    members.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    members_common = _client_options(10.0)
+    members = commands.add_parser(
+        "members", help="list and change the cluster's members", parents=[members_common, verbosity]
+    )
     member_actions = members.add_subparsers(dest="action", required=True)
-    listing = member_actions.add_parser("list", help="id, address, type, status of each member")
+    leaf = [members_common, verbosity]
+    listing = member_actions.add_parser(
+        "list", help="id, address, type, status of each member", parents=leaf
+    )
     listing.add_argument("--json", action="store_true", help="a JSON list of objects")
-    add = member_actions.add_parser("add", help="add a member (ACTIVE joins as PASSIVE first)")
+    add = member_actions.add_parser(
+        "add", help="add a member (ACTIVE joins as PASSIVE first)", parents=leaf
+    )
     add.add_argument("id", type=int)
     add.add_argument("address")
     add.add_argument("--type", choices=("active", "passive", "reserve"), default="active")
-    member_actions.add_parser("remove", help="remove a member").add_argument("id", type=int)
-    member_actions.add_parser("promote", help="reserve -> passive -> active").add_argument(
-        "id", type=int
-    )
-    member_actions.add_parser("demote", help="active -> passive -> reserve").add_argument(
-        "id", type=int
-    )
-    member_actions.add_parser("transfer-leader", help="hand leadership over").add_argument(
-        "id", type=int
-    )
+    for action, text in (
+        ("remove", "remove a member"),
+        ("promote", "reserve -> passive -> active"),
+        ("demote", "active -> passive -> reserve"),
+        ("transfer-leader", "hand leadership over"),
+    ):
+        member_actions.add_parser(action, help=text, parents=leaf).add_argument("id", type=int)
 
-    demo = commands.add_parser("demo", help="a local three-node cluster with a failover")
+    demo = commands.add_parser(
+        "demo", help="a local three-node cluster with a failover", parents=[verbosity]
+    )
     demo.add_argument("--writes", type=int, default=50, help="writes before and after failover")
     return parser
+
+
+def _client_options(timeout: float) -> argparse.ArgumentParser:
+    """--cluster and --timeout, for a command and each of its subcommands, so they may come
+    before or after the subcommand (argparse keeps what the outer parser read: the inner
+    defaults are SUPPRESS)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--cluster",
+        default=argparse.SUPPRESS,
+        help="HOST:PORT,... of any members (default: $COPYCAT_CLUSTER)",
+    )
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="SECONDS",
+        help=f"give up after this long (default: {timeout:g})",
+    )
+    common.set_defaults(default_timeout=timeout)
+    return common
+
+
+def _complete_client_options(args: argparse.Namespace) -> None:
+    """Fill --cluster from the environment and --timeout from the command's default."""
+    if args.command not in ("kv", "status", "members"):
+        return
+    cluster = getattr(args, "cluster", None) or os.environ.get("COPYCAT_CLUSTER")
+    if not cluster:
+        raise UsageError(f"{args.command} needs --cluster HOST:PORT,... (or COPYCAT_CLUSTER)")
+    args.cluster = cluster
+    if not hasattr(args, "timeout"):
+        args.timeout = args.default_timeout
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout must be positive, not {args.timeout:g}")
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -435,11 +591,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
     )
     try:
+        _complete_client_options(args)
         _run_command(args)
     except BaseExceptionGroup as group:
         # Trio nurseries wrap errors; a user-facing failure is the innermost one.
         leaves = list(_leaves(group))
-        expected = (UsageError, CopycatError, OSError, KeyboardInterrupt)
+        expected = (UsageError, CliFailure, CopycatError, OSError, KeyboardInterrupt)
         if leaves and all(isinstance(leaf, expected) for leaf in leaves):
             _report(leaves[0])
         raise
@@ -459,6 +616,8 @@ def _report(exc: BaseException) -> None:
     """Turn an expected failure into one line and an exit status; leave bugs alone."""
     if isinstance(exc, UsageError):
         fail(str(exc), EXIT_USAGE)
+    if isinstance(exc, CliFailure):
+        fail(str(exc))
     if isinstance(exc, CopycatError):
         fail(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, OSError):

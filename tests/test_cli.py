@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -59,7 +62,68 @@ def test_members_parse() -> None:
 def test_kv_against_nobody_fails_cleanly() -> None:
     result = run_cli("kv", "--cluster", "127.0.0.1:1", "--timeout", "1", "get", "k")
     assert result.returncode == 1
-    assert "NoLeaderError" in result.stderr and "Traceback" not in result.stderr
+    assert "no member could be reached: 127.0.0.1:1" in result.stderr, result.stderr
+    assert "Connection refused" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unknown_host_is_named() -> None:
+    result = run_cli("kv", "get", "k", "--cluster", "nosuch.invalid:1", "--timeout", "1")
+    assert result.returncode == 1
+    assert "nosuch.invalid:1 (unknown host" in result.stderr, result.stderr
+
+
+def test_version() -> None:
+    from copycat_trio import __version__
+
+    result = run_cli("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"copycat-trio {__version__}")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["kv", "get", "k"], "kv needs --cluster"),
+        (["status", "--cluster", "127.0.0.1:1", "--timeout", "0"], "--timeout must be positive"),
+        (
+            ["serve", "--id", "1", "--members", "1=127.0.0.1:1", "--election-timeout", "-1"],
+            "election timeout must be positive",
+        ),
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], message: str) -> None:
+    result = run_cli(*args)
+    env_free = "COPYCAT_CLUSTER" not in os.environ
+    assert env_free and result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
+def test_serve_checks_everything_before_making_its_data_directory(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for members in ("1=127.0.0.1:7001,1=127.0.0.1:7002", "1=127.0.0.1:7001,2=127.0.0.1:7001"):
+        result = run_cli("serve", "--id", "1", "--members", members, "--data-dir", str(data))
+        assert result.returncode == 2, result.stderr
+        assert not data.exists(), f"{members}: {result.stderr}"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            "serve", "--id", "1", "--members", f"1=127.0.0.1:{port}", "--data-dir", str(data)
+        )
+    assert result.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert not data.exists()
+
+
+def test_config_and_members_that_disagree(tmp_path: Path) -> None:
+    config = tmp_path / "cluster.toml"
+    config.write_text(
+        '[[members]]\nid = 1\naddress = "127.0.0.1:7101"\n'
+        '[[members]]\nid = 2\naddress = "127.0.0.1:7102"\n'
+    )
+    result = run_cli("serve", "--id", "1", "--config", str(config), "--members", "1=127.0.0.1:7201")
+    assert result.returncode == 2
+    assert "--members 1=127.0.0.1:7201 disagrees with the members of" in result.stderr
+    assert "1=127.0.0.1:7101,2=127.0.0.1:7102" in result.stderr
 
 
 def test_status_against_nobody_reports_unreachable() -> None:

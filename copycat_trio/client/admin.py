@@ -15,25 +15,65 @@ from ..transport.tcp import TcpTransport
 
 
 async def fetch_status(
-    addresses: Sequence[str], *, timeout: float = 2.0, transport: Transport | None = None
+    addresses: Sequence[str],
+    *,
+    timeout: float = 2.0,
+    transport: Transport | None = None,
+    confirm: bool = False,
 ) -> list[StatusResponse | CopycatError]:
-    """Each member's view of itself and the cluster, or the error that kept it from answering."""
-    results: list[StatusResponse | CopycatError] = []
+    """Each member's view of itself and the cluster, or the error that kept it from answering,
+    in the order of `addresses`. All are asked at once, so a frozen member costs `timeout`
+    once, not once per member. With `confirm`, a leader first checks that a quorum follows it
+    (`StatusResponse.confirmed`)."""
+    results: list[StatusResponse | CopycatError] = [
+        CopycatError(f"no answer within {timeout:g}s") for _ in addresses
+    ]
+    request = StatusRequest(confirm=confirm)
+
     async with open_background_nursery() as nursery:
         pool = ConnectionPool(transport or TcpTransport(connect_timeout=timeout), nursery)
-        for address in addresses:
+
+        async def ask(index: int, address: str) -> None:
             try:
-                response = await pool.request(address, StatusRequest(), timeout)
+                response = await pool.request(address, request, timeout)
             except (RequestNotSent, ResponseLost) as exc:
-                results.append(CopycatError(str(exc)))
-                continue
+                results[index] = CopycatError(str(exc))
+                return
             if isinstance(response, StatusResponse):
-                results.append(response)
+                results[index] = response
             else:
                 error = getattr(response, "error", None)
-                results.append(error_from_info(error) if error else CopycatError("bad answer"))
+                results[index] = error_from_info(error) if error else CopycatError("bad answer")
+
+        async with trio.open_nursery() as asking:
+            for index, address in enumerate(addresses):
+                asking.start_soon(ask, index, address)
         await trio.lowlevel.checkpoint()
     return results
+
+
+def leader_first(
+    addresses: Sequence[str], statuses: Sequence[StatusResponse | CopycatError]
+) -> list[str]:
+    """`addresses` reordered for a client: the leader's (as the members report it) first, then
+    the members that answered, then those that did not."""
+    answered = [
+        a for a, s in zip(addresses, statuses, strict=True) if isinstance(s, StatusResponse)
+    ]
+    silent = [a for a in addresses if a not in answered]
+    leaders = [
+        a
+        for a, s in zip(addresses, statuses, strict=True)
+        if isinstance(s, StatusResponse) and s.role == "leader"
+    ]
+    named = {s.leader for s in statuses if isinstance(s, StatusResponse) and s.leader is not None}
+    for status in statuses:
+        if isinstance(status, StatusResponse):
+            for member in status.members:
+                if member.id in named and member.effective_client_address in addresses:
+                    leaders.append(member.effective_client_address)
+    first = list(dict.fromkeys(leaders))
+    return first + [a for a in answered + silent if a not in first]
 
 
 async def admin_request(

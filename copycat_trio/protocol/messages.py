@@ -450,7 +450,11 @@ class LeaveResponse:
 
 @attrs.frozen(kw_only=True)
 class StatusRequest:
-    """Ask a member for its view of the cluster (used by `copycat-trio status`)."""
+    """Ask a member for its view of the cluster (used by `copycat-trio status`). With
+    `confirm`, a leader first confirms that a quorum still follows it (one heartbeat round,
+    bounded by an election timeout) and says whether it could in `confirmed`."""
+
+    confirm: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -467,6 +471,22 @@ class StatusResponse:
     members: tuple[Member, ...] = ()
     unavailable: tuple[int, ...] = ()
     """Members the leader has not heard from lately (reported by the leader only)."""
+    confirmed: bool = False
+    """A leader asked to `confirm`: a quorum answered its heartbeat round just now."""
+    snapshot_index: int = 0
+    sessions: int = 0
+    log_bytes: int = 0
+    """Bytes of log and snapshots on disk (0 with memory storage)."""
+    heard: tuple[PeerContact, ...] = ()
+    """Seconds since this member last heard from each other member."""
+
+
+@attrs.frozen
+class PeerContact:
+    """How long ago a member last heard from another (StatusResponse.heard)."""
+
+    member: int
+    seconds: float
 
 
 @attrs.frozen(kw_only=True)
@@ -566,6 +586,7 @@ BUILTIN_TAGS: dict[type, int] = {
     TransferResponse: 32844,
     Hello: 32774,
     UnknownOperation: 32845,
+    PeerContact: 32846,
 }
 
 USER_TAG_MIN = 40000

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -48,6 +49,7 @@ from ..protocol.messages import (
     LeaveRequest,
     Member,
     MemberType,
+    PeerContact,
     QueryRequest,
     ReconfigureRequest,
     RegisterRequest,
@@ -612,8 +614,23 @@ class CopycatServer:
 
     async def _on_status(self, request: StatusRequest) -> StatusResponse:
         await trio.lowlevel.checkpoint()
+        assert self._loop is not None and self._executor is not None
+        confirmed = False
+        if request.confirm and self.is_leader:
+            # A leader cut off from its peers still says "leader" until it steps down; one
+            # heartbeat round tells an operator whether a quorum still follows it.
+            with trio.move_on_after(self.options.election_timeout):
+                with contextlib.suppress(CopycatError):
+                    await self._loop.read_index()
+                    confirmed = True
         status = self.status()
+        heard = self._loop.silent_for(self._loop.clock())
         return StatusResponse(
+            confirmed=confirmed,
+            snapshot_index=self._executor.snapshot_index,
+            sessions=len(self._executor.sessions),
+            log_bytes=await self._bytes_on_disk(),
+            heard=tuple(PeerContact(m, round(s, 3)) for m, s in sorted(heard.items())),
             status=Status.OK,
             id=status.id,
             role=status.role,
@@ -625,6 +642,22 @@ class CopycatServer:
             members=status.members,
             unavailable=tuple(status.unavailable),
         )
+
+    async def _bytes_on_disk(self) -> int:
+        """The size of the member's data directory (log, snapshots, meta); 0 if it has none."""
+        directory = getattr(self.storage, "directory", None)
+        if directory is None:
+            return 0
+
+        def walk() -> int:
+            total = 0
+            for root, _dirs, files in os.walk(directory):
+                for name in files:
+                    with contextlib.suppress(OSError):
+                        total += os.path.getsize(os.path.join(root, name))
+            return total
+
+        return await trio.to_thread.run_sync(walk)
 
     async def _on_configure(self, request: ConfigureRequest) -> ConfigureResponse:
         """The leader pushing the configuration to this (RESERVE) member."""

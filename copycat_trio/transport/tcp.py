@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 
 import trio
 
@@ -75,7 +76,11 @@ class TcpTransport:
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         host, port = split_address(address)
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            # The bare "[Errno 98] Address already in use" names no address.
+            raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from exc
         bound = listeners[0].socket.getsockname()
         bound_address = f"{host}:{bound[1]}"
 
@@ -144,9 +149,29 @@ class TcpTransport:
         try:
             with trio.fail_after(self.connect_timeout):
                 stream = await trio.open_tcp_stream(host, port)
-        except (OSError, trio.TooSlowError) as exc:
-            raise TransportError(f"cannot connect to {address}: {exc}") from exc
+        except trio.TooSlowError as exc:
+            msg = f"cannot connect to {address}: no answer within {self.connect_timeout:g}s"
+            raise TransportError(msg) from exc
+        except OSError as exc:
+            raise TransportError(f"cannot connect to {address}: {_why(exc)}") from exc
         return self._framed(stream, address)
 
     def _framed(self, stream: trio.SocketStream, peer: str) -> FramedStream:
         return FramedStream(stream, peer, max_frame_size=self.max_frame_size, version=self.version)
+
+
+def _why(exc: OSError) -> str:
+    """The socket error itself: Trio's "all attempts to connect ... failed" keeps each
+    attempt's error in its cause (an exception group), so an operator sees "Connection
+    refused" rather than nothing."""
+    cause = exc.__cause__
+    reasons: list[str] = []
+    if isinstance(cause, BaseExceptionGroup):
+        reasons = list(
+            dict.fromkeys(str(e.strerror or e) for e in cause.exceptions if isinstance(e, OSError))
+        )
+    elif isinstance(cause, OSError):
+        reasons = [str(cause.strerror or cause)]
+    if isinstance(exc, socket.gaierror) or exc.errno in (socket.EAI_NONAME, socket.EAI_AGAIN):
+        return f"unknown host ({exc.strerror or exc})"
+    return "; ".join(reasons) if reasons else str(exc.strerror or exc)

@@ -1,0 +1,86 @@
+"""The command line against real clusters, as an operator meets it (issue 14): a lost quorum,
+a frozen member and a healthy cluster each get a clear answer and the right exit status within
+the timeout."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+import trio
+
+from tests.e2e.conftest import StartCluster
+
+pytestmark = pytest.mark.e2e
+
+KV = "copycat_trio.recipes.kv:KeyValueStore"
+
+
+async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str, float]:
+    """Run `copycat-trio ARGS`; its exit status, stdout, stderr and how long it took."""
+    started = time.monotonic()
+    result = await trio.run_process(
+        [sys.executable, "-m", "copycat_trio", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+    return (
+        result.returncode,
+        result.stdout.decode(),
+        result.stderr.decode(),
+        time.monotonic() - started,
+    )
+
+
+async def test_a_healthy_cluster_from_the_command_line(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(state_machine=KV)
+    addresses = ",".join(cluster.addresses())
+    # Options after the subcommand, and the cluster from the environment.
+    code, out, err, _ = await cli("kv", "put", "k", "v", "--cluster", addresses)
+    assert (code, out.strip()) == (0, "ok"), err
+    code, out, err, _ = await cli("kv", "get", "k", env={"COPYCAT_CLUSTER": addresses})
+    assert (code, out.strip()) == (0, "v"), err
+    code, out, err, _ = await cli("status", "--cluster", addresses)
+    assert code == 0, out + err
+    assert out.count("leader") >= 2 and "sessions" in out and "log_bytes" in out, out
+    code, out, err, _ = await cli("members", "list", "--cluster", addresses)
+    assert code == 0 and out.count("available") == 3, out + err
+
+
+async def test_a_lost_quorum_exits_1_within_the_timeout(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(state_machine=KV)
+    agreement = await cluster.wait_for_leader()
+    addresses = ",".join(cluster.addresses())
+    followers = [i for i in cluster.ids() if i != agreement.leader]
+    for member_id in followers:  # the leader alone is left: it still says "leader" for a while
+        await cluster.kill(member_id)
+    for command in (["members", "list"], ["status"], ["kv", "put", "k", "v"]):
+        code, out, err, took = await cli(*command, "--cluster", addresses, "--timeout", "3")
+        assert code == 1, f"{command}: exit {code}\n{out}{err}"
+        assert "no quorum" in err or "could not be reached" in err, f"{command}: {err}"
+        assert took < 3 + 5, f"{command} took {took:.1f}s"  # + interpreter start on a busy box
+    code, out, err, _ = await cli("members", "list", "--cluster", addresses, "--timeout", "3")
+    assert "unknown" in out and "available" not in out, out  # never "available" for the dead
+
+
+async def test_a_frozen_first_member_costs_an_operation_little(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = await start_cluster(state_machine=KV)
+    agreement = await cluster.wait_for_leader()
+    frozen = next(i for i in cluster.ids() if i != agreement.leader)
+    others = [a for i, a in zip(cluster.ids(), cluster.addresses(), strict=True) if i != frozen]
+    addresses = ",".join([cluster.address(frozen), *others])
+    cluster.pause(frozen)
+    try:
+        for command in (["kv", "put", "k", "v"], ["kv", "get", "k"], ["status"]):
+            code, out, err, took = await cli(*command, "--cluster", addresses, "--timeout", "10")
+            expected = 1 if command == ["status"] else 0  # status: the frozen member is silent
+            assert code in (0, expected), f"{command}: exit {code}\n{out}{err}"
+            assert took < 3 + 3, f"{command} took {took:.1f}s behind a frozen member"
+    finally:
+        cluster.resume(frozen)
