@@ -188,6 +188,15 @@ async def _serve(args: argparse.Namespace) -> None:
                     nursery.cancel_scope.cancel()
 
             nursery.start_soon(stop_on_signal)
+
+            async def stop_when_removed() -> None:
+                await server.removed.wait()
+                if args.stay_when_removed:
+                    return  # it answers clients with an error naming the members
+                print(f"member {args.id} was removed from the cluster; stopping", flush=True)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_when_removed)
             if args.join:
                 others = [m.address for m in members if m.id != args.id]
                 await nursery.start(server.join, others)
@@ -479,6 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-machine",
         default="copycat_trio.recipes.kv:KeyValueStore",
         help="module:Class of the state machine (default: the key-value store)",
+    )
+    serve.add_argument(
+        "--stay-when-removed",
+        action="store_true",
+        help="keep running once removed from the configuration (default: exit)",
     )
     serve.add_argument("--election-timeout", type=float, default=None, metavar="SECONDS")
     serve.add_argument("--heartbeat-interval", type=float, default=None, metavar="SECONDS")

@@ -139,6 +139,8 @@ class Executor:
         self.state_machine = state_machine
         self.configuration: tuple[int, tuple[Member, ...]] = (0, members)
         """The configuration in force at the applied index: (its index, its members)."""
+        self.on_configuration: Callable[[int, tuple[Member, ...]], None] | None = None
+        """Told each configuration as it comes into force here (applied, or installed)."""
         self.snapshots = snapshots if isinstance(state_machine, Snapshottable) else None
         self.snapshot_every = snapshot_every
         self._on_snapshot = on_snapshot
@@ -266,7 +268,7 @@ class Executor:
                     )
         finally:
             self._installing = False
-        self.configuration = (header.configuration_index, header.members)
+        self._configure(header.configuration_index, header.members)
         self.snapshot_index = header.index
         self.applied_term = header.term
         self._queue = collections.deque(e for e in self._queue if e.index > header.index)
@@ -396,7 +398,7 @@ class Executor:
         elif isinstance(entry, UnregisterEntry):
             error = self._apply_unregister(entry)
         elif isinstance(entry, ConfigurationEntry):
-            self.configuration = (entry.index, entry.members)
+            self._configure(entry.index, entry.members)
         elif isinstance(entry, NoOpEntry):
             # A new leader: sessions get a full timeout from now to find it.
             self.sessions.touch_all(self.log_time)
@@ -412,6 +414,11 @@ class Executor:
                 )
         self.applied_term = entry.term
         self.applied_index.value = entry.index
+
+    def _configure(self, index: int, members: tuple[Member, ...]) -> None:
+        self.configuration = (index, members)
+        if self.on_configuration is not None:
+            self.on_configuration(index, members)
 
     def _apply_command(self, entry: CommandEntry) -> tuple[Any, CopycatError | None, int]:
         decision = self.sessions.decide(entry.session, entry.sequence)

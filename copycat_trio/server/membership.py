@@ -8,6 +8,7 @@ the leader's, so adding a member never stalls commits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -36,6 +37,8 @@ from .loop import RaftLoop
 
 log = logging.getLogger(__name__)
 
+REMOVAL_PUSHES = 10
+"""How many times a leader tells a member it removed (every half election timeout)."""
 CATCH_UP_MARGIN = 100
 """A member whose log is within this many entries of the leader's commit index is caught up."""
 
@@ -59,6 +62,9 @@ class MembershipService:
         self.forward = forward
         self.election_timeout = election_timeout
         self.replace_after = replace_after
+        self.removed: dict[int, tuple[Member, int]] = {}
+        """Members this leader removed, with the pushes left to tell them (it replicates to
+        them no more, so they would not learn it from the log)."""
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -136,6 +142,7 @@ class MembershipService:
             failure = await self.change(remaining)
             if failure is not None:
                 return error(failure)
+            self.removed[request.member.id] = (request.member, REMOVAL_PUSHES)
         return LeaveResponse(
             status=Status.OK, index=core.configuration_index, term=core.term, members=core.members
         )
@@ -233,6 +240,17 @@ class MembershipService:
                             continue
                         if isinstance(answer, ConfigureResponse) and answer.error is None:
                             self.loop.heard_from(member.id)
+                for member_id, (member, left) in list(self.removed.items()):
+                    if core.member(member_id) is not None or left <= 0:
+                        del self.removed[member_id]  # added again, or never answered
+                        continue
+                    self.removed[member_id] = (member, left - 1)
+                    with contextlib.suppress(CopycatError, ConnectionError):
+                        answer = await self.pool.request(
+                            member.address, request, self.election_timeout / 2
+                        )
+                        if isinstance(answer, ConfigureResponse) and answer.error is None:
+                            del self.removed[member_id]
             await trio.sleep(self.election_timeout / 2)
 
     async def replace_failed(self) -> None:

@@ -175,6 +175,35 @@ class CopycatServer:
         self._membership: MembershipService | None = None
         self._replication: SnapshotReplication | None = None
         self._nursery: trio.Nursery | None = None
+        self._was_member = False
+        self._removal: tuple[int, tuple[Member, ...]] | None = None
+        self.removed = trio.Event()
+        """Set once a configuration without this member comes into force here (applied, or
+        pushed by the leader after the removal committed): the member serves no clients from
+        then on, and `copycat-trio serve` exits (unless --stay-when-removed)."""
+
+    @property
+    def removal(self) -> tuple[int, tuple[Member, ...]] | None:
+        """(index, members) of the configuration that removed this member; None while it is
+        a member."""
+        return self._removal
+
+    def _on_configuration(self, index: int, members: tuple[Member, ...]) -> None:
+        if any(m.id == self.id for m in members):
+            self._was_member = True
+            self._removal = None  # added again
+        elif self._was_member and self._removal is None:
+            # Only after a configuration with this member: a joining member applies the
+            # configurations from before it was added, and those do not name it either.
+            self._removal = (index, members)
+            log.warning(
+                "member %s was removed from the cluster by the configuration at index %s; "
+                "members now: %s",
+                self.id,
+                index,
+                _members_text(members),
+            )
+            self.removed.set()
 
     # --- starting ------------------------------------------------------------------------
 
@@ -225,6 +254,8 @@ class CopycatServer:
             snapshot_every=self.snapshot_every,
             on_snapshot=self._compact,
         )
+        self._was_member = any(m.id == self.id for m in members)
+        executor.on_configuration = self._on_configuration
         log_clock = LogClock(self.wall_clock_ms, trio.current_time, floor=lambda: executor.log_time)
         snapshot = None
         if executor.snapshots is not None:
@@ -404,7 +435,7 @@ class CopycatServer:
         core = self._loop.core
         return ServerStatus(
             id=self.id,
-            role=core.role.value,
+            role="removed" if self._removal is not None else core.role.value,
             term=core.term,
             leader=core.leader,
             commit_index=core.commit_index,
@@ -515,6 +546,20 @@ class CopycatServer:
             ConfigureRequest: self._on_configure,
             InstallRequest: self._on_install,
         }
+        if (
+            self._removal is not None
+            and isinstance(body, CLIENT_REQUESTS)
+            and not isinstance(body, StatusRequest)
+        ):
+            index, members = self._removal
+            return ErrorResponse(
+                Status.ERROR,
+                ErrorInfo(
+                    ErrorType.ILLEGAL_MEMBER_STATE,
+                    f"member {self.id} was removed from the cluster (configuration {index}); "
+                    f"its members are {_members_text(members)}",
+                ),
+            )
         me = self._loop.core.member(self.id) if self._loop is not None else None
         reserve = me is not None and me.type is MemberType.RESERVE
         if reserve and isinstance(body, CLIENT_REQUESTS) and not isinstance(body, StatusRequest):
@@ -672,6 +717,9 @@ class CopycatServer:
             me = next((m for m in request.members if m.id == self.id), None)
             if me is not None and me.type is MemberType.RESERVE:
                 core.adopt_configuration(request.index, request.members)
+            if me is None and request.index >= core.configuration_index:
+                # The leader tells a member it removed (it replicates to it no more).
+                self._on_configuration(request.index, request.members)
             return True
 
         if await self._loop.call(adopt):
@@ -737,3 +785,7 @@ class CopycatServer:
 
 
 __all__ = ["CopycatServer", "ServerStatus"]
+
+
+def _members_text(members: Sequence[Member]) -> str:
+    return ", ".join(f"{m.id}={m.address}" for m in sorted(members, key=lambda m: m.id)) or "none"

@@ -84,3 +84,21 @@ async def test_a_frozen_first_member_costs_an_operation_little(
             assert took < 3 + 3, f"{command} took {took:.1f}s behind a frozen member"
     finally:
         cluster.resume(frozen)
+
+
+async def test_a_removed_member_exits(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(state_machine=KV)
+    agreement = await cluster.wait_for_leader()
+    gone = next(i for i in cluster.ids() if i != agreement.leader)
+    addresses = ",".join(cluster.addresses())
+    code, out, err, _ = await cli("members", "remove", str(gone), "--cluster", addresses)
+    assert (code, out.strip()) == (0, "ok"), err
+    server = cluster.servers[gone]
+    with trio.fail_after(10):
+        while server.running:
+            await trio.sleep(0.1)
+    assert server.returncode == 0, server.log_tail()
+    log = server.log_text()
+    assert f"member {gone} was removed from the cluster" in log, log
+    code, out, err, _ = await cli("kv", "put", "after", "removal", "--cluster", addresses)
+    assert code == 0, err
