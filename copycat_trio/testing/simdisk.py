@@ -18,6 +18,7 @@ deterministic.
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -34,8 +35,9 @@ from ..storage.base import StoredState
 from ..storage.disk import DiskStorage, encode_entry
 from ..storage.errors import StorageError
 from ..storage.memory import MemoryStorage
+from ..storage.segments import HEADER_SIZE, MAGIC
 from ..storage.snapshots import SnapshotInfo, SnapshotReader, SnapshotStore, SnapshotWriter
-from .simfs import PowerLoss, SimFileSystem
+from .simfs import SECTOR, PowerLoss, SimFileSystem
 
 __all__ = ["DiskStatistics", "FsDisk", "SimDisk", "SimSnapshotStore"]
 
@@ -266,7 +268,8 @@ class FsDisk:
     (unsynced writes are torn, unsynced directory changes may be lost), then opens a new
     DiskStorage on it. A crash in the middle of a save (the server's scope cancelled while the
     save waits for the disk) lets the save run until a random file operation, where the power
-    goes.
+    goes. Beyond the storage's model, `flip_on_load` damages a valid record or the meta file at
+    a start (which must then refuse to start), and the file system's `fsync_lies` fake fsyncs.
     """
 
     def __init__(
@@ -292,6 +295,17 @@ class FsDisk:
         self.stats = DiskStatistics()
         self.on_torn: Callable[[str], None] | None = None
         self.crash_on_next_save: Callable[[], None] | None = None
+        self.tearing_crashes = False
+        """Whether `crash_on_next_save` waits for a save whose records span two or more
+        sectors (a crash there can tear it out of order), rather than any save."""
+        self.flip_on_load = 0.0
+        """The probability that a power cycle also flips a bit at rest in a complete, valid
+        log record or the meta file (damage beyond the storage's model: see `flip_at_rest`)."""
+        self.on_flip: Callable[[str], None] | None = None
+        """Told (with a description) of each bit flipped at rest: for the trace."""
+        self.flips = 0
+        self.undetected_flips: list[str] = []
+        """Flips a start did not refuse (the storage missed damage it must detect)."""
         self._storage: DiskStorage | None = None
         self._stalled_until = 0.0
 
@@ -322,15 +336,83 @@ class FsDisk:
         self._stalled_until = 0.0
 
     async def load(self) -> StoredState:
-        self.fs.crash()
-        self._storage = DiskStorage(
+        self.power_cycle()
+        flipped = None
+        if self.flip_on_load and self.rng.random() < self.flip_on_load:
+            flipped = self.flip_at_rest()
+        self._storage = self._open()
+        state = await self._storage.load()
+        if flipped is not None:
+            self.undetected_flips.append(flipped)
+        return state
+
+    def _open(self) -> DiskStorage:
+        return DiskStorage(
             self.directory,
             fs=self.fs,
             snapshots_to_keep=self.keep_snapshots,
             segment_size=self.segment_size,
             entries_per_segment=self.entries_per_segment,
         )
-        return await self._storage.load()
+
+    def power_cycle(self) -> None:
+        """Lose power and boot: the file system keeps what it keeps (simfs), and what a crash
+        tore or undid is told to `on_torn`."""
+        fs = self.fs
+        before = (fs.torn_files, fs.sectors_lost, fs.names_lost, fs.lies_lost)
+        fs.crash()
+        torn, sectors, names, lies = (
+            fs.torn_files - before[0],
+            fs.sectors_lost - before[1],
+            fs.names_lost - before[2],
+            fs.lies_lost - before[3],
+        )
+        if (torn or sectors or names or lies) and self.on_torn is not None:
+            parts = [f"{torn} file(s) torn", f"{sectors} unsynced sector(s) lost"]
+            parts.append(f"{names} unsynced name change(s) undone")
+            if lies:
+                parts.append(f"{lies} lying fsync(s) exposed")
+            self.on_torn(f"{self.name}: power cycle: " + ", ".join(parts))
+
+    async def peek(self) -> tuple[list[Entry], bool]:
+        """Power-cycle the stopped member's disk and read it as a start would: its entries and
+        whether it holds a snapshot (a simulation decides from them how the member restarts).
+        Raises what a start would raise on it."""
+        self.power_cycle()
+        storage = self._open()
+        try:
+            state = await storage.load()
+            has_snapshot = await storage.snapshots.latest() is not None
+        finally:
+            await storage.aclose()
+        return list(state.entries), has_snapshot
+
+    def flip_at_rest(self) -> str | None:
+        """Flip one bit of a complete log record whose checksum holds (anywhere but its length
+        field, whose damage recovery may take for a torn tail: segments.py), or of the meta
+        file: damage at rest that a start must detect (a checksum fails; the member refuses to
+        start). Returns a description (None if there is nothing to damage)."""
+        targets: list[tuple[Path, int, int]] = []
+        log_dir = self.directory / "log"
+        if self.fs.is_dir(log_dir):
+            for name in self.fs.listdir(log_dir):
+                if name.endswith(".log"):
+                    path = log_dir / name
+                    targets.extend((path, a, b) for a, b in _valid_records(self.fs.read_file(path)))
+        meta = self.directory / "meta"
+        if self.fs.is_dir(self.directory) and "meta" in self.fs.listdir(self.directory):
+            size = self.fs.size(meta)
+            if size:
+                targets.append((meta, 0, size))
+        if not targets:
+            return None
+        path, start, end = self.rng.choice(targets)
+        offset = self.fs.flip_bit(path, self.rng.randrange(start, end))
+        self.flips += 1
+        text = f"{self.name}: bit flipped at rest in {path} at byte {offset}"
+        if self.on_flip is not None:
+            self.on_flip(text)
+        return text
 
     async def save(
         self,
@@ -341,7 +423,10 @@ class FsDisk:
     ) -> None:
         storage = self.storage
         hook, self.crash_on_next_save = self.crash_on_next_save, None
-        if hook is not None and (hard_state is not None or truncate_from is not None or entries):
+        wanted = hard_state is not None or truncate_from is not None or bool(entries)
+        if self.tearing_crashes:
+            wanted = self._spans_sectors(entries)
+        if hook is not None and wanted:
             hook()
         elif hook is not None:
             self.crash_on_next_save = hook
@@ -350,7 +435,9 @@ class FsDisk:
         try:
             await trio.sleep(delay)
         except trio.Cancelled:
-            operations = self.rng.randint(1, 6)
+            # Most saves are a write and its fsync: the power goes before the fsync as often
+            # as anywhere else, so that unsynced sectors are there to be torn.
+            operations = self.rng.choice((1, 2, 2, 2, 2, 3, 4, 6))
             self.fs.die_after(operations)
             try:
                 with trio.CancelScope(shield=True):
@@ -370,6 +457,16 @@ class FsDisk:
         await storage.save(hard_state=hard_state, truncate_from=truncate_from, entries=entries)
         self.stats.saves += 1
 
+    def _spans_sectors(self, entries: Sequence[Entry]) -> bool:
+        """Whether appending `entries` to the last log file likely crosses a sector boundary."""
+        if not entries:
+            return False
+        size = sum(HEADER_SIZE + len(encode_entry(default_registry, e)) for e in entries)
+        log_dir = self.directory / "log"
+        names = [n for n in self.fs.listdir(log_dir) if n.endswith(".log")]
+        offset = self.fs.size(log_dir / max(names)) if names else 0
+        return offset // SECTOR != (offset + size - 1) // SECTOR
+
     async def compact_before(self, index: int) -> int:
         return await self.storage.compact_before(index)
 
@@ -381,3 +478,22 @@ class FsDisk:
             await self._storage.aclose()
         else:
             await trio.lowlevel.checkpoint()
+
+
+def _valid_records(data: bytes) -> list[tuple[int, int]]:
+    """The (start, end) byte ranges a flip may hit in each complete record of a segment whose
+    checksum holds: all of it but the length field (bytes 4 to 8)."""
+    ranges = []
+    position = 0
+    while position + HEADER_SIZE <= len(data):
+        length = int.from_bytes(data[position + 4 : position + 8], "big")
+        end = position + HEADER_SIZE + length
+        if data[position : position + 2] != MAGIC or end > len(data):
+            break
+        crc = int.from_bytes(data[position + HEADER_SIZE - 4 : position + HEADER_SIZE], "big")
+        covered = data[position : position + HEADER_SIZE - 4] + data[position + HEADER_SIZE : end]
+        if zlib.crc32(covered) != crc:
+            break
+        ranges += [(position, position + 4), (position + 8, end)]
+        position = end
+    return ranges

@@ -19,6 +19,8 @@ DiskStorage, segmented log, meta file and snapshot store run on it deterministic
   the device holds.
 
 A crash also closes every descriptor and releases every lock, as the process's death would.
+Counters say what the faults struck (fsyncs, errors, lies, torn files, lost sectors and names,
+lies a crash exposed), for a simulation's report.
 """
 
 from __future__ import annotations
@@ -43,12 +45,17 @@ class _Inode:
     """What survives a crash for sure."""
     failed: bytes | None = None
     """The contents when an fsync failed: those unsynced bytes will never reach the device."""
+    lied: bytes | None = None
+    """The contents a lying fsync claimed durable (until an honest fsync): lost if a crash
+    keeps anything else."""
 
 
 @attrs.define(eq=False)
 class _Dir:
     names: dict[str, _Inode | _Dir] = attrs.Factory(dict)
     durable: dict[str, _Inode | _Dir] = attrs.Factory(dict)
+    lied: dict[str, _Inode | _Dir] | None = None
+    """The names a lying fsync claimed durable (until an honest fsync)."""
 
 
 @attrs.define(eq=False)
@@ -84,6 +91,16 @@ class SimFileSystem:
         self.lies = 0
         self.errors = 0
         self.crashes = 0
+        self.torn_files = 0
+        """Files a crash left with some but not all of their unsynced sectors."""
+        self.torn_out_of_order = 0
+        """Of those, files where a kept sector follows a lost one (a tear that is no prefix)."""
+        self.sectors_lost = 0
+        """Unsynced sectors a crash dropped (they read as their old contents, or zeros)."""
+        self.names_lost = 0
+        """Unsynced directory changes (creations, renames, unlinks) a crash undid."""
+        self.lies_lost = 0
+        """Files and directories whose lying fsync a crash exposed: what it claimed is gone."""
         self._countdown: int | None = None
 
     # --- the namespace ---------------------------------------------------------------------
@@ -185,14 +202,20 @@ class SimFileSystem:
             if isinstance(handle.node, _Inode):
                 handle.node.failed = bytes(handle.node.data)
             raise _error(errno.EIO, handle.path)
+        node = handle.node
         if draw < self.fsync_errors + self.fsync_lies:
             self.lies += 1
+            if isinstance(node, _Inode):
+                node.lied = bytes(node.data)
+            else:
+                node.lied = dict(node.names)
             return
-        node = handle.node
         if isinstance(node, _Inode):
             node.durable = self._persistable(node)
+            node.lied = None
         else:
             node.durable = dict(node.names)
+            node.lied = None
 
     def fstat_size(self, fd: int) -> int:
         handle = self._file(fd)
@@ -292,8 +315,13 @@ class SimFileSystem:
         for name in sorted(set(directory.names) | set(directory.durable)):
             now, then = directory.names.get(name), directory.durable.get(name)
             node = now if now is then or self.rng.random() < 0.5 else then
+            if node is not now:
+                self.names_lost += 1
             if node is not None:
                 names[name] = node
+        if directory.lied is not None and directory.lied != names:
+            self.lies_lost += 1
+        directory.lied = None
         directory.names = names
         directory.durable = dict(names)
         for node in names.values():
@@ -307,17 +335,35 @@ class SimFileSystem:
 
     def _crash_file(self, node: _Inode) -> None:
         old, new = node.durable, bytes(node.data)
+        lied, node.lied = node.lied, None
         if old == new:
+            if lied is not None and lied != old:
+                self.lies_lost += 1
             return
         length = self.rng.choice([len(old), len(new)])
         result = bytearray(old[:length].ljust(length, b"\0"))
+        kept = lost = 0
+        out_of_order = False
         for start in range(0, length, SECTOR):
             end = min(start + SECTOR, length)
-            if new[start:end] != result[start:end] and self.rng.random() < 0.5:
-                piece = new[start:end]
-                result[start : start + len(piece)] = piece
+            if new[start:end] != result[start:end]:
+                if self.rng.random() < 0.5:
+                    piece = new[start:end]
+                    result[start : start + len(piece)] = piece
+                    kept += 1
+                    out_of_order = out_of_order or lost > 0
+                else:
+                    lost += 1
+        if length < len(new):  # the file keeps its old length: what was appended is gone
+            lost += -(-(len(new) - length) // SECTOR)
+        if kept and lost:
+            self.torn_files += 1
+            self.torn_out_of_order += out_of_order
+        self.sectors_lost += lost
         node.data = result
         node.durable = bytes(result)
+        if lied is not None and lied != node.durable:
+            self.lies_lost += 1
 
     def flip_bit(self, path: Path, offset: int | None = None) -> int:
         """Damage a file at rest: flip one bit (at `offset`, else in a random byte) of what it
