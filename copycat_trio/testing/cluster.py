@@ -85,6 +85,9 @@ class MemoryCluster:
         at from then on, relative to Trio's (1.0: no drift)."""
         self.starts: dict[int, int] = {}
         """How many times each member was started (each start gets a fresh, seeded rng)."""
+        self.on_server_error: Callable[[int, BaseException], bool] | None = None
+        """If set, called with (member id, the exception) when a server stops with one: True
+        means it is handled (that member is down, the rest go on); else it propagates."""
         self.observe_state_machine: Callable[[int, Any], Any] | None = None
         """If set, called with (member id, the fresh state machine) at each start, returning
         the state machine to serve: a simulation wraps it to watch what each member applies."""
@@ -139,6 +142,9 @@ class MemoryCluster:
             with scope if scope is not None else trio.CancelScope() as entered:
                 self.scopes[server.id] = entered
                 await start(*args, task_status=task_status)
+        except Exception as exc:
+            if self.on_server_error is None or not self.on_server_error(server.id, exc):
+                raise
         finally:
             stopped.set()
 

@@ -8,8 +8,9 @@ Faults:
 
 - partitions: random halves, the leader isolated, a bridge (one member sees both sides, the
   sides not each other), one-way (a member's messages to the others are lost, theirs reach it);
-- crashes: a member stops at once and later restarts from its SimDisk (which keeps only what
-  was durably saved); sometimes it is crashed in the middle of a save, keeping a prefix of it;
+- crashes: a member stops at once and later restarts from its disk (which keeps what was
+  durably saved, and a power loss's random part of the rest); sometimes it is crashed in the
+  middle of a save;
 - lease restarts: the leader is cut off from one follower until that follower campaigns,
   another follower crashes and starts again at once, right after acknowledging the leader, and
   often the leader is then cut off from it too: the leader's lease rests on that acknowledgement;
@@ -42,7 +43,7 @@ from ..transport.memory import LinkFaults
 if TYPE_CHECKING:
     from .simulation import Simulation
 
-__all__ = ["LEASE_SAFE_DRIFT", "PROFILES", "FaultInjector", "FaultMix"]
+__all__ = ["EXTRA_PROFILES", "LEASE_SAFE_DRIFT", "PROFILES", "FaultInjector", "FaultMix"]
 
 LEASE_SAFE_DRIFT = 1 / 7
 """Clock rates within this fraction of real time keep lease reads safe: a leader's lease lasts
@@ -163,6 +164,18 @@ class FaultMix:
             )
         if profile == "snapshots":
             return cls(crashes=1, partitions=0.5, disk_stalls=0.3)
+        if profile in ("disk", "disk-beyond"):
+            # The real DiskStorage on a simulated file system (simulation.py sets the disk up):
+            # crashes are power losses, many in the middle of a save.
+            return cls(
+                crashes=1,
+                lease_restarts=0.3,
+                partitions=0.5,
+                disk_stalls=0.3,
+                torn_saves=rng.choice([0.7, 1.0]),
+                correlated_crashes=rng.choice([0.2, 0.5]),
+                concurrency=rng.choice([1, 2]),
+            )
         if profile == "mixed":
             return cls(
                 partitions=1,
@@ -178,7 +191,7 @@ class FaultMix:
                 concurrency=rng.choice([1, 2]),
                 clock_drift=0.1,
             )
-        choices = ", ".join((*PROFILES, "drift-beyond", "none"))
+        choices = ", ".join((*PROFILES, *EXTRA_PROFILES))
         raise ValueError(f"unknown fault profile {profile!r}; choose from {choices}")
 
 
@@ -194,6 +207,11 @@ PROFILES = (
 )
 """The fault profiles seeds cycle through (seed % len(PROFILES)); "none" and "drift-beyond"
 (clock rates beyond LEASE_SAFE_DRIFT, lease reads unchecked) are also accepted."""
+
+EXTRA_PROFILES = ("disk", "drift-beyond", "disk-beyond", "none")
+"""Profiles outside the seed cycle: crashes and fsync errors on the real disk, clock rates
+beyond LEASE_SAFE_DRIFT (lease reads unchecked), disk faults beyond the storage's model (lying
+fsyncs, bit flips at rest: simulation.py), no faults."""
 
 
 class FaultInjector:

@@ -4,12 +4,14 @@
     assert result.ok, result.report()
 
 Everything runs in one `trio.run` on `MockClock(autojump_threshold=0)`: N servers on the
-in-memory network, each with a `SimDisk` that keeps only what was durably saved, clients on the
-built-in key-value store, and a `FaultInjector` that partitions, crashes, pauses, skews clocks,
-stalls disks, drops, duplicates and delays messages and adds members. Every random choice comes
-from the seed: the configuration, the faults, the workload, each server's rng, client ids, the
-simulated disks and network, and Trio's own scheduling order (`seed_trio_scheduler`). The same
-seed therefore gives the same run, and `Trace.digest()` proves it.
+in-memory network, each on the real DiskStorage over a simulated file system that a crash
+power-cycles (`FsDisk`: torn unsynced sectors, lost unsynced names, fsync EIO; lying fsyncs and
+bit flips in `disk-beyond`), clients on the built-in key-value store, and a `FaultInjector` that
+partitions, crashes, pauses, skews clocks, stalls disks, drops, duplicates and delays messages
+and adds members. Every random choice comes from the seed: the configuration, the faults, the
+workload, each server's rng, client ids, the simulated disks and network, and Trio's own
+scheduling order (`seed_trio_scheduler`). The same seed therefore gives the same run, and
+`Trace.digest()` proves it.
 
 While it runs, `InvariantChecker` watches every member (one leader per term, log matching,
 leader completeness, the same command at each applied index, each session command applied once).
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -51,17 +54,18 @@ from ..core.raft import Role
 from ..protocol.errors import CopycatError, UnknownSessionError
 from ..protocol.messages import ConfigurationEntry, Member, MemberType
 from ..recipes.kv import Get, KeyValueStore
+from ..storage.errors import StorageCorruptionError, StorageError
 from ..transport.base import TransportError
 from ..transport.memory import MemoryNetwork
 from .cluster import MemoryCluster
 from .event_workload import EventRecord, EventWorkload
-from .faults import LEASE_SAFE_DRIFT, PROFILES, FaultInjector, FaultMix
+from .faults import EXTRA_PROFILES, LEASE_SAFE_DRIFT, PROFILES, FaultInjector, FaultMix
 from .history import History, OpKind, Outcome
 from .invariants import Applied, InvariantChecker, observe
 from .linearizability import CheckResult, check
 from .pipeline_workload import PipelineRecord, PipelineWorkload
 from .sim_machine import SimStore, sim_state
-from .simdisk import SimDisk
+from .simdisk import FsDisk, SimDisk
 from .workload import KvWorkload
 
 __all__ = [
@@ -145,7 +149,21 @@ STORM_THRESHOLD = 5_000
 """Frames within 10 ms of virtual time that count as a message storm (busy runs send a few
 hundred)."""
 
-SCHEDULE_KINDS = ("fault", "heal", "crash", "restart", "pause", "resume", "clock", "join", "torn")
+DISK_PROFILES = ("disk", "disk-beyond")
+"""Profiles that run the real DiskStorage on simulated file systems (SimulationConfig.disk)."""
+
+SCHEDULE_KINDS = (
+    "fault",
+    "heal",
+    "crash",
+    "restart",
+    "pause",
+    "resume",
+    "clock",
+    "join",
+    "torn",
+    "disk",
+)
 """The trace lines that make up a run's fault schedule."""
 
 
@@ -164,6 +182,21 @@ class SimulationConfig:
     election_timeout: float = 1.0
     heartbeat_interval: float = 0.1
     disk_latency: float = 0.002
+    disk: str = "fs"
+    """Each member's storage: "fs", the real DiskStorage (segmented log, meta file, snapshot
+    store) on a SimFileSystem that each start power-cycles (testing/simdisk.py FsDisk); or
+    "sim", a SimDisk (MemoryStorage whose saves take time and can be torn; a test can look at
+    its entries)."""
+    fsync_errors: float = 0.0
+    """With disk "fs": the probability each fsync of a bootstrap member, once it has started,
+    fails with EIO (its storage is poisoned, the server stops, the run restarts it later)."""
+    fsync_lies: float = 0.0
+    """With disk "fs": the probability an fsync returns without making anything durable
+    (beyond the storage's model)."""
+    bit_flips: float = 0.0
+    """With disk "fs": the probability each restart of one chosen bootstrap member first flips
+    a bit at rest in a valid record or its meta file (beyond the model; it must refuse to
+    start, and then stays down)."""
     snapshot_every: int | None = None
     """Applied entries between snapshots; None: no snapshots (the log is never compacted)."""
     catch_up_entries: int = 1_000
@@ -193,6 +226,17 @@ class SimulationConfig:
             snapshot_every = rng.choice([10, 20, 40])
             catch_up = rng.choice([0, 3, 10])
         faults = FaultMix.named(profile, rng)
+        # Its own stream, so that drawing it shifts none of the draws above.
+        disk_rng = random.Random(f"disk:{seed}")
+        disk: dict[str, Any] = {}
+        if profile in ("crashes", "snapshots", "mixed"):
+            disk["fsync_errors"] = disk_rng.choice([0.0, 0.0, 0.001, 0.003])
+        if profile in DISK_PROFILES:
+            snapshot_every = disk_rng.choice([None, 10, 20, 40])
+            disk["fsync_errors"] = disk_rng.choice([0.001, 0.003])
+            if profile == "disk-beyond":
+                disk["fsync_lies"] = disk_rng.choice([0.01, 0.03, 0.1])
+                disk["bit_flips"] = disk_rng.choice([0.5, 1.0])
         check_lease_reads = faults.clock_drift < LEASE_SAFE_DRIFT
         workload = KvWorkload(
             clients=rng.choice([3, 4, 5]),
@@ -212,6 +256,7 @@ class SimulationConfig:
             "faults": faults,
             "workload": workload,
             "disk_latency": rng.choice([0.0005, 0.002, 0.01]),
+            **disk,
         }
         # Its own stream, so that drawing it shifts none of the draws above.
         values["pipeline"] = PipelineWorkload.draw(random.Random(f"pipeline:{seed}"))
@@ -222,11 +267,19 @@ class SimulationConfig:
     def describe(self) -> str:
         w = self.workload
         snapshots = f"every {self.snapshot_every}" if self.snapshot_every else "off"
+        disk = ""
+        if self.disk == "fs":
+            disk = f", DiskStorage on a simulated file system (fsync EIO {self.fsync_errors:g}"
+            if self.fsync_lies:
+                disk += f", fsync lies {self.fsync_lies:g}"
+            if self.bit_flips:
+                disk += f", bit flips {self.bit_flips:g}"
+            disk += ")"
         return (
             f"seed {self.seed}, profile {self.profile}: {self.servers} servers, "
             f"{w.clients} clients on {w.keys} key(s) for {self.duration:g}s, snapshots "
             f"{snapshots} (catch-up {self.catch_up_entries}), disk latency "
-            f"{self.disk_latency * 1000:g}ms; faults: {self.faults.describe()}"
+            f"{self.disk_latency * 1000:g}ms{disk}; faults: {self.faults.describe()}"
         )
 
 
@@ -263,7 +316,15 @@ class Simulation:
         self.network.on_storm = self._on_storm
         self.abort_scope: trio.CancelScope | None = None
         """Cancelled when the run cannot usefully go on (a message storm)."""
-        self.disks: dict[int, SimDisk] = {}
+        self.disks: dict[int, SimDisk | FsDisk] = {}
+        self.corrupt: dict[int, str] = {}
+        """Members that refused to start on damaged storage (kept down), with the error."""
+        self.storage_failures = 0
+        """Servers stopped by a failed storage (fsync EIO) and restarted later."""
+        self.flip_victim: int | None = None
+        """The one member whose restarts may flip a bit at rest (disk-beyond)."""
+        if config.disk == "fs" and config.bit_flips:
+            self.flip_victim = self.rng("bit-flips").randint(1, config.servers)
         options: dict[str, Any] = {"catch_up_entries": config.catch_up_entries}
         if config.faults.replace_after is not None:
             options["replace_after"] = config.faults.replace_after
@@ -279,6 +340,8 @@ class Simulation:
             storage=self._disk,
             server_options=options,
         )
+        if config.disk == "fs":
+            self.cluster.on_server_error = self._on_server_error
         self.cluster.observe_state_machine = self._observe
         if config.faults.clock_drift:
             self.cluster.clock_rate = self._clock_rate(config.faults.clock_drift)
@@ -317,17 +380,86 @@ class Simulation:
 
         return rate
 
-    def _disk(self, member_id: int) -> SimDisk:
+    def _disk(self, member_id: int) -> SimDisk | FsDisk:
         disk = self.disks.get(member_id)
         if disk is None:
-            disk = self.disks[member_id] = SimDisk(
-                f"member{member_id}",
-                self.rng(f"disk{member_id}"),
-                latency=self.config.disk_latency,
-                snapshots=self.config.snapshot_every is not None,
-            )
+            if self.config.disk == "fs":
+                disk = FsDisk(
+                    f"member{member_id}",
+                    self.rng(f"disk{member_id}"),
+                    latency=self.config.disk_latency,
+                    entries_per_segment=16,
+                )
+                disk.fs.fsync_lies = self.config.fsync_lies
+                disk.tearing_crashes = True
+                disk.on_flip = lambda text: self.trace.record("disk", text)
+            elif self.config.disk == "sim":
+                disk = SimDisk(
+                    f"member{member_id}",
+                    self.rng(f"disk{member_id}"),
+                    latency=self.config.disk_latency,
+                    snapshots=self.config.snapshot_every is not None,
+                )
+            else:
+                raise ValueError(f"unknown disk {self.config.disk!r}: choose sim or fs")
             disk.on_torn = lambda text: self.trace.record("torn", text)
+            self.disks[member_id] = disk
         return disk
+
+    def disk_violations(self) -> list[str]:
+        """What the real disk got wrong: bit flips at rest that a start did not detect."""
+        return [
+            f"disk: {text}, yet the member started (the damage went undetected)"
+            for disk in self.disks.values()
+            if isinstance(disk, FsDisk)
+            for text in disk.undetected_flips
+        ]
+
+    def arm_disk_faults(self, member_ids: Sequence[int]) -> None:
+        """Let the configured fsync errors and bit flips strike these (started) members."""
+        for member_id in member_ids:
+            disk = self.disks.get(member_id)
+            if isinstance(disk, FsDisk):
+                disk.fs.fsync_errors = self.config.fsync_errors
+                if member_id == self.flip_victim:
+                    disk.flip_on_load = self.config.bit_flips
+
+    def _on_server_error(self, member_id: int, error: BaseException) -> bool:
+        """A server of the real disk stopped with an exception: a StorageError (an fsync's EIO,
+        or damage found at start) or an EIO itself (the snapshot store lets it out) is what
+        the disk faults cause, and it stops that member only (True); anything else is a bug,
+        and ends the run (False)."""
+        leaves = _leaves(error)
+        if not leaves or not all(_disk_fault(e) for e in leaves):
+            return False
+        self.cluster.servers.pop(member_id, None)
+        corrupt = [e for e in leaves if isinstance(e, StorageCorruptionError)]
+        if corrupt:
+            # As an operator would until the member is restored: it stays down.
+            self.corrupt[member_id] = str(corrupt[0])
+            self.trace.record("disk", f"{member_id} refuses to start: {_first_line(corrupt[0])}")
+            if not (self.config.fsync_lies or self.config.bit_flips):
+                self.invariants.violation(
+                    f"disk: member {member_id} refuses to start after faults the storage must "
+                    f"survive (power losses, torn writes, lost names, EIO): {corrupt[0]}"
+                )
+            if member_id in self.member_ids:
+                self.member_ids.remove(member_id)
+            return True
+        self.storage_failures += 1
+        self.trace.record("disk", f"{member_id} stopped: storage failed: {_first_line(leaves[0])}")
+        self.injector.crashed.add(member_id)
+        self.nursery.start_soon(self._restart_failed, member_id)
+        return True
+
+    async def _restart_failed(self, member_id: int) -> None:
+        """Restart a member its storage stopped, after a while (a supervisor's restart)."""
+        await trio.sleep(self.rng(f"restart-failed{self.storage_failures}").uniform(0.2, 2.0))
+        while member_id in self.injector.busy:
+            await trio.sleep(0.5)
+        if member_id in self.injector.crashed:  # else heal_all has restarted it
+            self.injector.crashed.discard(member_id)
+            self.restart(member_id)
 
     def _observe(self, member_id: int, state_machine: Any) -> Any:
         return observe(state_machine, member_id, self._on_apply, self.invariants.on_fire)
@@ -395,11 +527,28 @@ class Simulation:
 
     def restart(self, member_id: int) -> None:
         """Start a crashed member again from its disk (in the background)."""
+        if member_id in self.corrupt:
+            return
         if member_id in self.bootstrap_ids:
             self.trace.record("restart", f"{member_id}")
             self.cluster.restart_soon(member_id)
             return
-        members = self._known_configuration(member_id)
+        disk = self.disks[member_id]
+        if isinstance(disk, FsDisk):
+            self.nursery.start_soon(self._restart_joined_from_files, member_id, disk)
+            return
+        self._restart_joined(member_id, self._known_configuration(member_id))
+
+    async def _restart_joined_from_files(self, member_id: int, disk: FsDisk) -> None:
+        """A joined member on the real disk: once its server has stopped, read its files as a
+        start would, to learn whether they hold a configuration that includes it."""
+        stopped = self.cluster.stopped.get(member_id)
+        if stopped is not None:
+            await stopped.wait()
+        entries, has_snapshot = await disk.peek()
+        self._restart_joined(member_id, self._configuration_in(member_id, entries, has_snapshot))
+
+    def _restart_joined(self, member_id: int, members: list[Member] | None) -> None:
         if members is None:
             self.trace.record("restart", f"{member_id} (joins again: it kept no configuration)")
             self.nursery.start_soon(self._join, member_id)
@@ -410,12 +559,20 @@ class Simulation:
     def _known_configuration(self, member_id: int) -> list[Member] | None:
         """The members a joined member's disk knows, if they include it."""
         disk = self.disks[member_id]
-        for entry in reversed(disk.entries):
+        assert isinstance(disk, SimDisk)
+        has_snapshot = disk.snapshots is not None and bool(disk.snapshots._files)
+        return self._configuration_in(member_id, disk.entries, has_snapshot)
+
+    def _configuration_in(
+        self, member_id: int, entries: Sequence[Any], has_snapshot: bool
+    ) -> list[Member] | None:
+        """The last configuration in `entries` if it includes the member; with none, and a
+        snapshot (which holds the configuration), any member list that includes it."""
+        for entry in reversed(entries):
             if isinstance(entry, ConfigurationEntry):
                 members = list(entry.members)
                 return members if any(m.id == member_id for m in members) else None
-        if disk.snapshots is not None and disk.snapshots._files:
-            # The snapshot holds the configuration; boot with any list that includes us.
+        if has_snapshot:
             return self.cluster.members(sorted(self.member_ids))
         return None
 
@@ -654,6 +811,7 @@ async def open_simulation(
             sim = Simulation(config, nursery, state_machine)
             sim.trace.record("start", config.describe())
             await sim.cluster.bootstrap(list(sim.bootstrap_ids))
+            sim.arm_disk_faults(sim.bootstrap_ids)
             nursery.start_soon(_watch, sim)
             yield sim
             if check_invariants and not sim.invariants.ok:
@@ -693,6 +851,10 @@ class SimulationResult:
     stats: dict[str, Any] = attrs.Factory(dict)
     logged: list[str] = attrs.Factory(list)
     """Warnings and errors the servers logged (not failures by themselves)."""
+    beyond_model: list[str] = attrs.Factory(list)
+    """Failures the profile allows, reported but not failing the run: in disk-beyond, the
+    violations (and a non-linearizable history) of a run in which a lying fsync lost data at
+    a power loss."""
 
     @property
     def ok(self) -> bool:
@@ -700,8 +862,12 @@ class SimulationResult:
             self.error is None
             and not self.violations
             and self.linearizability is not None
-            and self.linearizability.ok
+            and (self.linearizability.ok or self._linearizability_beyond_model)
         )
+
+    @property
+    def _linearizability_beyond_model(self) -> bool:
+        return any(text.startswith("linearizability") for text in self.beyond_model)
 
     @property
     def digest(self) -> str:
@@ -711,7 +877,11 @@ class SimulationResult:
         found = list(self.violations)
         if self.error is not None:
             found.append(f"error: {self.error}")
-        if self.linearizability is not None and not self.linearizability.ok:
+        if (
+            self.linearizability is not None
+            and not self.linearizability.ok
+            and not self._linearizability_beyond_model
+        ):
             found.append(f"linearizability: {self.linearizability}")
         return found
 
@@ -735,6 +905,8 @@ class SimulationResult:
         parts.append("stats: " + ", ".join(f"{k}={v}" for k, v in sorted(self.stats.items())))
         for failure in self.failures():
             parts.append("FAILURE: " + failure)
+        for allowed in self.beyond_model:
+            parts.append("BEYOND THE MODEL (allowed): " + allowed)
         if self.logged:
             parts.append("server log (warnings and errors):\n" + "\n".join(self.logged[:20]))
         if verbose or not self.ok:
@@ -905,6 +1077,7 @@ def run_simulation(
         "committed": len(sim.invariants.committed),
         "torn_saves": sum(d.stats.torn_saves for d in sim.disks.values()),
         "snapshots": sum(d.stats.snapshots for d in sim.disks.values()),
+        **_file_system_stats(sim),
         "restarts": sum(n - 1 for n in sim.cluster.starts.values()),
         "dropped": sim.network.stats.dropped,
         "duplicated": sim.network.stats.duplicated,
@@ -912,11 +1085,21 @@ def run_simulation(
         "busiest_10ms": sim.network.stats.busiest_window,
         **{f"fault_{k}": v for k, v in sorted(sim.injector.counts.items())},
     }
+    violations = [*sim.invariants.violations, *sim.disk_violations()]
+    beyond_model: list[str] = []
+    if config.fsync_lies and stats.get("fs_lies_lost"):
+        # What a lost acknowledged write may break: anything but what the disk itself must do.
+        reason = f"after {stats['fs_lies_lost']} lying fsync(s) lost data at a power loss"
+        beyond_model = [f"{v} ({reason})" for v in violations if not v.startswith("disk:")]
+        violations = [v for v in violations if v.startswith("disk:")]
+        if linearizability is not None and not linearizability.ok:
+            beyond_model.append(f"linearizability: {linearizability} ({reason})")
     return SimulationResult(
         config=config,
         trace=sim.trace,
         history=sim.history,
-        violations=list(sim.invariants.violations),
+        beyond_model=beyond_model,
+        violations=violations,
         linearizability=linearizability,
         error=error,
         virtual_time=holder.get("virtual_time", 0.0),
@@ -924,6 +1107,27 @@ def run_simulation(
         stats=stats,
         logged=collector.records,
     )
+
+
+def _file_system_stats(sim: Simulation) -> dict[str, int]:
+    """With the real disk: what its simulated file systems did and what the faults struck."""
+    systems = [d.fs for d in sim.disks.values() if isinstance(d, FsDisk)]
+    if not systems:
+        return {}
+    return {
+        "fs_fsyncs": sum(fs.fsyncs for fs in systems),
+        "fs_eio": sum(fs.errors for fs in systems),
+        "fs_lies": sum(fs.lies for fs in systems),
+        "fs_lies_lost": sum(fs.lies_lost for fs in systems),
+        "fs_power_cycles": sum(fs.crashes for fs in systems),
+        "fs_torn_files": sum(fs.torn_files for fs in systems),
+        "fs_torn_out_of_order": sum(fs.torn_out_of_order for fs in systems),
+        "fs_sectors_lost": sum(fs.sectors_lost for fs in systems),
+        "fs_names_lost": sum(fs.names_lost for fs in systems),
+        "bit_flips": sum(d.flips for d in sim.disks.values() if isinstance(d, FsDisk)),
+        "storage_failures": sim.storage_failures,
+        "refused_corrupt": len(sim.corrupt),
+    }
 
 
 async def _run_main(config: SimulationConfig, watchdog: _Watchdog, holder: dict[str, Any]) -> None:
@@ -948,6 +1152,28 @@ async def _run_main(config: SimulationConfig, watchdog: _Watchdog, holder: dict[
         finally:
             holder["virtual_time"] = trio.current_time()
             outer.cancel_scope.cancel()
+
+
+def _disk_fault(error: BaseException) -> bool:
+    """Whether a server's exception is one the simulated disk's faults explain."""
+    return isinstance(error, StorageError) or (
+        isinstance(error, OSError) and error.errno == errno.EIO
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    """An error's message up to its first full stop or semicolon (the rest is advice)."""
+    text = str(error)
+    for mark in (". ", "; "):
+        text = text.split(mark, 1)[0]
+    return text
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions in an exception group (nested ones too), or the exception itself."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
 
 
 DEADLOCK_EXIT = 70
@@ -1026,8 +1252,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--start", type=int, default=0, help="first seed of --seeds (default 0)")
     parser.add_argument(
         "--profile",
-        choices=[*PROFILES, "drift-beyond", "none"],
+        choices=[*PROFILES, *EXTRA_PROFILES],
         help="force a fault profile (default: by seed)",
+    )
+    parser.add_argument(
+        "--disk",
+        choices=["sim", "fs"],
+        help="members' storage: SimDisk, or the real DiskStorage on a simulated file system",
     )
     parser.add_argument("--jobs", type=int, default=1, help="processes to run seeds in")
     parser.add_argument("--duration", type=float, help="virtual seconds of workload per seed")
@@ -1039,6 +1270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides: dict[str, Any] = {}
     if args.duration is not None:
         overrides["duration"] = args.duration
+    if args.disk is not None:
+        overrides["disk"] = args.disk
     if args.seed is not None:
         result = run_simulation(args.seed, profile=args.profile, **overrides)
         print(result.report(verbose=True))

@@ -244,10 +244,13 @@ def acknowledged_write_is_on_a_majority_of_disks() -> None:
     import trio.testing
 
     from ...recipes.kv import KeyValueStore, Put
+    from ..simdisk import SimDisk
     from ..simulation import open_simulation
 
     async def run() -> None:
-        async with open_simulation(KeyValueStore, seed=1, faults="none", servers=3) as sim:
+        async with open_simulation(
+            KeyValueStore, seed=1, faults="none", servers=3, disk="sim"
+        ) as sim:
             await trio.sleep(2)
             (leader,) = sim.current_leaders()
             async with sim.client() as client:
@@ -258,7 +261,8 @@ def acknowledged_write_is_on_a_majority_of_disks() -> None:
                 durable = [
                     i
                     for i, disk in sim.disks.items()
-                    if any(getattr(e, "operation", None) == Put("k", "v") for e in disk.entries)
+                    if isinstance(disk, SimDisk)
+                    and any(getattr(e, "operation", None) == Put("k", "v") for e in disk.entries)
                 ]
                 assert len(durable) >= 2, (
                     f"write acknowledged while durable only on {durable} (leader {leader})"

@@ -1,0 +1,91 @@
+"""The simulation on the real DiskStorage (segmented log, meta file, snapshot store) over a
+simulated file system per member: it replays, its disk faults really strike, the storage
+survives those within its model, and a storage that breaks a durability rule is caught.
+
+Each run is 8 virtual seconds of one seed (a few real seconds)."""
+
+from __future__ import annotations
+
+import pytest
+
+from copycat_trio.storage.segments import SegmentedLog
+from copycat_trio.testing.simdisk import FsDisk
+from copycat_trio.testing.simulation import SimulationResult, run_simulation
+
+DURATION = 8.0
+
+
+def disk_run(seed: int, profile: str = "disk", **overrides: object) -> SimulationResult:
+    return run_simulation(seed, profile=profile, duration=DURATION, **overrides)
+
+
+def test_the_disk_profile_replays_exactly() -> None:
+    first = disk_run(3)
+    second = disk_run(3)
+    assert first.ok, first.report()
+    assert first.stats["fs_fsyncs"] > 0  # the real disk ran
+    assert first.digest == second.digest
+    assert first.trace.lines() == second.trace.lines()
+
+
+@pytest.mark.parametrize(
+    ("seed", "struck"),
+    [
+        (3, ["fs_names_lost", "fs_eio", "storage_failures"]),
+        (15, ["fs_torn_files", "fs_torn_out_of_order", "fs_sectors_lost", "fs_eio"]),
+    ],
+)
+def test_faults_within_the_model_strike_and_break_nothing(seed: int, struck: list[str]) -> None:
+    """Power losses that tear unsynced writes out of order or undo unsynced directory changes,
+    and fsyncs that fail with EIO (the server stops; the run restarts it): every check holds."""
+    result = disk_run(seed)
+    assert result.ok, result.report()
+    for counter in struck:
+        assert result.stats[counter] > 0, (counter, result.report())
+    assert result.stats["refused_corrupt"] == 0
+    assert "stopped: storage failed" in result.trace.format(["disk"])
+
+
+def test_a_bit_flipped_at_rest_is_refused_and_the_rest_goes_on() -> None:
+    """disk-beyond: one member's restart flips a bit in a valid record; it refuses to start
+    (and stays down), and with no lying fsync exposed every other check still applies."""
+    result = disk_run(3, "disk-beyond")
+    assert result.ok, result.report()
+    assert result.stats["bit_flips"] >= 1
+    assert result.stats["refused_corrupt"] >= 1
+    assert result.stats["fs_lies_lost"] == 0 and not result.beyond_model
+    assert "refuses to start" in result.trace.format(["disk"])
+
+
+def test_lying_fsyncs_lose_data_in_disk_beyond() -> None:
+    result = disk_run(0, "disk-beyond")
+    assert result.ok, result.report()
+    assert result.stats["fs_lies"] > 0 and result.stats["fs_lies_lost"] > 0
+
+
+def test_a_flip_a_start_does_not_refuse_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member that starts on data damaged at rest is a failure, never excused: here the
+    "flip" changes nothing, so the start succeeds as it would past a missed checksum."""
+    monkeypatch.setattr(FsDisk, "flip_at_rest", lambda self: f"{self.name}: pretend flip")
+    result = disk_run(3, "disk-beyond")
+    assert not result.ok
+    assert any("went undetected" in v for v in result.violations), result.report()
+
+
+@pytest.mark.parametrize("rule", ["directory fsync", "data fsync"])
+def test_a_storage_that_skips_an_fsync_is_caught(
+    monkeypatch: pytest.MonkeyPatch, rule: str
+) -> None:
+    """Break one durability rule of the segmented log; a seed of the disk profile fails."""
+    if rule == "directory fsync":
+        # New segment files (and unlinks) are never made durable in their directory.
+        monkeypatch.setattr(SegmentedLog, "_fsync_directory", lambda self: None)
+    else:
+
+        def no_fsync(self: SegmentedLog, fd: int) -> None:
+            self.fsyncs += 1  # appends are acknowledged before they are durable
+
+        monkeypatch.setattr(SegmentedLog, "_fsync", no_fsync)
+    result = disk_run(0)
+    assert not result.ok
+    assert any("refuses to start" in failure for failure in result.failures()), result.report()
