@@ -24,6 +24,7 @@ from .client import open_client
 from .client.admin import admin_request, fetch_status, leader_first
 from .client.diagnosis import ClusterView
 from .config import load_cluster_file
+from .logs import LEVELS, MemberContext, configure_logging
 from .protocol.errors import ConfigurationError, CopycatError, NoLeaderError, OutcomeUnknownError
 from .protocol.messages import (
     JoinRequest,
@@ -39,6 +40,9 @@ from .server.server import CopycatServer
 from .state_machine import StateMachine
 from .storage import Storage, StorageLevel
 from .transport.base import split_address
+
+LOG_CONTEXT = MemberContext(lambda: None)
+"""The member a log line comes from (set once `serve` has made its server)."""
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -175,6 +179,12 @@ async def _serve(args: argparse.Namespace) -> None:
         priority=own.priority,
         replace_after=cluster_file.replace_after if cluster_file else None,
     )
+
+    def context() -> tuple[int, int, str]:
+        status = server.status()
+        return (status.id, status.term, status.role)
+
+    LOG_CONTEXT.source = context
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -490,6 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="module:Class of the state machine (default: the key-value store)",
     )
     serve.add_argument(
+        "--log-level", choices=LEVELS, default=None, help="default: info (debug with -v)"
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one object per line with time, level, logger, message, member, term, role",
+    )
+    serve.add_argument(
         "--stay-when-removed",
         action="store_true",
         help="keep running once removed from the configuration (default: exit)",
@@ -595,15 +614,10 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose
-        else logging.INFO
-        if args.command == "serve"
-        else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    level = getattr(args, "log_level", None) or (
+        "debug" if args.verbose else "info" if args.command == "serve" else "warning"
     )
+    configure_logging(level, getattr(args, "log_format", "text"), LOG_CONTEXT)
     try:
         _complete_client_options(args)
         _run_command(args)

@@ -176,6 +176,7 @@ class CopycatServer:
         self._replication: SnapshotReplication | None = None
         self._nursery: trio.Nursery | None = None
         self._was_member = False
+        self._configuration_at_start = 0
         self._removal: tuple[int, tuple[Member, ...]] | None = None
         self.removed = trio.Event()
         """Set once a configuration without this member comes into force here (applied, or
@@ -189,6 +190,10 @@ class CopycatServer:
         return self._removal
 
     def _on_configuration(self, index: int, members: tuple[Member, ...]) -> None:
+        if index > self._configuration_at_start:  # not one replayed from the log at start
+            log.info(
+                "member %s: configuration %s in force: %s", self.id, index, _members_text(members)
+            )
         if any(m.id == self.id for m in members):
             self._was_member = True
             self._removal = None  # added again
@@ -297,6 +302,7 @@ class CopycatServer:
                     self.transport, nursery, self.id, retry_interval=options.heartbeat_interval
                 )
                 self._pool = ConnectionPool(self.transport, nursery)
+                self._configuration_at_start = core.configuration_index
                 self._loop = loop = RaftLoop(
                     core, self.storage, peers, executor, clock=clock.now, to_trio=clock.to_trio
                 )
@@ -330,6 +336,7 @@ class CopycatServer:
                 await nursery.start(loop.run)
                 nursery.start_soon(executor.run)
                 nursery.start_soon(self._leader_duties)
+                nursery.start_soon(self._log_leader_changes)
                 self.address = await nursery.start(
                     self.transport.serve, self.address, self._handle_connection
                 )
@@ -376,6 +383,16 @@ class CopycatServer:
             await trio.sleep(self.options.election_timeout)
             with contextlib.suppress(CopycatError, TimeoutError, trio.TooSlowError):
                 await self._admin_request(JoinRequest(member=me), 2 * self.options.election_timeout)
+
+    async def _log_leader_changes(self) -> None:
+        """One line per leader a follower comes to follow (a leader logs its own election)."""
+        assert self._loop is not None
+        loop = self._loop
+        async for leader in loop.leader.eventual_values():
+            if leader is not None and leader != self.id:
+                log.info(
+                    "member %s: following leader %s in term %s", self.id, leader, loop.core.term
+                )
 
     async def _leader_duties(self) -> None:
         """While this server leads, its leader-only tasks run in a nursery that is cancelled the
