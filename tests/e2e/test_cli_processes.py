@@ -18,11 +18,14 @@ pytestmark = pytest.mark.e2e
 KV = "copycat_trio.recipes.kv:KeyValueStore"
 
 
-async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str, float]:
+async def cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str = ""
+) -> tuple[int, str, str, float]:
     """Run `copycat-trio ARGS`; its exit status, stdout, stderr and how long it took."""
     started = time.monotonic()
     result = await trio.run_process(
         [sys.executable, "-m", "copycat_trio", *args],
+        stdin=stdin.encode(),
         capture_stdout=True,
         capture_stderr=True,
         check=False,
@@ -44,6 +47,21 @@ async def test_a_healthy_cluster_from_the_command_line(start_cluster: StartClust
     assert (code, out.strip()) == (0, "ok"), err
     code, out, err, _ = await cli("kv", "get", "k", env={"COPYCAT_CLUSTER": addresses})
     assert (code, out.strip()) == (0, "v"), err
+    for key in ("apple", "apricot", "banana"):
+        code, _, err, _ = await cli("kv", "put", key, "-", "--cluster", addresses, stdin=key * 2)
+        assert code == 0, err
+    code, out, err, _ = await cli("kv", "keys", "--prefix", "ap", "--cluster", addresses)
+    assert (code, out.split()) == (0, ["apple", "apricot"]), err
+    code, out, err, _ = await cli("kv", "keys", "--limit", "1", "--cluster", addresses)
+    assert (code, out.split()) == (0, ["apple"]), err
+    for consistency in ("linearizable", "lease", "sequential"):
+        args = ("kv", "get", "banana", "--consistency", consistency, "--cluster", addresses)
+        code, out, err, _ = await cli(*args)
+        assert (code, out.strip()) == (0, "bananabanana"), (consistency, err)
+    code, out, err, _ = await cli("kv", "delete", "banana", "--cluster", addresses)
+    assert (code, out.strip()) == (0, "deleted"), err
+    code, out, err, _ = await cli("kv", "delete", "banana", "--cluster", addresses)
+    assert code == 1 and "banana: not found" in err, (code, out, err)
     code, out, err, _ = await cli("status", "--cluster", addresses)
     assert code == 0, out + err
     assert out.count("leader") >= 2 and "sessions" in out and "log_bytes" in out, out
