@@ -35,6 +35,7 @@ from .protocol.messages import (
     StatusResponse,
     TransferRequest,
 )
+from .protocol.operations import Consistency, Query
 from .server.options import ServerOptions
 from .server.server import CopycatServer
 from .state_machine import StateMachine
@@ -244,20 +245,35 @@ def _check_can_listen(address: str) -> None:
 
 
 async def _kv(args: argparse.Namespace) -> None:
-    from .recipes.kv import CompareAndSet, Delete, Get, Put
+    from .recipes.kv import CompareAndSet, Delete, Get, Keys, Put
 
     addresses = parse_cluster(args.cluster)
     operation: Any
+    consistency = Consistency.LINEARIZABLE
     if args.action == "put":
-        operation = Put(args.key, args.value)
+        value = sys.stdin.read() if args.value == "-" else args.value
+        operation = Put(args.key, value)
     elif args.action == "get":
         operation = Get(args.key)
+        consistency = CONSISTENCIES[args.consistency]
     elif args.action == "delete":
         operation = Delete(args.key)
+    elif args.action == "keys":
+        operation = Keys()
+        consistency = CONSISTENCIES[args.consistency]
     else:
         operation = CompareAndSet(args.key, args.old, args.new)
-    result = await _submit(addresses, operation, args.timeout)
-    if args.action == "cas":
+    result = await _submit(addresses, operation, args.timeout, consistency)
+    if args.action == "keys":
+        keys = [k for k in result if k.startswith(args.prefix)]
+        for key in keys[: args.limit] if args.limit is not None else keys:
+            print(key)
+    elif args.action == "delete":
+        if result is None:
+            print(f"{args.key}: not found", file=sys.stderr)
+            raise SystemExit(EXIT_FAILURE)
+        print("deleted")
+    elif args.action == "cas":
         print("true" if result else "false")
         if not result:
             raise SystemExit(EXIT_FAILURE)
@@ -270,7 +286,19 @@ async def _kv(args: argparse.Namespace) -> None:
         print("ok")
 
 
-async def _submit(addresses: Sequence[str], operation: Any, timeout: float) -> Any:
+CONSISTENCIES = {
+    "linearizable": Consistency.LINEARIZABLE,
+    "lease": Consistency.LINEARIZABLE_LEASE,
+    "sequential": Consistency.SEQUENTIAL,
+}
+
+
+async def _submit(
+    addresses: Sequence[str],
+    operation: Any,
+    timeout: float,
+    consistency: Consistency = Consistency.LINEARIZABLE,
+) -> Any:
     """One operation in a session of its own, within `timeout`; a failure says why the cluster
     could not serve it (unreachable members, no quorum) rather than only that it timed out."""
     with trio.move_on_after(timeout) as scope:
@@ -285,6 +313,8 @@ async def _submit(addresses: Sequence[str], operation: Any, timeout: float) -> A
                 timeout=max(0.1, scope.deadline - trio.current_time()),
                 request_timeout=max(0.5, min(5.0, timeout / 3)),
             ) as client:
+                if isinstance(operation, Query):
+                    return await client.submit(operation, consistency=consistency)
                 return await client.submit(operation)
         except (NoLeaderError, OutcomeUnknownError) as exc:
             after = ClusterView.of(addresses, await fetch_status(addresses, timeout=probe))
@@ -524,9 +554,23 @@ def build_parser() -> argparse.ArgumentParser:
     leaf = [kv_common, verbosity]
     put = actions.add_parser("put", parents=leaf)
     put.add_argument("key")
-    put.add_argument("value")
-    actions.add_parser("get", parents=leaf).add_argument("key")
-    actions.add_parser("delete", parents=leaf).add_argument("key")
+    put.add_argument("value", help="the value, or - to read it from stdin")
+    read_options = argparse.ArgumentParser(add_help=False)
+    read_options.add_argument(
+        "--consistency",
+        choices=tuple(CONSISTENCIES),
+        default="linearizable",
+        help="linearizable (default; a quorum round), lease (the leader's lease), sequential "
+        "(any member, never behind this client)",
+    )
+    get = actions.add_parser("get", parents=[*leaf, read_options], help="exit 1 if absent")
+    get.add_argument("key")
+    actions.add_parser("delete", parents=leaf, help="exit 1 if the key was absent").add_argument(
+        "key"
+    )
+    keys = actions.add_parser("keys", parents=[*leaf, read_options], help="list keys, sorted")
+    keys.add_argument("--prefix", default="", help="only keys that start with this")
+    keys.add_argument("--limit", type=int, default=None, help="at most this many")
     cas = actions.add_parser(
         "cas", help="set KEY to NEW if it is OLD; prints true or false", parents=leaf
     )
