@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -74,6 +74,7 @@ from .membership import MembershipService, configure_response
 from .options import ServerOptions, validate_members
 from .peers import PeerLinks
 from .replication import SnapshotReplication, align_storage
+from .roles import RoleChange, watch_role
 
 log = logging.getLogger(__name__)
 
@@ -476,6 +477,14 @@ class CopycatServer:
         if self._executor is None:
             raise RuntimeError("server is not running")
         return self._executor.state_machine
+
+    def watch_role(self) -> AsyncIterator[RoleChange]:
+        """`async for change in server.watch_role()`: the current role, term and leader, then
+        each change (see server/roles.py). It waits for the next change until cancelled: run
+        it in the nursery the server runs in, which stopping the server cancels."""
+        if self._loop is None:
+            raise RuntimeError("server is not running")
+        return watch_role(self._loop)
 
     @property
     def is_leader(self) -> bool:
