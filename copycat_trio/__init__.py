@@ -5,6 +5,9 @@ operation classes with `register(tag)`, run CopycatServer members, and talk to t
 `open_client`.
 """
 
+# `recipes` first: importing copycat_trio registers every built-in operation's wire tag, so
+# every server decodes the resources' operations whatever its state machine.
+from . import recipes as recipes
 from .client import CopycatClient as CopycatClient
 from .client import open_client as open_client
 from .protocol.codec import register as register

@@ -526,8 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--state-machine",
-        default="copycat_trio.recipes.kv:KeyValueStore",
-        help="module:Class of the state machine (default: the key-value store)",
+        default="copycat_trio.recipes:Resources",
+        help="module:Class of the state machine (default: the resources manager)",
     )
     serve.add_argument(
         "--log-level", choices=LEVELS, default=None, help="default: info (debug with -v)"

@@ -1,0 +1,1 @@
+"""The client handles of the resources: each is (client, name) and typed."""

@@ -1,0 +1,1 @@
+"""The built-in resource kinds: each module holds one kind's operations and its state."""
