@@ -8,6 +8,7 @@ import random
 from collections import Counter as Tally
 from typing import Any
 
+import pytest
 import trio
 
 from copycat_trio.protocol.codec import registry
@@ -20,6 +21,7 @@ from copycat_trio.recipes.resources import (
     MapChange,
     Queue,
     Resources,
+    SessionEndedError,
 )
 from copycat_trio.testing import open_memory_cluster
 from copycat_trio.testing.simdisk import SimDisk
@@ -284,3 +286,27 @@ async def test_every_kind_at_once_from_several_clients(autojump_clock: Any) -> N
             assert await Queue(client, "q").size() == 0
             assert len(leaders) == 1
             assert await Group(client, "workers").members() == {}  # their sessions closed
+
+
+async def test_a_wait_whose_session_expired_raises_instead_of_hanging(autojump_clock: Any) -> None:
+    async with open_memory_cluster(3, Resources) as cluster, cluster.client(host="a") as a:
+        await Lock(a, "l").acquire()
+        async with cluster.client(host="b", session_timeout=2.0) as b:
+            lock = Lock(b, "l")
+
+            async def expire_b() -> None:
+                await until(lambda: manager(cluster, 1).resources[("lock", "l")].waiters)
+                cluster.cut_off_host("b")
+                await trio.sleep(5)  # b's session expires meanwhile
+                cluster.network.heal()  # b hears of it at its next keep-alive
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(expire_b)
+                with (
+                    pytest.raises(SessionEndedError, match="waiting for Lock"),
+                    trio.fail_after(30),
+                ):
+                    await lock.acquire()
+            assert lock.token is None
+            holder = await Lock(a, "l").holder()
+            assert holder is not None and holder.session == a.session_id

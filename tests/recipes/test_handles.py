@@ -8,7 +8,10 @@ import pytest
 import trio
 
 from copycat_trio.protocol.errors import UnknownOperationError
+from copycat_trio.recipes import counter as legacy_counter
+from copycat_trio.recipes import election as legacy_election
 from copycat_trio.recipes import kv
+from copycat_trio.recipes import lock as legacy_lock
 from copycat_trio.recipes.resources import (
     Counter,
     Election,
@@ -100,6 +103,21 @@ async def test_map_watch(autojump_clock: Any) -> None:
             async with Map(reader, "users").watch(since=seen[0].revision):
                 pass
         assert caught.value.oldest > seen[1].revision
+
+
+async def test_a_watch_hears_a_change_within_a_heartbeat_of_its_commit(
+    autojump_clock: Any,
+) -> None:
+    async with (
+        open_memory_cluster(3, Resources) as cluster,
+        cluster.client() as writer,
+        cluster.client() as reader,
+        Map(reader, "m").watch() as changes,
+    ):
+        for i in range(5):
+            await Map(writer, "m").put("k", i)
+            with trio.fail_after(cluster.heartbeat_interval * 2):
+                assert (await changes.__anext__()).value == i
 
 
 async def test_counter(autojump_clock: Any) -> None:
@@ -263,3 +281,27 @@ async def test_a_user_state_machine_refuses_resource_operations_at_once(
         with pytest.raises(UnknownOperationError, match="MapPut"):
             await client.submit(MapPut("m", "k", 1))
         assert trio.current_time() - started < 1.0
+
+
+async def test_the_older_recipes_clients_work_against_resources(autojump_clock: Any) -> None:
+    async with (
+        open_memory_cluster(3, Resources) as cluster,
+        cluster.client() as a,
+        cluster.client() as b,
+    ):
+        assert await a.submit(legacy_counter.Increment(5)) == 5
+        assert await Counter(b, "default").value() == 5
+        await legacy_lock.Lock(a, "x").acquire()
+        got: list[str] = []
+        async with trio.open_nursery() as nursery:
+
+            async def wait_b() -> None:
+                await legacy_lock.Lock(b, "x").acquire()
+                got.append("b")
+
+            nursery.start_soon(wait_b)
+            await trio.sleep(1)
+            assert got == []
+            assert await legacy_lock.Lock(a, "x").release()
+        assert got == ["b"]
+        assert await legacy_election.Election(a, "s").run() > 0

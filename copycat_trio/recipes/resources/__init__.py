@@ -11,6 +11,7 @@ from .errors import (
     LockNotHeldError,
     LockTimeoutError,
     ResourceError,
+    SessionEndedError,
     WatchCompactedError,
 )
 from .handles.counter import Counter
@@ -40,5 +41,6 @@ __all__ = [
     "Queue",
     "ResourceError",
     "Resources",
+    "SessionEndedError",
     "WatchCompactedError",
 ]

@@ -10,6 +10,7 @@ __all__ = [
     "LockNotHeldError",
     "LockTimeoutError",
     "ResourceError",
+    "SessionEndedError",
     "WatchCompactedError",
 ]
 
@@ -31,6 +32,13 @@ class LockTimeoutError(ResourceError):
 
 class HandleBusyError(ResourceError):
     """One handle holds one lock grant or candidacy at a time; use another handle for more."""
+
+
+class SessionEndedError(ResourceError):
+    """The client's session ended (expired, or closed) while a handle waited or watched: what
+    the session held or waited for is released on the servers. Open a new client (or, with
+    RecoveryStrategy.RECOVER, use the same one) and start again; a map watch resumes from the
+    revision of the last change it yielded."""
 
 
 class GroupMemberTakenError(ResourceError):

@@ -14,15 +14,17 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 
+from ....client.strategies import ClientState
 from ....protocol.errors import CopycatError
 from ....protocol.messages import Event
 from ....protocol.operations import Command, Consistency, Query
 from ..base import EVENT
+from ..errors import SessionEndedError
 
 if TYPE_CHECKING:
     from ....client.client import CopycatClient
 
-__all__ = ["Handle", "Router", "Stream", "router_of", "submit_anyway"]
+__all__ = ["Handle", "Router", "Stream", "receive", "router_of", "submit_anyway"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,34 @@ async def submit_anyway(client: CopycatClient, op: Command, why: str) -> Any:
             return None
 
 
+async def receive(client: CopycatClient, box: trio.MemoryReceiveChannel[Any], what: str) -> Any:
+    """The next event data in `box`; raises SessionEndedError if the session that is waiting
+    ends first (its waits are gone on the servers, so no event would ever come)."""
+    session = client.session_id
+    got: list[Any] = []
+
+    def ended(state: ClientState) -> bool:
+        return state is ClientState.CLOSED or client.session_id != session
+
+    async with trio.open_nursery() as nursery:
+
+        async def take() -> None:
+            got.append(await box.receive())
+            nursery.cancel_scope.cancel()
+
+        async def watch() -> None:
+            await client.state.wait_value(ended)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(take)
+        nursery.start_soon(watch)
+    if got:
+        return got[0]
+    raise SessionEndedError(
+        f"session {session} ended while {what}: the servers released what it held or waited for"
+    )
+
+
 class Handle:
     """A named resource of one kind, used through `client`."""
 
@@ -132,6 +162,9 @@ class Stream(Generic[T]):
     Use `async with handle.watch() as stream: async for item in stream: ...` to deregister
     as soon as the block ends; a bare `async for` deregisters when the session ends.
     """
+
+    def __repr__(self) -> str:
+        return f"the stream of {self._handle!r}"
 
     def __init__(self, handle: Handle) -> None:
         self._handle = handle
@@ -192,6 +225,6 @@ class Stream(Generic[T]):
                 return self._pending.popleft()
             if self._closed or self._box is None:
                 raise StopAsyncIteration
-            item = self._convert(await self._box.receive())
+            item = self._convert(await receive(self._handle.client, self._box, f"{self} ran"))
             if item is not None:
                 return item

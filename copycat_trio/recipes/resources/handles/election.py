@@ -26,7 +26,7 @@ from ..kinds.election import (
     ElectionResign,
     ElectionUnobserve,
 )
-from .common import Handle, Stream, router_of, submit_anyway
+from .common import Handle, Stream, receive, router_of, submit_anyway
 
 __all__ = ["Election", "LeaderInfo", "LeaderStream"]
 
@@ -70,7 +70,7 @@ class Election(Handle):
             with router.mailbox((self.kind, self.name, request)) as box:
                 term = await self._command(ElectionCampaign(self.name, request, proposal))
                 if term is None:
-                    term = int(await box.receive())
+                    term = int(await receive(self.client, box, f"campaigning in {self!r}"))
         finally:
             if term is None:
                 self._request = None
@@ -118,4 +118,4 @@ class LeaderStream(Stream[LeaderInfo | None]):
             return self._pending.popleft()
         if self._closed or self._box is None:
             raise StopAsyncIteration
-        return _leader(await self._box.receive())
+        return _leader(await receive(self._handle.client, self._box, f"{self} ran"))

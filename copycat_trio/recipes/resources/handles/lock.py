@@ -18,7 +18,7 @@ import trio
 
 from ..errors import HandleBusyError, LockNotHeldError, LockTimeoutError
 from ..kinds.lock import LockAcquire, LockCancel, LockHolder, LockRelease
-from .common import Handle, router_of, submit_anyway
+from .common import Handle, receive, router_of, submit_anyway
 
 __all__ = ["Lock", "LockHolderInfo"]
 
@@ -70,7 +70,7 @@ class Lock(Handle):
                 token = await self._command(LockAcquire(self.name, request, timeout != 0))
                 if token is None and timeout != 0:
                     with trio.move_on_after(math.inf if timeout is None else timeout):
-                        token = int(await box.receive())
+                        token = int(await receive(self.client, box, f"waiting for {self!r}"))
                 settled = token is not None or timeout == 0
         finally:
             if token is None:

@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from ..kinds.queue import QueueCancel, QueueOffer, QueuePeek, QueuePoll, QueueSize
-from .common import Handle, router_of, submit_anyway
+from .common import Handle, receive, router_of, submit_anyway
 
 __all__ = ["Queue"]
 
@@ -46,7 +46,7 @@ class Queue(Handle):
                 done = []
                 if result is None and timeout != 0:
                     with trio.move_on_after(math.inf if timeout is None else timeout):
-                        result = await box.receive()
+                        result = await receive(self.client, box, f"polling {self!r}")
                 settled = result is not None or timeout == 0
         finally:
             if done:  # the acknowledgements may not have applied: send them again later
