@@ -14,12 +14,14 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import attrs
 import trio
 
 from . import __version__
+from .backup import BackupHeader, restore_backup, write_backup
 from .client import open_client
 from .client.admin import admin_request, fetch_status, leader_first
 from .client.diagnosis import ClusterView
@@ -27,6 +29,8 @@ from .config import load_cluster_file
 from .logs import LEVELS, MemberContext, configure_logging
 from .protocol.errors import ConfigurationError, CopycatError, NoLeaderError, OutcomeUnknownError
 from .protocol.messages import (
+    BackupRequest,
+    BackupResponse,
     JoinRequest,
     LeaveRequest,
     Member,
@@ -486,6 +490,53 @@ async def _members(args: argparse.Namespace) -> None:
         print("ok")
 
 
+# --- snapshot ------------------------------------------------------------------------------
+
+
+async def _snapshot(args: argparse.Namespace) -> None:
+    path = Path(args.file)
+    if args.action == "restore":
+        members = parse_members(args.members)
+        if args.id not in {m.id for m in members}:
+            raise UsageError(f"--id {args.id} is not among the members")
+        header = await restore_backup(path, Path(args.data_dir), members)
+        print(
+            f"restored snapshot {header.index} (term {header.term}) into {args.data_dir} for "
+            f"member {args.id}; start it with serve --id {args.id} --members {args.members} "
+            f"--data-dir {args.data_dir}"
+        )
+        return
+    addresses = parse_cluster(args.cluster)
+    answers: list[StatusResponse | CopycatError] = []
+    with trio.move_on_after(args.timeout):
+        answers = await fetch_status(addresses, timeout=min(2.0, args.timeout))
+        header, data = await _fetch_backup(leader_first(addresses, answers), args.timeout)
+        await trio.to_thread.run_sync(write_backup, path, header, data)
+        print(
+            f"saved snapshot {header.index} (term {header.term}, {header.size} bytes, crc32 "
+            f"{header.crc:08x}) to {path}"
+        )
+        return
+    why = ClusterView.of(addresses, answers).problem() if answers else None
+    raise CliFailure(f"no backup within {args.timeout:g}s" + (f": {why}" if why else ""))
+
+
+async def _fetch_backup(order: Sequence[str], timeout: float) -> tuple[BackupHeader, bytes]:
+    """The leader's snapshot, chunk by chunk (a follower answers where the leader is)."""
+    first = await admin_request(order[:1], BackupRequest(), timeout=timeout)
+    assert isinstance(first, BackupResponse)
+    chunks, received = [first.data], len(first.data)
+    while received < first.size:
+        request = BackupRequest(index=first.index, offset=received)
+        more = await admin_request(order[:1], request, timeout=timeout)
+        assert isinstance(more, BackupResponse)
+        if not more.data:
+            raise CliFailure(f"the leader sent no data at offset {received} of {first.size}")
+        chunks.append(more.data)
+        received += len(more.data)
+    return BackupHeader(first.index, first.term, first.size, first.crc), b"".join(chunks)
+
+
 # --- entry point -------------------------------------------------------------------------
 
 
@@ -609,6 +660,28 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         member_actions.add_parser(action, help=text, parents=leaf).add_argument("id", type=int)
 
+    snapshot_common = _client_options(60.0)
+    snapshot = commands.add_parser(
+        "snapshot", help="back up the state, or make a new cluster from a backup"
+    )
+    snapshot_actions = snapshot.add_subparsers(dest="action", required=True)
+    save = snapshot_actions.add_parser(
+        "save",
+        help="a consistent snapshot from the leader, into FILE",
+        parents=[snapshot_common, verbosity],
+    )
+    save.add_argument("file")
+    restore = snapshot_actions.add_parser(
+        "restore",
+        help="a new member's data directory from a backup (restore every member of the new "
+        "cluster from the same file, then serve each)",
+        parents=[verbosity],
+    )
+    restore.add_argument("file")
+    restore.add_argument("--data-dir", required=True, help="a new (absent or empty) directory")
+    restore.add_argument("--id", type=int, required=True, help="this member's id")
+    restore.add_argument("--members", required=True, help="ID=HOST:PORT,... the new cluster")
+
     demo = commands.add_parser(
         "demo", help="a local three-node cluster with a failover", parents=[verbosity]
     )
@@ -639,7 +712,9 @@ def _client_options(timeout: float) -> argparse.ArgumentParser:
 
 def _complete_client_options(args: argparse.Namespace) -> None:
     """Fill --cluster from the environment and --timeout from the command's default."""
-    if args.command not in ("kv", "status", "members"):
+    if args.command not in ("kv", "status", "members") and not (
+        args.command == "snapshot" and args.action == "save"
+    ):
         return
     cluster = getattr(args, "cluster", None) or os.environ.get("COPYCAT_CLUSTER")
     if not cluster:
@@ -707,6 +782,8 @@ def _run_command(args: argparse.Namespace) -> None:
         trio.run(_status, args)
     elif args.command == "members":
         trio.run(_members, args)
+    elif args.command == "snapshot":
+        trio.run(_snapshot, args)
     elif args.command == "demo":
         from .demo import run_demo
 

@@ -511,6 +511,30 @@ class ErrorResponse:
     error: ErrorInfo | None = None
 
 
+@attrs.frozen(kw_only=True)
+class BackupRequest:
+    """Ask the leader for a backup (`copycat-trio snapshot save`). With `index` 0 it first
+    takes a snapshot at its applied index; then each request reads `offset` onward of the
+    snapshot at `index`."""
+
+    index: int = 0
+    offset: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class BackupResponse:
+    status: Status
+    error: ErrorInfo | None = None
+    index: int = 0
+    term: int = 0
+    size: int = 0
+    """Bytes of snapshot data in all."""
+    crc: int = 0
+    """CRC-32 of all the data, as the snapshot store recorded it."""
+    offset: int = 0
+    data: bytes = b""
+
+
 @attrs.frozen
 class UnknownOperation:
     """Stands in for an operation whose wire tag this member has not registered. A command is
@@ -587,6 +611,8 @@ BUILTIN_TAGS: dict[type, int] = {
     Hello: 32774,
     UnknownOperation: 32845,
     PeerContact: 32846,
+    BackupRequest: 32847,
+    BackupResponse: 32848,
 }
 
 USER_TAG_MIN = 40000

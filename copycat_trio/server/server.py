@@ -35,6 +35,8 @@ from ..protocol.errors import (
     error_from_info,
 )
 from ..protocol.messages import (
+    BackupRequest,
+    BackupResponse,
     CommandRequest,
     ConfigureRequest,
     ConfigureResponse,
@@ -62,6 +64,7 @@ from ..protocol.messages import (
 )
 from ..storage.base import LogStorage
 from ..storage.memory import MemoryStorage
+from ..storage.snapshots import HEADER_SIZE as SNAPSHOT_HEADER_SIZE
 from ..storage.snapshots import SnapshotStore
 from ..transport.base import MessageStream, Transport, TransportError
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
@@ -571,6 +574,7 @@ class CopycatServer:
             TransferRequest: membership.transfer,
             ConfigureRequest: self._on_configure,
             InstallRequest: self._on_install,
+            BackupRequest: self._on_backup,
         }
         if (
             self._removal is not None
@@ -730,6 +734,64 @@ class CopycatServer:
 
         return await trio.to_thread.run_sync(walk)
 
+    async def _on_backup(self, request: BackupRequest) -> BackupResponse:
+        """A consistent snapshot for `copycat-trio snapshot save`: taken by the leader at its
+        applied index (everything in it is committed), then read out chunk by chunk."""
+        assert self._executor is not None and self._loop is not None
+        executor, store = self._executor, self._executor.snapshots
+
+        def error(kind: ErrorType, text: str) -> BackupResponse:
+            return BackupResponse(status=Status.ERROR, error=ErrorInfo(kind, text))
+
+        if store is None:
+            return error(
+                ErrorType.ILLEGAL_MEMBER_STATE,
+                f"member {self.id} keeps no snapshots (memory storage, or a state machine that "
+                "is not Snapshottable)",
+            )
+        crc = 0
+        if request.index == 0:
+            if not self.is_leader:
+                leader = self._loop.core.leader
+                return error(
+                    ErrorType.ILLEGAL_MEMBER_STATE,
+                    f"member {self.id} is not the leader (member {leader} is); ask the leader",
+                )
+            async with executor.lock:
+                if executor.applied_index.value > executor.snapshot_index:
+                    await executor.take_snapshot()
+            info = await store.latest()
+            if info is None:
+                return error(ErrorType.ILLEGAL_MEMBER_STATE, "nothing has been applied yet")
+            async with store.open(info) as reader:  # verifies the whole file's checksum
+                crc = reader.expected_crc
+        else:
+            found = [i for i in await store.list_all() if i.index == request.index]
+            if not found:
+                return error(
+                    ErrorType.ILLEGAL_MEMBER_STATE,
+                    f"snapshot {request.index} is no longer kept here (a newer one replaced it); "
+                    "start the backup again",
+                )
+            info = found[0]
+        offset = max(0, min(request.offset, info.size))
+
+        def read() -> bytes:
+            with open(info.path, "rb") as file:
+                file.seek(SNAPSHOT_HEADER_SIZE + offset)
+                return file.read(min(BACKUP_CHUNK, info.size - offset))
+
+        data = await trio.to_thread.run_sync(read)
+        return BackupResponse(
+            status=Status.OK,
+            index=info.index,
+            term=info.term,
+            size=info.size,
+            crc=crc,
+            offset=offset,
+            data=data,
+        )
+
     async def _on_configure(self, request: ConfigureRequest) -> ConfigureResponse:
         """The leader pushing the configuration to this (RESERVE) member."""
         assert self._loop is not None
@@ -811,6 +873,10 @@ class CopycatServer:
 
 
 __all__ = ["CopycatServer", "ServerStatus"]
+
+
+BACKUP_CHUNK = 1 << 20
+"""Bytes of snapshot data per BackupResponse."""
 
 
 def _members_text(members: Sequence[Member]) -> str:

@@ -125,6 +125,11 @@ class SnapshotReader:
         self._position = 0
 
     @property
+    def expected_crc(self) -> int:
+        """The CRC-32 of the whole data, as recorded when the snapshot was written."""
+        return self._expected_crc
+
+    @property
     def remaining(self) -> int:
         return self.info.size - self._position
 
