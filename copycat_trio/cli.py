@@ -148,6 +148,9 @@ async def _serve(args: argparse.Namespace) -> None:
     if address != own.address:
         raise UsageError(f"--address {address} differs from member {args.id}'s {own.address}")
     state_machine = load_state_machine(args.state_machine)
+    metrics_address = args.metrics_address or (
+        cluster_file.metrics_address_for(args.id) if cluster_file else None
+    )
     # Check the settings before anything touches the disk.
     try:
         ServerOptions(
@@ -156,10 +159,11 @@ async def _serve(args: argparse.Namespace) -> None:
             state_machine=state_machine,
             election_timeout=args.election_timeout,
             heartbeat_interval=args.heartbeat_interval,
+            metrics_address=metrics_address,
         )
     except ConfigurationError as exc:
         raise UsageError(str(exc)) from None
-    for listen in dict.fromkeys(a for a in (address, own.client_address) if a):
+    for listen in dict.fromkeys(a for a in (address, own.client_address, metrics_address) if a):
         _check_can_listen(listen)
     if args.storage == "memory":
         if args.data_dir is not None:
@@ -183,6 +187,7 @@ async def _serve(args: argparse.Namespace) -> None:
         member_type=own.type,
         priority=own.priority,
         replace_after=cluster_file.replace_after if cluster_file else None,
+        metrics_address=metrics_address,
     )
 
     def context() -> tuple[int, int, str]:
@@ -221,7 +226,8 @@ async def _serve(args: argparse.Namespace) -> None:
             status = server.status()
             print(
                 f"member {args.id} serving at {server.address}; leader is {status.leader}; "
-                f"data in {where}",
+                f"data in {where}"
+                + (f"; metrics at http://{server.metrics_address}" if metrics_address else ""),
                 flush=True,
             )
 
@@ -596,6 +602,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--election-timeout", type=float, default=None, metavar="SECONDS")
     serve.add_argument("--heartbeat-interval", type=float, default=None, metavar="SECONDS")
+    serve.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus), /health and /ready over HTTP here (default: from "
+        "[metrics] in --config, else none)",
+    )
 
     kv_common = _client_options(10.0)
     kv = commands.add_parser(

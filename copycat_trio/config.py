@@ -12,6 +12,9 @@
     directory = "data/member-{id}"
     snapshot_every = 10000
 
+    [metrics]                     # optional: /metrics, /health and /ready over HTTP
+    address = "0.0.0.0:9379"      # "{id}" is replaced by the member's id, as in directory
+
     [[members]]
     id = 1
     address = "127.0.0.1:5001"
@@ -44,6 +47,7 @@ _CLUSTER_KEYS = {
     "priority_by_id",
 }
 _STORAGE_KEYS = {"level", "directory", "snapshot_every"}
+_METRICS_KEYS = {"address"}
 _MEMBER_KEYS = {"id", "address", "client_address", "type", "priority"}
 
 
@@ -63,6 +67,8 @@ class ClusterFile:
     storage_level: str = "disk"
     storage_directory: str = "copycat-data/member-{id}"
     snapshot_every: int = 10_000
+    metrics_address: str | None = None
+    """HOST:PORT for metrics and health, "{id}" standing for the member's id; None: off."""
 
     def member(self, member_id: int) -> Member:
         for member in self.members:
@@ -73,6 +79,11 @@ class ClusterFile:
 
     def directory_for(self, member_id: int) -> str:
         return self.storage_directory.replace("{id}", str(member_id))
+
+    def metrics_address_for(self, member_id: int) -> str | None:
+        if self.metrics_address is None:
+            return None
+        return self.metrics_address.replace("{id}", str(member_id))
 
 
 class _Locator:
@@ -129,7 +140,7 @@ def parse_cluster_file(text: str, path: str = "cluster.toml") -> ClusterFile:
     except tomllib.TOMLDecodeError as exc:
         raise ClusterFileError(f"{path}: not valid TOML: {exc}") from None
     for key in data:
-        if key not in ("cluster", "storage", "members"):
+        if key not in ("cluster", "storage", "members", "metrics"):
             raise (
                 where.error(f"unknown table or key {key!r}", f"[{key}]")
                 if isinstance(data[key], dict)
@@ -137,15 +148,28 @@ def parse_cluster_file(text: str, path: str = "cluster.toml") -> ClusterFile:
             )
     cluster = data.get("cluster", {})
     storage = data.get("storage", {})
-    if not isinstance(cluster, dict) or not isinstance(storage, dict):
-        raise ClusterFileError(f"{path}: [cluster] and [storage] must be tables")
+    metrics = data.get("metrics", {})
+    if not all(isinstance(table, dict) for table in (cluster, storage, metrics)):
+        raise ClusterFileError(f"{path}: [cluster], [storage] and [metrics] must be tables")
     for key in cluster:
         if key not in _CLUSTER_KEYS:
             raise where.error(f"unknown setting {key!r} in [cluster]", "[cluster]", key)
     for key in storage:
         if key not in _STORAGE_KEYS:
             raise where.error(f"unknown setting {key!r} in [storage]", "[storage]", key)
+    for key in metrics:
+        if key not in _METRICS_KEYS:
+            raise where.error(f"unknown setting {key!r} in [metrics]", "[metrics]", key)
     settings: dict[str, Any] = {}
+    if "address" in metrics:
+        address = metrics["address"]
+        try:
+            split_address(address.replace("{id}", "1") if isinstance(address, str) else "")
+        except ValueError:
+            raise where.error(
+                f"address {address!r} is not HOST:PORT", "[metrics]", "address"
+            ) from None
+        settings["metrics_address"] = address
     for key in ("election_timeout", "heartbeat_interval", "session_timeout", "replace_after"):
         if key in cluster:
             settings[key] = _number(cluster[key], key, where, "[cluster]")

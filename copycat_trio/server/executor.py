@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import heapq
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -166,6 +167,12 @@ class Executor:
         """Set (and replaced) whenever sessions or their events change: wakes event pushers."""
         self.applied_commands = 0
         self.application_errors = 0
+        self.proposals_committed = 0
+        """Entries this member appended as leader that were applied as appended."""
+        self.proposals_failed = 0
+        """Proposals refused at append, or appended and replaced (another leader, a snapshot)."""
+        self.on_snapshot_saved: Callable[[float], None] | None = None
+        """Told the seconds each snapshot took to write (set when metrics are served)."""
 
     # --- feeding ---------------------------------------------------------------------------
 
@@ -180,6 +187,7 @@ class Executor:
         at that index, so the earlier entry never committed and never will."""
         replaced = self.pending.get(index)
         if replaced is not None:
+            self.proposals_failed += 1
             replaced.resolve(
                 error=CommandError(
                     f"entry {index} of term {replaced.term} was replaced by an entry of term "
@@ -225,6 +233,7 @@ class Executor:
             timer_sequence=self._timer_sequence,
         )
         timers = self._timer_records()
+        started = time.perf_counter()
         async with self.snapshots.create(index, self.applied_term) as writer:
             if runs_inline(self.snapshots):
                 buffered = BufferedSink(writer)
@@ -236,6 +245,8 @@ class Executor:
                     write_snapshot, sink, header, self.sessions, self.state_machine, timers
                 )
         self.snapshot_index = index
+        if self.on_snapshot_saved is not None:
+            self.on_snapshot_saved(time.perf_counter() - started)
         log.info("snapshot taken at index %s (term %s)", index, self.applied_term)
         if self._on_snapshot is not None:
             await self._on_snapshot(index)
@@ -273,6 +284,7 @@ class Executor:
         self.applied_term = header.term
         self._queue = collections.deque(e for e in self._queue if e.index > header.index)
         for index in [i for i in self.pending if i <= header.index]:
+            self.proposals_failed += 1
             self.pending.pop(index).resolve(
                 error=InternalError(f"entry {index} was superseded by a snapshot; outcome unknown")
             )
@@ -405,8 +417,10 @@ class Executor:
         pending = self.pending.pop(entry.index, None)
         if pending is not None:
             if pending.term == entry.term:
+                self.proposals_committed += 1
                 pending.resolve(result, error, event_index)
             else:
+                self.proposals_failed += 1
                 pending.resolve(
                     error=CommandError(
                         f"entry {entry.index} was replaced by a new leader's entry; not applied"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -22,10 +22,20 @@ from ..core.raft import (
     Role,
 )
 from ..protocol.errors import ConfigurationError, CopycatError, NoLeaderError, QueryError
-from ..protocol.messages import AppendRequest, ConfigurationEntry, Entry, Member, RaftMessage
+from ..protocol.messages import (
+    AppendRequest,
+    AppendResponse,
+    ConfigurationEntry,
+    Entry,
+    Member,
+    RaftMessage,
+)
 from ..storage.base import LogStorage
 from .executor import Executor, Pending
 from .peers import PeerLinks
+
+if TYPE_CHECKING:
+    from .metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +166,10 @@ class RaftLoop:
         self.role = AsyncValue(core.role)
         self._timer_scope = trio.CancelScope()
         self._learn_addresses(core.members)
+        self.leader_changes = 0
+        """Times a new leader was seen: a different one, or one after none (as etcd counts)."""
+        self.metrics: ServerMetrics | None = None
+        """Set when the server serves metrics: round trips and save batches are observed."""
 
     def _learn_addresses(self, members: Sequence[Member]) -> None:
         for member in members:
@@ -219,6 +233,8 @@ class RaftLoop:
         if isinstance(item, Step):
             self._last_heard[item.source] = now
             message = item.message
+            if self.metrics is not None and type(message) is AppendResponse:
+                self.metrics.round_trips.answered(item.source, message.read_round)
             if isinstance(message, AppendRequest):
                 # A member being added learns where the leader is from the configuration in
                 # flight, before its own log can take the entry, so it can answer at all.
@@ -246,8 +262,10 @@ class RaftLoop:
                 item.pending = self.executor.expect(index, term)
             except NotLeaderError as exc:
                 item.error = NoLeaderError(str(exc))
+                self.executor.proposals_failed += 1
             except _Refused as refused:
                 item.error = refused.error
+                self.executor.proposals_failed += 1
             if admission is not None:
                 admission.settled(item.error is None)
             item.reply.set()
@@ -257,8 +275,10 @@ class RaftLoop:
                 item.pending = self.executor.expect(index, term)
             except NotLeaderError as exc:
                 item.error = NoLeaderError(str(exc))
+                self.executor.proposals_failed += 1
             except ConfigurationChangeError as exc:
                 item.error = ConfigurationError(str(exc))
+                self.executor.proposals_failed += 1
             item.reply.set()
         elif isinstance(item, Call):
             try:
@@ -303,6 +323,8 @@ class RaftLoop:
                     entries=ready.entries,
                 )
                 core.persisted(core.log.last_index)
+                if self.metrics is not None and ready.entries:
+                    self.metrics.batch_entries.observe(len(ready.entries))
             if any(isinstance(e, ConfigurationEntry) for e in ready.entries):
                 self._learn_addresses(core.members)
             if not early:
@@ -318,6 +340,8 @@ class RaftLoop:
             for context in ready.failed_reads:
                 context.error = QueryError("leadership was lost before the read was confirmed")
                 context.reply.set()
+        if core.leader is not None and core.leader != self.leader.value:
+            self.leader_changes += 1
         self.leader.value = core.leader
         self.role.value = core.role
         self._timer_scope.deadline = self.to_trio(core.next_deadline())

@@ -26,13 +26,15 @@ class ServerOptions:
     session_timeout: float = 5.0
     request_timeout: float = 10.0
     """How long a follower waits on the leader for a forwarded request."""
+    metrics_address: str | None = None
+    """HOST:PORT for /metrics, /health and /ready over HTTP; None serves none."""
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.member_id, bool) or not isinstance(self.member_id, int):
             raise ConfigurationError("member id must be an integer")
         if self.member_id < 1:
             raise ConfigurationError(f"member id must be 1 or more, not {self.member_id}")
-        for name in ("address", "client_address"):
+        for name in ("address", "client_address", "metrics_address"):
             value = getattr(self, name)
             if value is not None:
                 try:
@@ -41,6 +43,11 @@ class ServerOptions:
                     raise ConfigurationError(f"{name}: {exc}") from None
         if self.client_address is not None and self.client_address == self.address:
             raise ConfigurationError("client address must differ from the server address")
+        if self.metrics_address is not None and self.metrics_address in (
+            self.address,
+            self.client_address,
+        ):
+            raise ConfigurationError("metrics address must differ from the server and client ones")
         if not callable(self.state_machine):
             raise ConfigurationError("state machine must be a class or factory to call")
         try:

@@ -7,13 +7,17 @@ on the next heartbeat) and a slow peer must never stall the raft loop. Drops are
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from ..protocol.errors import ProtocolError
-from ..protocol.messages import Envelope
+from ..protocol.messages import AppendRequest, Envelope
 from ..transport.base import MessageStream, Transport, TransportError
+
+if TYPE_CHECKING:
+    from .metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,8 @@ class PeerStatistics:
     dropped_unreachable: int = 0
     """Envelopes lost because the peer could not be reached (or the connection broke)."""
     connects: int = 0
+    sent_bytes: int = 0
+    """Bytes written to the peer (frames and the version handshake), over every connection."""
 
 
 class _Connection:
@@ -58,12 +64,19 @@ class _Connection:
 class PeerLink:
     """Sends envelopes to one peer over a connection it opens and reopens as needed."""
 
-    def __init__(self, transport: Transport, address: str, retry_interval: float) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        address: str,
+        retry_interval: float,
+        stats: PeerStatistics | None = None,
+    ) -> None:
+        """`stats`: counters to add to (a member's survive the link being replaced)."""
         self.address = address
         self.transport = transport
         self.retry_interval = retry_interval
         self.outbox_send, self.outbox_receive = trio.open_memory_channel[Envelope](OUTBOX_CAPACITY)
-        self.stats = PeerStatistics()
+        self.stats = PeerStatistics() if stats is None else stats
         self.cancel_scope = trio.CancelScope()
         self._connection: _Connection | None = None
 
@@ -111,6 +124,7 @@ class PeerLink:
                 self._connection = _Connection(stream)
                 watchers.start_soon(self._connection.watch)
             connection = self._connection
+            written = getattr(connection.stream, "bytes_sent", 0)
             try:
                 send_many = getattr(connection.stream, "send_many", None)
                 if send_many is not None:
@@ -119,6 +133,7 @@ class PeerLink:
                     for message in batch:
                         await connection.stream.send(message)
                 self.stats.sent += len(batch)
+                self.stats.sent_bytes += getattr(connection.stream, "bytes_sent", 0) - written
                 return
             except TransportError as exc:
                 log.debug("lost connection to %s: %s", self.address, exc)
@@ -152,6 +167,10 @@ class PeerLinks:
         self._retry_interval = retry_interval
         self.links: dict[int, PeerLink] = {}
         self.addresses: dict[int, str] = {}
+        self.statistics: dict[int, PeerStatistics] = {}
+        """Each peer's counters, kept across its links (metrics read them when scraped)."""
+        self.metrics: ServerMetrics | None = None
+        """Set when the server serves metrics: the leader's round trips are timed."""
 
     def learn(self, member_id: int, address: str) -> None:
         """Record where a member listens; restarts its link if the address changed."""
@@ -169,8 +188,11 @@ class PeerLinks:
             if address is None:
                 log.debug("no address for member %s; dropping %s", envelope.target, envelope)
                 return
+            stats = self.statistics.setdefault(envelope.target, PeerStatistics())
             link = self.links[envelope.target] = PeerLink(
-                self._transport, address, self._retry_interval
+                self._transport, address, self._retry_interval, stats
             )
             self._nursery.start_soon(link.run)
+        if self.metrics is not None and type(envelope.message) is AppendRequest:
+            self.metrics.round_trips.sent(envelope.target, envelope.message.read_round)
         link.offer(envelope)

@@ -74,6 +74,7 @@ from .executor import Executor
 from .log_clock import LogClock
 from .loop import MonotonicClock, RaftLoop, Step, TrioClock
 from .membership import MembershipService, configure_response
+from .metrics import RequestCounts, ServerMetrics, count_request
 from .options import ServerOptions, validate_members
 from .peers import PeerLinks
 from .replication import SnapshotReplication, align_storage
@@ -137,9 +138,11 @@ class CopycatServer:
         priority: int = 0,
         replace_after: float | None = None,
         monotonic_clock: MonotonicClock | None = None,
+        metrics_address: str | None = None,
     ) -> None:
         """`monotonic_clock`: the raft core's clock (default: Trio's); a simulation gives each
-        member its own rate."""
+        member its own rate. `metrics_address`: HOST:PORT to serve /metrics, /health and /ready
+        on over HTTP (None: not served; see docs/operations.md)."""
         self.monotonic_clock = monotonic_clock
         self.member_type = member_type
         """The type this member asks for when it joins (bootstrap members are ACTIVE)."""
@@ -162,6 +165,7 @@ class CopycatServer:
             heartbeat_interval=heartbeat_interval,
             session_timeout=session_timeout,
             request_timeout=request_timeout,
+            metrics_address=metrics_address,
         )
         self.id = member_id
         self.transport: Transport = transport or TcpTransport()
@@ -172,6 +176,13 @@ class CopycatServer:
         log_clock.py: a step of this clock does not step log time."""
         self.address = address
         self.client_address = client_address
+        self.metrics_address = metrics_address
+        """Where metrics and health are served (the bound port once started), or None."""
+        self.metrics: ServerMetrics | None = None
+        self.ready = False
+        """True once started (joined, a leader known) and until stopped: what /ready says."""
+        self.request_counts: RequestCounts = {}
+        """Requests answered, by type and outcome (copycat_client_requests_total)."""
         self._loop: RaftLoop | None = None
         self._executor: Executor | None = None
         self._pool: ConnectionPool | None = None
@@ -337,6 +348,9 @@ class CopycatServer:
                     election_timeout=options.election_timeout,
                     replace_after=self.replace_after,
                 )
+                if options.metrics_address is not None:
+                    self.metrics = metrics = ServerMetrics(self)
+                    self.metrics_address = await metrics.start(nursery, options.metrics_address)
                 await nursery.start(loop.run)
                 nursery.start_soon(executor.run)
                 nursery.start_soon(self._leader_duties)
@@ -352,8 +366,10 @@ class CopycatServer:
                     await self._join_cluster(join)
                 await loop.leader.wait_value(lambda leader: leader is not None)
                 log.info("member %s ready at %s; leader is %s", self.id, self.address, core.leader)
+                self.ready = True
                 task_status.started(self)
         finally:
+            self.ready = False
             self._loop = None
             with trio.CancelScope(shield=True):
                 await self.storage.aclose()
@@ -550,6 +566,7 @@ class CopycatServer:
     ) -> None:
         try:
             body = await self._dispatch(request.body, connection)
+            count_request(self.request_counts, request.body, body)
             with contextlib.suppress(TransportError):  # the asker is gone; nobody to tell
                 await connection.stream.send(RpcResponse(request.id, body))
         finally:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import cast
@@ -339,6 +339,16 @@ class DiskStorage:
         await self.aclose()
 
     # --- beyond LogStorage -----------------------------------------------------------------
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that poisoned this storage (it then refuses all work), or None."""
+        return self._failure
+
+    def observe_fsyncs(self, observer: Callable[[float], None] | None) -> None:
+        """Have `observer` told the seconds of each log segment fsync (metrics; called from the
+        worker thread that does the fsync, so it must be thread-safe)."""
+        self._log.on_fsync = observer
 
     async def compact_before(self, index: int) -> int:
         """Delete log files whose entries all precede `index` (covered by a snapshot) durably;

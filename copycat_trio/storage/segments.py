@@ -49,6 +49,7 @@ import logging
 import os
 import re
 import struct
+import time
 import zlib
 from array import array
 from collections.abc import Callable, Sequence
@@ -250,6 +251,8 @@ class SegmentedLog:
         self._fd: int | None = None
         """Append descriptor of the last segment, opened on demand."""
         self.fsyncs = 0
+        self.on_fsync: Callable[[float], None] | None = None
+        """Told each segment fsync's duration in seconds (see DiskStorage.observe_fsyncs)."""
 
     # --- reading the state ---------------------------------------------------------------
 
@@ -481,8 +484,11 @@ class SegmentedLog:
             self.fs.close(fd)
 
     def _fsync(self, fd: int) -> None:
+        started = time.perf_counter()
         self.fs.fsync(fd)
         self.fsyncs += 1
+        if self.on_fsync is not None:
+            self.on_fsync(time.perf_counter() - started)
 
     def _fsync_directory(self) -> None:
         fsync_directory(self.fs, self.directory)

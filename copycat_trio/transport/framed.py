@@ -67,6 +67,8 @@ class FramedStream:
         """The peer's Hello, once its first frame has arrived."""
         self.frames_received = 0
         """Whole frames received so far (a listener evicts silent connections first)."""
+        self.bytes_sent = 0
+        """Bytes written so far (peer links count them for metrics)."""
 
     @property
     def peer(self) -> str:
@@ -88,6 +90,7 @@ class FramedStream:
                 data, self._hello = self._hello + data, None
             try:
                 await self._stream.send_all(data)
+                self.bytes_sent += len(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise TransportError(f"connection to {self._peer} broke: {exc}") from exc
 

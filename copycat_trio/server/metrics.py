@@ -1,0 +1,357 @@
+"""A server's Prometheus metrics and its health verdict (served by http.py, see
+docs/operations.md).
+
+Each server has its own CollectorRegistry, never prometheus-client's global one: several servers
+run in one process in tests and embedding applications. Gauges that mirror state (term, indexes,
+role, sessions, pending proposals) and the counters the server keeps anyway (proposals, leader
+changes, bytes sent, requests) are read when Prometheus scrapes, by a custom collector, so they
+cost the hot path nothing but the plain integer increments the server already makes. Only the
+histograms take observations as things happen: fsync and snapshot durations, entries per log
+save, and the leader's round trips to its peers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Collection, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..protocol.errors import ErrorType
+from .http import Response, serve_http
+
+if TYPE_CHECKING:
+    from .server import CopycatServer
+
+log = logging.getLogger(__name__)
+
+FSYNC_BUCKETS = tuple(0.001 * 2**i for i in range(14))
+"""1 ms to 8 s, as etcd's disk_wal_fsync_duration_seconds."""
+BATCH_BUCKETS = tuple(float(2**i) for i in range(12))
+"""1 to 2048 entries per save."""
+ROUND_TRIP_BUCKETS = tuple(0.0001 * 2**i for i in range(16))
+"""0.1 ms to 3.3 s, as etcd's network_peer_round_trip_time_seconds (which stops at 0.8 s)."""
+SNAPSHOT_BUCKETS = tuple(0.001 * 2**i for i in range(16))
+"""1 ms to 33 s."""
+
+RequestCounts = dict[tuple[type, ErrorType | None], int]
+"""Requests answered, by request class and the error type of the answer (None: no error)."""
+
+
+def count_request(counts: RequestCounts, request: object, response: object) -> None:
+    """Count one answered request (one dictionary increment: the hot path's whole cost)."""
+    error = getattr(response, "error", None)
+    key = (type(request), getattr(error, "type", None))
+    counts[key] = counts.get(key, 0) + 1
+
+
+def request_type(cls: type) -> str:
+    """The `type` label of a request class: CommandRequest -> command, KeepAliveRequest ->
+    keep_alive."""
+    name = cls.__name__.removesuffix("Request")
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+class RoundTrips:
+    """The leader's round trip to each peer, from the heartbeat round (read_round) every
+    AppendRequest carries and its AppendResponse echoes: the first request of a round to a peer
+    starts the clock, the first response of that round stops it. Messages to one peer travel in
+    order, so that response answers that request. A response of a later round means the probe's
+    messages were lost: it is dropped, not observed."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        self._probes: dict[int, tuple[int, float]] = {}
+        """Peer -> (round, Trio time its first request of that round was handed to the link)."""
+        self._children: dict[int, Any] = {}
+
+    def sent(self, peer: int, read_round: int) -> None:
+        if peer not in self._probes:
+            self._probes[peer] = (read_round, trio.current_time())
+
+    def answered(self, peer: int, read_round: int) -> None:
+        probe = self._probes.get(peer)
+        if probe is None or read_round < probe[0]:
+            return
+        del self._probes[peer]
+        if read_round == probe[0]:
+            self.child(peer).observe(trio.current_time() - probe[1])
+
+    def child(self, peer: int) -> Any:
+        child = self._children.get(peer)
+        if child is None:
+            child = self._children[peer] = self._histogram.labels(peer=str(peer))
+        return child
+
+
+class ServerMetrics:
+    """The metrics of one CopycatServer, in a registry of their own."""
+
+    def __init__(self, server: CopycatServer) -> None:
+        self.server = server
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.fsync = Histogram(
+            "copycat_disk_fsync_duration_seconds",
+            "Seconds each fsync of a log segment took",
+            buckets=FSYNC_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_entries = Histogram(
+            "copycat_disk_backend_commit_batch_entries",
+            "Entries written to the log by one save (one group commit, one fsync)",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.snapshot_save = Histogram(
+            "copycat_snapshot_save_duration_seconds",
+            "Seconds taken to write a snapshot of the state machine, sessions and timers",
+            buckets=SNAPSHOT_BUCKETS,
+            registry=self.registry,
+        )
+        round_trip = Histogram(
+            "copycat_network_peer_round_trip_time_seconds",
+            "Seconds from the leader's first AppendRequest of a heartbeat round to a peer to "
+            "that peer's answer",
+            ["peer"],
+            buckets=ROUND_TRIP_BUCKETS,
+            registry=self.registry,
+        )
+        self.round_trips = RoundTrips(round_trip)
+        self.registry.register(_StateCollector(server, self.round_trips))
+
+    async def start(self, nursery: trio.Nursery, address: str) -> str:
+        """Hook the observations into the server's parts (its loop, peer links, executor and
+        storage must exist) and serve HTTP on `address`; returns the bound address."""
+        server = self.server
+        loop, executor = server._loop, server._executor
+        assert loop is not None and executor is not None
+        loop.metrics = loop.peers.metrics = self
+        executor.on_snapshot_saved = self.snapshot_save.observe
+        observe_fsyncs = getattr(server.storage, "observe_fsyncs", None)
+        if observe_fsyncs is not None:
+            observe_fsyncs(self.fsync.observe)
+        bound: str = await nursery.start(serve_http, address, self.answer)
+        log.info("member %s serves /metrics, /health and /ready at http://%s", server.id, bound)
+        return bound
+
+    def render(self) -> bytes:
+        """The metrics in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+    def answer(self, path: str) -> Response:
+        """The HTTP answer for a path (see http.serve_http)."""
+        if path == "/metrics":
+            return Response(200, self.render(), CONTENT_TYPE_LATEST)
+        if path == "/health":
+            health = server_health(self.server)
+            return Response(200 if health.healthy else 503, health.body(), JSON)
+        if path == "/ready":
+            ready = self.server.ready
+            body: dict[str, Any] = {"ready": ready, "member": self.server.id}
+            if not ready:
+                body["reason"] = "starting: not yet joined or no leader known yet"
+            return Response(200 if ready else 503, _json(body), JSON)
+        return Response(404, b"not found: try /metrics, /health or /ready\n")
+
+
+JSON = "application/json"
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True).encode() + b"\n"
+
+
+class _StateCollector(Collector):
+    """Reads the server's state and counters when scraped."""
+
+    def __init__(self, server: CopycatServer, round_trips: RoundTrips) -> None:
+        self._server = server
+        self._round_trips = round_trips
+
+    def collect(self) -> Iterator[Metric]:
+        server = self._server
+        loop, executor = server._loop, server._executor
+        if loop is None or executor is None:
+            return
+        status = server.status()
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, value=value)
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, value=value)
+
+        yield gauge(
+            "copycat_server_has_leader", "1 if a leader is known, else 0", status.leader is not None
+        )
+        yield gauge("copycat_server_is_leader", "1 if this member leads, else 0", server.is_leader)
+        yield counter(
+            "copycat_server_leader_changes_seen",
+            "Times this member saw a new leader (a different one, or one after none)",
+            loop.leader_changes,
+        )
+        yield gauge("copycat_server_term", "The member's current term", status.term)
+        yield gauge(
+            "copycat_server_commit_index",
+            "The highest log index known committed",
+            status.commit_index,
+        )
+        yield gauge(
+            "copycat_server_applied_index",
+            "The highest log index applied to the state machine",
+            status.applied_index,
+        )
+        yield counter(
+            "copycat_server_proposals_committed",
+            "Entries this member proposed as leader that committed and were applied",
+            executor.proposals_committed,
+        )
+        yield counter(
+            "copycat_server_proposals_failed",
+            "Entries this member refused to append (not the leader, out of sequence) or "
+            "appended and lost to another leader's entry or a snapshot",
+            executor.proposals_failed,
+        )
+        yield gauge(
+            "copycat_server_proposals_pending",
+            "Entries this member appended as leader and not yet applied",
+            len(executor.pending),
+        )
+        yield gauge("copycat_sessions_open", "Client sessions open", len(executor.sessions))
+        sent = CounterMetricFamily(
+            "copycat_network_peer_sent_bytes",
+            "Bytes of Raft messages written to each peer",
+            labels=["peer"],
+        )
+        for peer, statistics in sorted(loop.peers.statistics.items()):
+            sent.add_metric([str(peer)], statistics.sent_bytes)
+            self._round_trips.child(peer)  # a histogram for every peer, observed or not
+        yield sent
+        requests = CounterMetricFamily(
+            "copycat_client_requests",
+            "Requests this member answered, by type and by outcome (ok, or the error type)",
+            labels=["type", "status"],
+        )
+        for (cls, error), count in sorted(
+            server.request_counts.items(), key=lambda item: (item[0][0].__name__, item[0][1] or 0)
+        ):
+            outcome = "ok" if error is None else error.name.lower()
+            requests.add_metric([request_type(cls), outcome], count)
+        yield requests
+
+
+# --- health ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Health:
+    """A member's answer to /health."""
+
+    healthy: bool
+    reason: str
+    details: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def body(self) -> bytes:
+        return _json({"health": self.healthy, "reason": self.reason, **self.details})
+
+
+def judge_health(
+    *,
+    member_id: int,
+    role: str,
+    term: int,
+    leader: int | None,
+    voters: Collection[int],
+    silent_for: Mapping[int, float],
+    election_timeout: float,
+    storage_problem: str | None,
+) -> Health:
+    """Healthy when the storage is usable and a leader is known and heard from within an
+    election timeout; the leader itself must have heard from a quorum of voters (itself
+    included) within an election timeout. `silent_for`: seconds since each other member was
+    last heard from."""
+    details = {"member": member_id, "role": role, "term": term, "leader": leader}
+    if storage_problem is not None:
+        return Health(False, f"storage: {storage_problem}", details)
+    if leader is None:
+        return Health(
+            False, f"no leader known (member {member_id} is {role} in term {term})", details
+        )
+    if leader == member_id:
+        heard = [
+            v
+            for v in voters
+            if v == member_id or silent_for.get(v, float("inf")) <= election_timeout
+        ]
+        needed = len(voters) // 2 + 1
+        if len(heard) < needed:
+            quiet = ", ".join(
+                f"{v} for {silent_for[v]:.1f}s" if v in silent_for else f"{v} never"
+                for v in sorted(voters)
+                if v not in heard
+            )
+            return Health(
+                False,
+                f"leader without a quorum: heard from {len(heard)} of {len(voters)} voters "
+                f"within {election_timeout}s, {needed} needed (silent: {quiet})",
+                details,
+            )
+        return Health(True, "", details)
+    silent = silent_for.get(leader)
+    if silent is None or silent > election_timeout:
+        since = "never" if silent is None else f"for {silent:.1f}s"
+        return Health(
+            False,
+            f"no contact with leader {leader} {since} (election timeout {election_timeout}s)",
+            details,
+        )
+    return Health(True, "", details)
+
+
+def storage_problem(storage: object) -> str | None:
+    """Why the server's storage cannot take writes, if it cannot: a save or fsync failed (the
+    storage then refuses all further work), or its directory is not writable."""
+    failure = getattr(storage, "failure", None)
+    if failure is not None:
+        return f"a write failed earlier ({failure}); restart the server"
+    directory = getattr(storage, "directory", None)
+    if directory is not None and not os.access(directory, os.W_OK):
+        return f"directory {directory} is not writable"
+    return None
+
+
+def server_health(server: CopycatServer) -> Health:
+    """The health of a running server (unhealthy if it is not running)."""
+    loop = server._loop
+    if loop is None:
+        return Health(False, "not running", {"member": server.id})
+    core = loop.core
+    return judge_health(
+        member_id=server.id,
+        role=core.role.value,
+        term=core.term,
+        leader=core.leader,
+        voters=core.voters,
+        silent_for=loop.silent_for(loop.clock()),
+        election_timeout=server.options.election_timeout,
+        storage_problem=storage_problem(server.storage),
+    )
+
+
+__all__ = [
+    "Health",
+    "RoundTrips",
+    "ServerMetrics",
+    "count_request",
+    "judge_health",
+    "request_type",
+    "server_health",
+    "storage_problem",
+]
