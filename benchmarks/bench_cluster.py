@@ -2,7 +2,7 @@
 
     python benchmarks/bench_cluster.py [--seconds S] [--writers 1,16,64] [--reads] [--json FILE]
         [--storage disk|memory] [--via leader|follower] [--max-ops N] [--profile DIR]
-        [--value-bytes 100] [--compare etcd,pysyncobj] [--runs 2]
+        [--value-bytes 100] [--compare etcd,pysyncobj] [--runs 2] [--metrics]
 
 Starts three `python -m copycat_trio serve` processes on 127.0.0.1 (free ports), waits for a
 leader, then for each task count N runs N concurrent tasks that share ONE client (one pipelined
@@ -94,13 +94,16 @@ class BenchCluster(ProcessCluster):
     """The demo's three servers on free loopback ports, with a chosen storage level, optionally
     each under cProfile (--profile DIR). Disk data lives in the temporary work directory."""
 
-    def __init__(self, workdir: str, storage: str, profile_dir: str | None = None) -> None:
+    def __init__(
+        self, workdir: str, storage: str, profile_dir: str | None = None, metrics: bool = False
+    ) -> None:
         super().__init__(
             Path(workdir),
             3,
             election_timeout=ELECTION_TIMEOUT,
             heartbeat_interval=None,  # serve's default, as in the demo
             storage=storage,
+            metrics=metrics,
         )
         self.profile_dir = profile_dir
 
@@ -573,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--profile", metavar="DIR", help="run each server under cProfile into DIR")
+    p.add_argument(
+        "--metrics",
+        action="store_true",
+        help="servers serve /metrics and /health (--metrics-address on free ports; not scraped)",
+    )
     return p
 
 
@@ -609,7 +617,9 @@ async def copycat_run(
     """Start three servers, run every phase of the plan against them with one client, stop
     them: the phases' results and the members' final status rows. Raises BenchFailed."""
     with tempfile.TemporaryDirectory(prefix="copycat-bench-") as workdir:
-        cluster = BenchCluster(workdir, args.storage, profile_dir=args.profile)
+        cluster = BenchCluster(
+            workdir, args.storage, profile_dir=args.profile, metrics=args.metrics
+        )
         results: list[PhaseResult] = []
         try:
             await cluster.start()

@@ -52,6 +52,8 @@ class ServerProcess:
     log_path: Path
     process: trio.Process | None = None
     paused: bool = False
+    metrics_address: str | None = None
+    """Where it serves /metrics, /health and /ready (ProcessCluster(metrics=True))."""
 
     @property
     def running(self) -> bool:
@@ -97,12 +99,14 @@ class ProcessCluster:
         addresses: Sequence[str] | None = None,
         command_prefix: Callable[[int], Sequence[str]] | None = None,
         pythonpath: Sequence[str | Path] = (),
+        metrics: bool = False,
     ) -> None:
         """`state_machine` is `module:Class` (default: the key-value store), importable in
         the children with `pythonpath` prepended to PYTHONPATH. `addresses` (one per member,
         default free 127.0.0.1 ports) are where members listen; `command_prefix(member_id)` is
         put before each member's command line. `election_timeout` and `heartbeat_interval` are
-        in seconds; None passes no option, leaving `serve`'s own default."""
+        in seconds; None passes no option, leaving `serve`'s own default. `metrics`: each member
+        serves metrics and health on a free 127.0.0.1 port of its own (`metrics_address`)."""
         if addresses is not None and len(addresses) != size:
             raise ValueError(f"{size} members need {size} addresses, not {len(addresses)}")
         self.workdir = workdir
@@ -120,6 +124,13 @@ class ProcessCluster:
             for i, address in enumerate(addresses, start=1)
         }
         self.members = ",".join(f"{i}={s.address}" for i, s in self.servers.items())
+        if metrics:
+            taken = set(addresses)
+            spare = [f"127.0.0.1:{p}" for p in free_ports(2 * size)]
+            for server, address in zip(
+                self.servers.values(), [a for a in spare if a not in taken], strict=False
+            ):
+                server.metrics_address = address
 
     # --- addresses -------------------------------------------------------------------------
 
@@ -160,7 +171,12 @@ class ProcessCluster:
             *machine,
             *timing,
             *self._storage_options(member_id),
+            *self._metrics_options(member_id),
         ]
+
+    def _metrics_options(self, member_id: int) -> list[str]:
+        address = self.servers[member_id].metrics_address
+        return [] if address is None else ["--metrics-address", address]
 
     def _storage_options(self, member_id: int) -> list[str]:
         if self.storage == "memory":
