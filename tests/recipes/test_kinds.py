@@ -229,6 +229,27 @@ def test_a_keys_ttl_runs_on_log_time() -> None:
         assert member.query(MapKeys("m")) == ["keep"]
 
 
+def test_refreshing_a_ttl_moves_one_timer_on() -> None:
+    h = Harness()
+    a = h.open()
+    for _ in range(100):  # a lease kept alive: one pending timer, not one per put
+        h.command(a, MapPut("m", "lease", "v", ttl_ms=1000), advance_ms=10)
+    assert len(h.timers) == 1
+    h.advance(999)
+    assert h.query(MapGet("m", "lease")) == "v"  # 1000 ms after the last put, not the first
+    h.command(a, MapPut("m", "short", "v", ttl_ms=5000))
+    h.command(a, MapPut("m", "short", "v", ttl_ms=100))  # a shorter TTL is kept too
+    h.advance(100)
+    assert h.query(MapKeys("m")) == []
+    h.command(a, MapPut("m", "gone", "v", ttl_ms=100))
+    h.command(a, MapDelete("m", "gone"))
+    h.command(a, MapPut("m", "gone", "w", ttl_ms=300))  # the first put's timer must not cut it
+    h.advance(150)
+    assert h.query(MapGet("m", "gone")) == "w"
+    h.advance(150)
+    assert h.query(MapGet("m", "gone")) is None
+
+
 def test_watch_resumes_from_a_revision_and_reports_a_compacted_history() -> None:
     h = Harness(map_history=3)
     a, w = h.open(), h.open()

@@ -75,8 +75,8 @@ class Host(Protocol):
         """Send an event of another name (the older recipes' events)."""
         ...
 
-    def schedule_expiry(self, delay_ms: int, name: str, key: str, revision: int) -> None:
-        """Call the map `name`'s expire(key, revision) once log time has advanced delay_ms."""
+    def schedule_expiry(self, delay_ms: int, name: str, key: str, due: int) -> None:
+        """Call the map `name`'s expire(key, due) once log time has advanced delay_ms."""
         ...
 
     def next_revision(self) -> int:

@@ -75,9 +75,9 @@ class _Host:
         if session is not None:
             session.publish(event, payload)
 
-    def schedule_expiry(self, delay_ms: int, name: str, key: str, revision: int) -> None:
+    def schedule_expiry(self, delay_ms: int, name: str, key: str, due: int) -> None:
         manager = self._manager
-        manager.context.schedule(delay_ms, manager.expire_key, name, key, revision)
+        manager.context.schedule(delay_ms, manager.expire_key, name, key, due)
 
     def next_revision(self) -> int:
         self._manager.revision += 1
@@ -128,11 +128,11 @@ class Resources(StateMachine, Snapshottable):
         for resource in list(self.resources.values()):
             resource.on_close(session.id, self._host)
 
-    def expire_key(self, name: str, key: str, revision: int) -> None:
+    def expire_key(self, name: str, key: str, due: int) -> None:
         """A TTL timer (scheduled by the map `name`; its arguments go into snapshots)."""
         resource = self.resources.get(("map", name))
         if isinstance(resource, MapResource):
-            resource.expire(key, revision, self._host)
+            resource.expire(key, due, self._host)
 
     # --- the older recipes' operations -----------------------------------------------------
 

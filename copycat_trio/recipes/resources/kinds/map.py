@@ -131,8 +131,8 @@ class MapResource(Resource):
 
     def __init__(self, name: str, history: int = HISTORY) -> None:
         super().__init__(name)
-        self.entries: dict[str, tuple[Any, int, int | None]] = {}
-        """key -> (value, revision of its put, expiry log time or None)."""
+        self.entries: dict[str, tuple[Any, int | None, int | None]] = {}
+        """key -> (value, expiry log time or None, due time of its TTL timer or None)."""
         self.history: deque[list[Any]] = deque()
         self.history_limit = history
         self.dropped = 0
@@ -144,7 +144,7 @@ class MapResource(Resource):
 
     def get(self, key: str, host: Host) -> Any:
         entry = self.entries.get(key)
-        if entry is None or (entry[2] is not None and entry[2] <= host.time):
+        if entry is None or (entry[1] is not None and entry[1] <= host.time):
             return None
         return entry[0]
 
@@ -153,19 +153,22 @@ class MapResource(Resource):
         return found if limit is None else found[: max(limit, 0)]
 
     def _live(self, key: str, host: Host) -> bool:
-        expires = self.entries[key][2]
+        expires = self.entries[key][1]
         return expires is None or expires > host.time
 
     # --- writes ----------------------------------------------------------------------------
 
     def put(self, key: str, value: Any, ttl_ms: int | None, host: Host) -> Any:
         previous = self.get(key, host)
-        revision = host.next_revision()
+        old = self.entries.get(key)
+        timer = None if old is None else old[2]
         expires = None if ttl_ms is None else host.time + ttl_ms
-        self.entries[key] = (value, revision, expires)
-        if ttl_ms is not None:
-            host.schedule_expiry(ttl_ms, self.name, key, revision)
-        self._changed([revision, host.index, PUT, key, value, previous], host)
+        if expires is not None and (timer is None or timer > expires):
+            # One timer per key: a pending one due no later than this expiry moves itself on.
+            timer = expires
+            host.schedule_expiry(expires - host.time, self.name, key, timer)
+        self.entries[key] = (value, expires, timer)
+        self._changed([host.next_revision(), host.index, PUT, key, value, previous], host)
         return previous
 
     def delete(self, key: str, host: Host, how: str = DELETE) -> Any:
@@ -187,11 +190,20 @@ class MapResource(Resource):
             self.put(key, new, ttl_ms, host)
         return True
 
-    def expire(self, key: str, revision: int, host: Host) -> None:
-        """A TTL timer: delete key if it still holds the put that set the timer."""
+    def expire(self, key: str, due: int, host: Host) -> None:
+        """The key's TTL timer (due at `due`) fired: delete the key if it has expired, or move
+        the timer to its later expiry. A timer the key no longer tracks does nothing."""
         entry = self.entries.get(key)
-        if entry is not None and entry[1] == revision:
+        if entry is None or entry[2] != due:
+            return
+        value, expires, _ = entry
+        if expires is None:
+            self.entries[key] = (value, None, None)
+        elif expires <= host.time:
             self.delete(key, host, EXPIRE)
+        else:
+            self.entries[key] = (value, expires, expires)
+            host.schedule_expiry(expires - host.time, self.name, key, expires)
 
     # --- watches ---------------------------------------------------------------------------
 
@@ -244,7 +256,7 @@ class MapResource(Resource):
     def dump(self) -> list[Any]:
         watchers = [[s, r, p] for (s, r), p in self.watchers.items()]
         chunks: list[Any] = [[self.history_limit, self.dropped, list(self.history), watchers]]
-        items = [[k, v, rev, exp] for k, (v, rev, exp) in self.entries.items()]
+        items = [[k, v, exp, timer] for k, (v, exp, timer) in self.entries.items()]
         chunks.extend(items[i : i + BATCH] for i in range(0, len(items), BATCH))
         return chunks
 
@@ -252,4 +264,4 @@ class MapResource(Resource):
         self.history_limit, self.dropped, history, watchers = chunks[0]
         self.history = deque(history)
         self.watchers = {(s, r): p for s, r, p in watchers}
-        self.entries = {k: (v, rev, exp) for chunk in chunks[1:] for k, v, rev, exp in chunk}
+        self.entries = {k: (v, exp, t) for chunk in chunks[1:] for k, v, exp, t in chunk}
