@@ -12,12 +12,12 @@ async with election.observe() as leaders:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
-from ....protocol.operations import Command
+from ....protocol.operations import Command, Consistency
 from ..errors import HandleBusyError
 from ..kinds.election import (
     ElectionCampaign,
@@ -27,6 +27,9 @@ from ..kinds.election import (
     ElectionUnobserve,
 )
 from .common import Handle, Stream, receive, router_of, submit_anyway
+
+if TYPE_CHECKING:
+    from ....client.client import CopycatClient
 
 __all__ = ["Election", "LeaderInfo", "LeaderStream"]
 
@@ -50,8 +53,14 @@ class Election(Handle):
 
     kind = "election"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        client: CopycatClient,
+        name: str,
+        *,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+    ) -> None:
+        super().__init__(client, name, consistency=consistency)
         self._request: int | None = None
         self.term: int | None = None
         """The term of this handle's leadership while it leads."""
@@ -108,9 +117,6 @@ class LeaderStream(Stream[LeaderInfo | None]):
 
     def _deregister(self, request: int) -> Command:
         return ElectionUnobserve(self._handle.name, request)
-
-    def _convert(self, data: Any) -> LeaderInfo | None:
-        return _leader(data)
 
     async def __anext__(self) -> LeaderInfo | None:
         await self.start()

@@ -11,14 +11,18 @@ paused former holder. The lock is released when the block ends or the session en
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
+from ....protocol.operations import Consistency
 from ..errors import HandleBusyError, LockNotHeldError, LockTimeoutError
 from ..kinds.lock import LockAcquire, LockCancel, LockHolder, LockRelease
 from .common import Handle, receive, router_of, submit_anyway
+
+if TYPE_CHECKING:
+    from ....client.client import CopycatClient
 
 __all__ = ["Lock", "LockHolderInfo"]
 
@@ -36,8 +40,14 @@ class Lock(Handle):
 
     kind = "lock"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        client: CopycatClient,
+        name: str,
+        *,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+    ) -> None:
+        super().__init__(client, name, consistency=consistency)
         self._request: int | None = None
         self.token: int | None = None
         """The fencing token of this handle's grant while it holds the lock."""
