@@ -39,7 +39,6 @@ HEADER_SIZE = _HEAD.size + _CRC.size
 CHUNK_SIZE = 1 << 20
 """Largest read a reader does at once, and the chunk size of verification."""
 _NAME = re.compile(r"^(\d{20})-(\d{20})\.snapshot$")
-_tokens = itertools.count()
 
 
 def _snapshot_name(index: int, term: int) -> str:
@@ -166,6 +165,10 @@ class SnapshotStore:
         self.directory = Path(directory) / "snapshots"
         self.keep = keep
         self.fs = fs
+        self._tokens = itertools.count()
+        """Temp file tokens: the store's own count, so that its file names depend on what it
+        did, not on the process (a simulation on the real store replays in any process); a
+        name another writer holds is skipped (O_EXCL)."""
         self.inline_snapshots = fs.inline
         """Whether servers run snapshot code on the Trio thread (see executor.runs_inline)."""
         make_directory(fs, self.directory)
@@ -230,21 +233,25 @@ class SnapshotStore:
     @asynccontextmanager
     async def _create(self, index: int, term: int) -> AsyncIterator[SnapshotWriter]:
         final = self.directory / _snapshot_name(index, term)
-        temp = final.with_name(f"{final.name}.{os.getpid()}-{next(_tokens)}.tmp")
-
         fs = self.fs
 
-        def start() -> int:
-            fd = fs.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        def start() -> tuple[int, Path]:
+            while True:
+                temp = final.with_name(f"{final.name}.{next(self._tokens)}.tmp")
+                try:
+                    fd = fs.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    continue
+                break
             try:
                 write_all(fs, fd, bytes(HEADER_SIZE))
             except BaseException:
                 fs.close(fd)
                 fs.unlink(temp)
                 raise
-            return fd
+            return fd, temp
 
-        fd = await run_blocking(fs, start)
+        fd, temp = await run_blocking(fs, start)
         writer = SnapshotWriter(fd, temp, fs)
         try:
             yield writer
