@@ -327,3 +327,24 @@ def test_operations_need_a_session_and_a_name() -> None:
         MapPut("", "k", 1)
     with pytest.raises(ValueError, match="cannot be None"):
         QueueOffer("q", None)
+
+
+def test_resources_left_as_fresh_ones_are_forgotten() -> None:
+    h = Harness()
+    a, b = h.open(), h.open()
+    h.command(a, LockAcquire("l", 1))
+    h.command(b, LockAcquire("l", 2))
+    h.command(a, QueuePoll("q", 3))
+    h.command(a, GroupJoin("g", "m"))
+    h.command(a, CounterAdd("c", 1))
+    h.command(a, legacy_lock.Acquire("old"))
+    h.command(a, MapPut("m", "k", 1))
+    h.command(a, MapDelete("m", "k"))
+    h.command(a, CounterAdd("c", -1))
+    h.command(a, legacy_lock.Release("old"))
+    h.command(b, LockCancel("l", 2))
+    h.command(a, LockRelease("l", 1))
+    assert sorted(h.machine.resources) == [("group", "g"), ("map", "m"), ("queue", "q")]
+    h.close(a)  # its poll and its member go; the map keeps its history for watches
+    assert sorted(h.machine.resources) == [("map", "m")]
+    assert h.query(LockHolder("l")) is None and h.query(CounterGet("c")) == 0

@@ -103,6 +103,11 @@ class Resource:
     def on_close(self, session: int, host: Host) -> None:
         """The session closed or expired: release what it held, drop what it waited for."""
 
+    def idle(self) -> bool:
+        """Whether it holds nothing a fresh one would not: then the manager forgets it (so
+        names used once do not pile up)."""
+        return False
+
     def dump(self) -> list[Any]:
         """The state as a list of plain-data chunks (written one object each)."""
         raise NotImplementedError

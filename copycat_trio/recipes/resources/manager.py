@@ -118,7 +118,11 @@ class Resources(StateMachine, Snapshottable):
     def resource_command(self, commit: Commit[ResourceCommand]) -> Any:
         op = commit.operation
         session = need_session(commit.session.id if commit.session else None, type(op).__name__)
-        return self._resource(op.kind, op.name).command(op, session, self._host)
+        resource = self._resource(op.kind, op.name)
+        try:
+            return resource.command(op, session, self._host)
+        finally:
+            self._forget_if_idle(resource)
 
     def resource_query(self, commit: Commit[ResourceQuery]) -> Any:
         op = commit.operation
@@ -127,6 +131,11 @@ class Resources(StateMachine, Snapshottable):
     def on_close(self, session: ServerSession) -> None:
         for resource in list(self.resources.values()):
             resource.on_close(session.id, self._host)
+            self._forget_if_idle(resource)
+
+    def _forget_if_idle(self, resource: Resource) -> None:
+        if resource.idle():
+            self.resources.pop((resource.kind, resource.name), None)
 
     def expire_key(self, name: str, key: str, due: int) -> None:
         """A TTL timer (scheduled by the map `name`; its arguments go into snapshots)."""
@@ -167,7 +176,9 @@ class Resources(StateMachine, Snapshottable):
 
     def counter_increment(self, commit: Commit[legacy_counter.Increment]) -> int:
         counter: CounterResource = self._resource("counter", DEFAULT)
-        return counter.add(commit.operation.delta)
+        value = counter.add(commit.operation.delta)
+        self._forget_if_idle(counter)
+        return value
 
     def counter_value(self, commit: Commit[legacy_counter.Value]) -> int:
         counter: CounterResource = self._existing("counter", DEFAULT)
@@ -181,7 +192,9 @@ class Resources(StateMachine, Snapshottable):
     def lock_release(self, commit: Commit[legacy_lock.Release]) -> bool:
         session = need_session(commit.session.id if commit.session else None, "Release")
         lock: LockResource = self._resource("lock", commit.operation.name)
-        return lock.release(session, LEGACY, self._host)
+        released = lock.release(session, LEGACY, self._host)
+        self._forget_if_idle(lock)
+        return released
 
     def lock_holder(self, commit: Commit[legacy_lock.Holder]) -> int | None:
         lock: LockResource = self._existing("lock", commit.operation.name)
@@ -196,6 +209,7 @@ class Resources(StateMachine, Snapshottable):
         session = need_session(commit.session.id if commit.session else None, "Resign")
         election: ElectionResource = self._resource("election", commit.operation.name)
         election.resign(session, LEGACY, self._host)
+        self._forget_if_idle(election)
 
     def election_leader(self, commit: Commit[legacy_election.Leader]) -> list[int] | None:
         election: ElectionResource = self._existing("election", commit.operation.name)

@@ -59,6 +59,9 @@ class CounterResource(Resource):
     def query(self, op: Any, host: Host) -> Any:
         return self.value
 
+    def idle(self) -> bool:
+        return self.value == 0
+
     def dump(self) -> list[Any]:
         return [self.value]
 

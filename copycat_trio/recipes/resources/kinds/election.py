@@ -154,6 +154,9 @@ class ElectionResource(Resource):
         for session, request in self.observers:
             host.publish(session, self.kind, self.name, request, view)
 
+    def idle(self) -> bool:
+        return self.leader is None and not self.candidates and not self.observers
+
     def dump(self) -> list[Any]:
         leader = list(self.leader) if self.leader else None
         return [[leader, [list(c) for c in self.candidates], [list(o) for o in self.observers]]]

@@ -114,6 +114,9 @@ class GroupResource(Resource):
         for session, request in self.watchers:
             host.publish(session, self.kind, self.name, request, change)
 
+    def idle(self) -> bool:
+        return not self.members and not self.watchers
+
     def dump(self) -> list[Any]:
         return [[self.listing(), [list(w) for w in self.watchers]]]
 

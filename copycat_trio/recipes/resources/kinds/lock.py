@@ -120,6 +120,9 @@ class LockResource(Resource):
                 host.publish(session, self.kind, self.name, request, host.index)
             return
 
+    def idle(self) -> bool:
+        return self.holder is None and not self.waiters
+
     def dump(self) -> list[Any]:
         return [[list(self.holder) if self.holder else None, [list(w) for w in self.waiters]]]
 

@@ -250,6 +250,8 @@ class MapResource(Resource):
             return sum(1 for k in self.entries if self._live(k, host))
         raise TypeError(f"not a map query: {op!r}")
 
+    # A map is never idle: its history lets watches resume across deletes.
+
     def on_close(self, session: int, host: Host) -> None:
         self.watchers = {w: p for w, p in self.watchers.items() if w[0] != session}
 

@@ -137,6 +137,9 @@ class QueueResource(Resource):
         for request in done:
             self.handed.pop((session, request), None)
 
+    def idle(self) -> bool:
+        return not self.items and not self.pollers and not self.handed
+
     def dump(self) -> list[Any]:
         handed = [[s, r, item] for (s, r), item in self.handed.items()]
         return [[list(self.items), [list(p) for p in self.pollers], handed]]
