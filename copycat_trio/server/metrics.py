@@ -6,12 +6,15 @@ run in one process in tests and embedding applications. Gauges that mirror state
 role, sessions, pending proposals) and the counters the server keeps anyway (proposals, leader
 changes, bytes sent, requests) are read when Prometheus scrapes, by a custom collector, so they
 cost the hot path nothing but the plain integer increments the server already makes. Only the
-histograms take observations as things happen: fsync and snapshot durations, entries per log
-save, and the leader's round trips to its peers.
+histograms take observations as things happen (fsync and snapshot durations, entries per log
+save, the leader's round trips to its peers), each into plain bucket counts (a bisect and two
+additions: a prometheus-client Histogram takes locks and costs several times that) that the
+collector turns into histogram families when scraped.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -20,8 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from ..protocol.errors import ErrorType
@@ -59,6 +67,35 @@ def request_type(cls: type) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
 
+class Buckets:
+    """A histogram's counts, kept as plain numbers. One writer at a time (the fsync's worker
+    thread, or the Trio thread), read when scraped."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        """Observations per bucket, not cumulative; the last one is over every bound."""
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(le, count of observations <= le) pairs, ending with +Inf, as Prometheus has them."""
+        counts = list(self.counts)  # a copy: the fsync thread may add one meanwhile
+        total = 0
+        pairs = []
+        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+            total += count
+            pairs.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(total)))
+        return pairs
+
+
+def histogram(name: str, doc: str, buckets: Buckets) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, buckets=buckets.cumulative(), sum_value=buckets.sum)
+
+
 class RoundTrips:
     """The leader's round trip to each peer, from the heartbeat round (read_round) every
     AppendRequest carries and its AppendResponse echoes: the first request of a round to a peer
@@ -66,11 +103,10 @@ class RoundTrips:
     order, so that response answers that request. A response of a later round means the probe's
     messages were lost: it is dropped, not observed."""
 
-    def __init__(self, histogram: Histogram) -> None:
-        self._histogram = histogram
+    def __init__(self) -> None:
         self._probes: dict[int, tuple[int, float]] = {}
         """Peer -> (round, Trio time its first request of that round was handed to the link)."""
-        self._children: dict[int, Any] = {}
+        self.peers: dict[int, Buckets] = {}
 
     def sent(self, peer: int, read_round: int) -> None:
         if peer not in self._probes:
@@ -84,11 +120,11 @@ class RoundTrips:
         if read_round == probe[0]:
             self.child(peer).observe(trio.current_time() - probe[1])
 
-    def child(self, peer: int) -> Any:
-        child = self._children.get(peer)
-        if child is None:
-            child = self._children[peer] = self._histogram.labels(peer=str(peer))
-        return child
+    def child(self, peer: int) -> Buckets:
+        buckets = self.peers.get(peer)
+        if buckets is None:
+            buckets = self.peers[peer] = Buckets(ROUND_TRIP_BUCKETS)
+        return buckets
 
 
 class ServerMetrics:
@@ -97,34 +133,11 @@ class ServerMetrics:
     def __init__(self, server: CopycatServer) -> None:
         self.server = server
         self.registry = CollectorRegistry(auto_describe=False)
-        self.fsync = Histogram(
-            "copycat_disk_fsync_duration_seconds",
-            "Seconds each fsync of a log segment took",
-            buckets=FSYNC_BUCKETS,
-            registry=self.registry,
-        )
-        self.batch_entries = Histogram(
-            "copycat_disk_backend_commit_batch_entries",
-            "Entries written to the log by one save (one group commit, one fsync)",
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
-        )
-        self.snapshot_save = Histogram(
-            "copycat_snapshot_save_duration_seconds",
-            "Seconds taken to write a snapshot of the state machine, sessions and timers",
-            buckets=SNAPSHOT_BUCKETS,
-            registry=self.registry,
-        )
-        round_trip = Histogram(
-            "copycat_network_peer_round_trip_time_seconds",
-            "Seconds from the leader's first AppendRequest of a heartbeat round to a peer to "
-            "that peer's answer",
-            ["peer"],
-            buckets=ROUND_TRIP_BUCKETS,
-            registry=self.registry,
-        )
-        self.round_trips = RoundTrips(round_trip)
-        self.registry.register(_StateCollector(server, self.round_trips))
+        self.fsync = Buckets(FSYNC_BUCKETS)
+        self.batch_entries = Buckets(BATCH_BUCKETS)
+        self.snapshot_save = Buckets(SNAPSHOT_BUCKETS)
+        self.round_trips = RoundTrips()
+        self.registry.register(_StateCollector(server, self))
 
     async def start(self, nursery: trio.Nursery, address: str) -> str:
         """Hook the observations into the server's parts (its loop, peer links, executor and
@@ -171,9 +184,9 @@ def _json(value: Any) -> bytes:
 class _StateCollector(Collector):
     """Reads the server's state and counters when scraped."""
 
-    def __init__(self, server: CopycatServer, round_trips: RoundTrips) -> None:
+    def __init__(self, server: CopycatServer, metrics: ServerMetrics) -> None:
         self._server = server
-        self._round_trips = round_trips
+        self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
         server = self._server
@@ -232,8 +245,33 @@ class _StateCollector(Collector):
         )
         for peer, statistics in sorted(loop.peers.statistics.items()):
             sent.add_metric([str(peer)], statistics.sent_bytes)
-            self._round_trips.child(peer)  # a histogram for every peer, observed or not
+            self._metrics.round_trips.child(peer)  # a histogram for every peer, observed or not
         yield sent
+        metrics = self._metrics
+        yield histogram(
+            "copycat_disk_fsync_duration_seconds",
+            "Seconds each fsync of a log segment took",
+            metrics.fsync,
+        )
+        yield histogram(
+            "copycat_disk_backend_commit_batch_entries",
+            "Entries written to the log by one save (one group commit, one fsync)",
+            metrics.batch_entries,
+        )
+        yield histogram(
+            "copycat_snapshot_save_duration_seconds",
+            "Seconds taken to write a snapshot of the state machine, sessions and timers",
+            metrics.snapshot_save,
+        )
+        round_trip = HistogramMetricFamily(
+            "copycat_network_peer_round_trip_time_seconds",
+            "Seconds from the leader's first AppendRequest of a heartbeat round to a peer to "
+            "that peer's answer",
+            labels=["peer"],
+        )
+        for peer, buckets in sorted(metrics.round_trips.peers.items()):
+            round_trip.add_metric([str(peer)], buckets.cumulative(), buckets.sum)
+        yield round_trip
         requests = CounterMetricFamily(
             "copycat_client_requests",
             "Requests this member answered, by type and by outcome (ok, or the error type)",
@@ -346,6 +384,7 @@ def server_health(server: CopycatServer) -> Health:
 
 
 __all__ = [
+    "Buckets",
     "Health",
     "RoundTrips",
     "ServerMetrics",

@@ -5,6 +5,10 @@ off from the majority says 503 with the reason within about two election timeout
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from copycat_trio import open_client
 from copycat_trio.recipes.kv import Put
 from copycat_trio.server.http import http_get
+from copycat_trio.testing.processes import free_ports
 from tests.e2e.conftest import StartCluster
 from tests.e2e.procs import ProcessCluster
 from tests.server.test_metrics import LISTED
@@ -133,3 +138,37 @@ async def test_metrics_move_and_health_follows_the_majority(start_cluster: Start
         assert elapsed <= 3 * ELECTION_TIMEOUT, f"503 only after {elapsed:.2f}s: {body}"
         status, body = await health(cluster, alone, "/ready")
         assert status == 200  # started and joined: still ready, only unhealthy
+
+
+async def test_cluster_file_metrics_on_port_zero_are_announced(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    config = tmp_path / "cluster.toml"
+    config.write_text(
+        "[cluster]\nelection_timeout = 0.5\nheartbeat_interval = 0.1\n\n"
+        f'[storage]\ndirectory = "{tmp_path}/data-{{id}}"\n\n'
+        '[metrics]\naddress = "127.0.0.1:0"\n\n'
+        f'[[members]]\nid = 1\naddress = "127.0.0.1:{port}"\n'
+    )
+    command = [sys.executable, "-m", "copycat_trio", "serve", "--id", "1", "--config", str(config)]
+    process = await trio.lowlevel.open_process(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert process.stdout is not None
+        output = b""
+        with trio.fail_after(30):
+            while b"\n" not in output:
+                chunk = await process.stdout.receive_some(4096)
+                assert chunk, f"serve ended before its banner: {output!r}"
+                output += chunk
+        banner = output.split(b"\n", 1)[0].decode()
+        match = re.search(r"metrics at http://(127\.0\.0\.1:(\d+))", banner)
+        assert match is not None and match.group(2) != "0", banner
+        status, body = await http_get(match.group(1), "/ready")
+        assert status == 200, body
+        status, body = await http_get(match.group(1), "/health")
+        assert status == 200, body
+    finally:
+        with trio.CancelScope(shield=True):
+            process.kill()
+            await process.wait()

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from copycat_trio.protocol.errors import NoLeaderError
 from copycat_trio.protocol.messages import CommandRequest, KeepAliveRequest, NoOpEntry
 from copycat_trio.recipes.kv import Get, KeyValueStore, Put
-from copycat_trio.server.metrics import judge_health, request_type, server_health
+from copycat_trio.server.metrics import Buckets, judge_health, request_type, server_health
 from copycat_trio.server.server import CopycatServer
 from copycat_trio.testing import open_memory_cluster
 
@@ -222,3 +222,11 @@ async def test_no_metrics_unless_asked(autojump_clock: trio.abc.Clock) -> None:
         server = cluster.servers[1]
         assert server.metrics is None and server.metrics_address is None
         assert server._loop is not None and server._loop.metrics is None
+
+
+def test_buckets_count_as_prometheus_histograms_do() -> None:
+    buckets = Buckets((1.0, 2.0, 4.0))
+    for observation in (0.5, 1.0, 1.5, 4.0, 9.0):
+        buckets.observe(observation)
+    assert buckets.cumulative() == [("1.0", 2.0), ("2.0", 3.0), ("4.0", 4.0), ("+Inf", 5.0)]
+    assert buckets.sum == 16.0
