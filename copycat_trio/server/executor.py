@@ -390,9 +390,12 @@ class Executor:
     # --- applying --------------------------------------------------------------------------
 
     def apply(self, entry: Entry) -> None:
+        # Timers due by this entry's time fire under its index: their events then share the
+        # index with the entry's own, in one batch. Under the previous entry's index, a client
+        # that already held that index dropped them as duplicates (an event lost).
+        self.context.index = entry.index
         self._fire_timers(entry.timestamp)
         self.log_time = max(self.log_time, entry.timestamp)
-        self.context.index = entry.index
         self.context.time = self.log_time
         result: Any = None
         error: CopycatError | None = None

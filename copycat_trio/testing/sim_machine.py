@@ -98,7 +98,8 @@ class Firing:
     """One timer callback as a member ran it: where in the log, which timer, what it did."""
 
     after: int
-    """context.index when it fired: the last entry applied before it (a snapshot's index)."""
+    """context.index when it fired: the entry whose time fired it (timers fire just before
+    that entry applies), or a snapshot's index."""
     due: int
     timer: int
     name: str

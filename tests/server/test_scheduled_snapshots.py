@@ -263,20 +263,21 @@ async def test_an_installed_snapshot_brings_back_every_timer_due_when_it_was(tmp
         installed.apply(entry)
     assert installed.state_machine.fired == live.state_machine.fired
     # Ties fire in scheduling order; "slow" and "gone" were cancelled, "tick" stopped at 3000.
+    # A timer fires just before the entry whose time is past its due time, under its index.
     assert live.state_machine.fired == [
-        ("z", 1070, 6),
-        ("tick", 1100, 6),
-        ("x", 1310, 8),
-        ("y", 1310, 8),
-        ("tick", 1350, 8),
-        ("w", 1500, 10),
-        ("tick", 1600, 10),
-        ("tick", 1850, 10),
-        ("v", 2001, 11),
-        ("tick", 2100, 11),
-        ("tick", 2350, 11),
-        ("tick", 2600, 11),
-        ("tick", 2850, 11),
+        ("z", 1070, 7),
+        ("tick", 1100, 7),
+        ("x", 1310, 9),
+        ("y", 1310, 9),
+        ("tick", 1350, 9),
+        ("w", 1500, 11),
+        ("tick", 1600, 11),
+        ("tick", 1850, 11),
+        ("v", 2001, 12),
+        ("tick", 2100, 12),
+        ("tick", 2350, 12),
+        ("tick", 2600, 12),
+        ("tick", 2850, 12),
     ]
     assert installed.context.timers == ()  # "slow" and "tick" were cancelled through handles
 
@@ -307,8 +308,8 @@ async def test_install_replaces_the_timers_a_member_had(tmp_path) -> None:
         behind.state_machine.fired
         == leader.state_machine.fired
         == [
-            ("b", 1300, 4),
-            ("c", 2001, 5),
+            ("b", 1300, 5),
+            ("c", 2001, 6),
         ]
     )
 

@@ -17,7 +17,8 @@ def _emit(index: int, value: str, targets: list[int]) -> Applied:
 
 
 APPLIED = [_emit(10, "a", [SESSION]), _emit(12, "b", [SESSION]), _emit(15, "c", [SESSION])]
-RING = Firing(after=12, due=500, timer=3, name="t0a", effect=["ring", 1, [SESSION]], number=4)
+# Fired just before entry 15 applied (so under index 15, ahead of emit@15).
+RING = Firing(after=15, due=500, timer=3, name="t0a", effect=["ring", 1, [SESSION]], number=4)
 
 
 def _record(tokens: list[str], answers: tuple[Answer, ...] = ()) -> EventRecord:
@@ -35,7 +36,7 @@ def test_a_duplicate_is_reported() -> None:
 
 
 def test_a_skipped_event_is_reported() -> None:
-    # The timer's event, published under index 12 after emit@12 was delivered, never came.
+    # The timer's event, published under index 15 just before emit@15, never came.
     (problem,), _ = check_events(APPLIED, [RING], [_record(["emit@10", "emit@12", "emit@15"])])
     assert "received emit@15 as its event #3, but the next one published to it was ring#4" in (
         problem
