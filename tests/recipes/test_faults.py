@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import trio
 
+from copycat_trio.client import ClientState
+from copycat_trio.client.client import ClientClosedError
 from copycat_trio.protocol.codec import registry
 from copycat_trio.recipes.resources import (
     Counter,
@@ -309,3 +311,21 @@ async def test_a_wait_whose_session_expired_raises_instead_of_hanging(autojump_c
             assert lock.token is None
             holder = await Lock(a, "l").holder()
             assert holder is not None and holder.session == a.session_id
+
+
+async def test_a_lock_lost_with_its_session_fails_its_block_without_hiding_its_error(
+    autojump_clock: Any,
+) -> None:
+    async with open_memory_cluster(3, Resources) as cluster:
+        for body_fails in (True, False):
+            host = f"b{body_fails}"
+            async with cluster.client(host=host, session_timeout=2.0) as b:
+                expected = ValueError if body_fails else ClientClosedError
+                with pytest.raises(expected):
+                    async with Lock(b, "l"):
+                        cluster.cut_off_host(host)
+                        await trio.sleep(5)  # the session expires meanwhile
+                        cluster.network.heal()
+                        await b.state.wait_value(lambda s: s is ClientState.CLOSED)
+                        if body_fails:
+                            raise ValueError("the body's own error")

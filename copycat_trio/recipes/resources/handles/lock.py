@@ -10,12 +10,14 @@ paused former holder. The lock is released when the block ends or the session en
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
+from ....protocol.errors import CopycatError
 from ....protocol.operations import Consistency
 from ..errors import HandleBusyError, LockNotHeldError, LockTimeoutError
 from ..kinds.lock import LockAcquire, LockCancel, LockHolder, LockRelease
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from ....client.client import CopycatClient
 
 __all__ = ["Lock", "LockHolderInfo"]
+
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -118,6 +122,7 @@ class Lock(Handle):
         with trio.CancelScope(shield=True):
             try:
                 await self.release()
-            except LockNotHeldError:
+            except CopycatError as exc:
                 if exc_type is None:
                     raise
+                log.info("could not release %r after its block failed: %s", self, exc)
