@@ -60,7 +60,12 @@ async def test_map(autojump_clock: Any) -> None:
 
 
 async def test_map_ttl_is_log_time(autojump_clock: Any) -> None:
-    async with open_memory_cluster(3, Resources) as cluster, cluster.client() as client:
+    async with (
+        open_memory_cluster(3, Resources) as cluster,
+        cluster.client() as client,
+        cluster.client() as watcher,
+        Map(watcher, "cache").watch(prefix="k") as changes,
+    ):
         cache = Map(client, "cache")
         await cache.put("k", "v", ttl=2.0)
         await trio.sleep(1.5)
@@ -70,6 +75,8 @@ async def test_map_ttl_is_log_time(autojump_clock: Any) -> None:
         await cache.put("other", 2)  # log time passes 2 s: the key's timer fires first
         assert await cache.get("k") is None
         assert await cache.keys() == ["other"]
+        with trio.fail_after(1):  # the expiry, a timer's change, reaches watchers too
+            assert [(await changes.__anext__()).type for _ in range(2)] == ["put", "expire"]
 
 
 async def test_map_watch(autojump_clock: Any) -> None:
