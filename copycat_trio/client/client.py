@@ -52,7 +52,7 @@ from ..protocol.messages import (
 )
 from ..protocol.operations import Command, Consistency, Query
 from ..transport.base import Transport, split_address
-from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
+from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost, RpcConnection
 from ..transport.tcp import TcpTransport
 from .strategies import (
     ClientState,
@@ -126,7 +126,9 @@ class CopycatClient:
     ) -> None:
         self.addresses = list(addresses)
         self._nursery = nursery
-        self._pool = ConnectionPool(transport, nursery, on_request=self._on_server_request)
+        self._pool = ConnectionPool(
+            transport, nursery, on_request=self._on_server_request, on_reconnect=self._reconnected
+        )
         self.session_timeout = session_timeout
         self.timeout = timeout
         self.request_timeout = request_timeout
@@ -289,6 +291,25 @@ class CopycatClient:
             raise error_from_info(error)
         self._address = address
         self._note_cluster(response.leader, response.members)
+
+    async def _reconnected(self, address: str, connection: RpcConnection) -> None:
+        """A new connection to the member this session talks through (the old one broke: it
+        may have restarted and forgotten us): connect the session again on it before anything
+        else is sent, so the member pushes our events (and resends those not acknowledged).
+        Without it, events stopped until the client happened to switch members."""
+        if address != self._address or not self.session_id:
+            return
+        request = ConnectRequest(client=self.client_id, session=self.session_id)
+        try:
+            response = await connection.request(request, self.request_timeout)
+        except (RequestNotSent, ResponseLost) as exc:
+            log.debug("reconnecting the session at %s failed: %s", address, exc)
+            return
+        error: ErrorInfo | None = getattr(response, "error", None)
+        if error is not None:
+            log.debug("reconnecting the session at %s: %s", address, error)
+        else:
+            self._note_cluster(response.leader, response.members)
 
     async def _keep_alive(self, generation: int) -> None:
         interval = max(0.05, self.session_timeout / 3)

@@ -109,8 +109,14 @@ class ConnectionPool:
         transport: Transport,
         nursery: trio.Nursery,
         on_request: RequestHandler | None = None,
+        on_reconnect: Callable[[str, RpcConnection], Awaitable[None]] | None = None,
     ) -> None:
+        """`on_reconnect(address, connection)` runs when a connection to an address that had
+        one before is opened (the old one broke: say, the member restarted), before any request
+        uses it: a client re-registers there what the member forgot."""
         self._on_request = on_request
+        self._on_reconnect = on_reconnect
+        self._seen: set[str] = set()
         self._transport = transport
         self._nursery = nursery
         self._connections: dict[str, RpcConnection] = {}
@@ -127,6 +133,9 @@ class ConnectionPool:
                     raise RequestNotSent(str(exc)) from exc
                 connection = self._connections[address] = RpcConnection(stream, self._on_request)
                 self._nursery.start_soon(connection.run)
+                if address in self._seen and self._on_reconnect is not None:
+                    await self._on_reconnect(address, connection)
+                self._seen.add(address)
             return connection
 
     async def request(self, address: str, body: Any, timeout: float = math.inf) -> Any:
