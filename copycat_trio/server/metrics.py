@@ -366,11 +366,21 @@ def storage_problem(storage: object) -> str | None:
 
 
 def server_health(server: CopycatServer) -> Health:
-    """The health of a running server (unhealthy if it is not running)."""
+    """The health of a running server (unhealthy if it is not running, or was removed from the
+    configuration)."""
     loop = server._loop
     if loop is None:
         return Health(False, "not running", {"member": server.id})
     core = loop.core
+    removal = server.removal
+    if removal is not None:
+        index, members = removal
+        return Health(
+            False,
+            f"removed from the cluster by the configuration at index {index} (members now: "
+            f"{', '.join(str(m.id) for m in members)})",
+            {"member": server.id, "role": "removed", "term": core.term, "leader": core.leader},
+        )
     return judge_health(
         member_id=server.id,
         role=core.role.value,

@@ -230,3 +230,15 @@ def test_buckets_count_as_prometheus_histograms_do() -> None:
         buckets.observe(observation)
     assert buckets.cumulative() == [("1.0", 2.0), ("2.0", 3.0), ("4.0", 4.0), ("+Inf", 5.0)]
     assert buckets.sum == 16.0
+
+
+async def test_a_removed_member_is_unhealthy(autojump_clock: trio.abc.Clock) -> None:
+    async with open_memory_cluster(3, KeyValueStore, **METRICS) as cluster:
+        leader = await cluster.wait_for_leader()
+        leaving = cluster.servers[next(i for i in cluster.all_ids() if i != leader)]
+        await leaving.leave()
+        with trio.fail_after(10):
+            await leaving.removed.wait()
+        health = server_health(leaving)
+        assert not health.healthy
+        assert "removed from the cluster" in health.reason, health.reason
