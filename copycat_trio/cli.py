@@ -132,7 +132,8 @@ async def _serve(args: argparse.Namespace) -> None:
                 setattr(args, name, getattr(cluster_file, name))
         if args.data_dir is None and args.storage is None:
             args.storage = cluster_file.storage_level
-            args.data_dir = cluster_file.directory_for(args.id)
+            if args.storage == "disk":  # memory storage takes no directory
+                args.data_dir = cluster_file.directory_for(args.id)
     elif args.members:
         members = parse_members(args.members)
     else:
@@ -420,6 +421,24 @@ async def _status(args: argparse.Namespace) -> None:
         raise CliFailure(problem)
 
 
+async def _health(args: argparse.Namespace) -> None:
+    """One line per member, as its /health endpoint would say; exit 1 if any is unhealthy."""
+    addresses = parse_cluster(args.cluster)
+    answers = await fetch_status(addresses, timeout=min(args.timeout, 2.0))
+    unhealthy = 0
+    for address, answer in zip(addresses, answers, strict=True):
+        if not isinstance(answer, StatusResponse):
+            unhealthy += 1
+            print(f"{address}: unreachable ({answer})")
+        elif answer.healthy:
+            print(f"{address}: member {answer.id} healthy ({answer.role}, term {answer.term})")
+        else:
+            unhealthy += 1
+            print(f"{address}: member {answer.id} UNHEALTHY: {answer.health or 'no reason given'}")
+    if unhealthy:
+        raise CliFailure(f"{unhealthy} of {len(addresses)} members unhealthy or unreachable")
+
+
 def format_table(rows: list[dict[str, Any]], keys: Sequence[str]) -> str:
     cells = [[str(k) for k in keys]] + [
         ["-" if row.get(k) is None else str(row.get(k)) for k in keys] for row in rows
@@ -647,6 +666,11 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[_client_options(5.0), verbosity],
     )
     status.add_argument("--json", action="store_true", help="a JSON list of objects")
+    commands.add_parser(
+        "health",
+        help="one line per member (as /health says); exit 1 if any is unhealthy",
+        parents=[_client_options(5.0), verbosity],
+    )
 
     members_common = _client_options(10.0)
     members = commands.add_parser(
@@ -724,7 +748,7 @@ def _client_options(timeout: float) -> argparse.ArgumentParser:
 
 def _complete_client_options(args: argparse.Namespace) -> None:
     """Fill --cluster from the environment and --timeout from the command's default."""
-    if args.command not in ("kv", "status", "members") and not (
+    if args.command not in ("kv", "status", "members", "health") and not (
         args.command == "snapshot" and args.action == "save"
     ):
         return
@@ -792,6 +816,8 @@ def _run_command(args: argparse.Namespace) -> None:
         trio.run(_kv, args)
     elif args.command == "status":
         trio.run(_status, args)
+    elif args.command == "health":
+        trio.run(_health, args)
     elif args.command == "members":
         trio.run(_members, args)
     elif args.command == "snapshot":

@@ -138,3 +138,29 @@ def test_demo_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo passed" in result.stdout
     assert "new leader: member" in result.stdout
+
+
+def test_a_cluster_file_with_memory_storage_serves(tmp_path: Path) -> None:
+    # It failed with "--data-dir goes with --storage disk": the file's directory was used anyway.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "cluster.toml"
+    config.write_text(
+        f'[storage]\nlevel = "memory"\n[[members]]\nid = 1\naddress = "127.0.0.1:{port}"\n'
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "copycat_trio", "serve", "--id", "1", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert "member 1 serving at" in line and "memory" in line, line
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    assert not (tmp_path / "copycat-data").exists()

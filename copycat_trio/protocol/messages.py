@@ -479,6 +479,9 @@ class StatusResponse:
     """Bytes of log and snapshots on disk (0 with memory storage)."""
     heard: tuple[PeerContact, ...] = ()
     """Seconds since this member last heard from each other member."""
+    healthy: bool = False
+    health: str = ""
+    """Why the member is unhealthy, as its /health says ("" when healthy)."""
 
 
 @attrs.frozen

@@ -74,7 +74,7 @@ from .executor import Executor
 from .log_clock import LogClock
 from .loop import MonotonicClock, RaftLoop, Step, TrioClock
 from .membership import MembershipService, configure_response
-from .metrics import RequestCounts, ServerMetrics, count_request
+from .metrics import RequestCounts, ServerMetrics, count_request, server_health
 from .options import ServerOptions, validate_members
 from .peers import PeerLinks
 from .replication import SnapshotReplication, align_storage
@@ -717,7 +717,10 @@ class CopycatServer:
                     confirmed = True
         status = self.status()
         heard = self._loop.silent_for(self._loop.clock())
+        health = server_health(self)
         return StatusResponse(
+            healthy=health.healthy,
+            health=health.reason,
             confirmed=confirmed,
             snapshot_index=self._executor.snapshot_index,
             sessions=len(self._executor.sessions),

@@ -120,3 +120,23 @@ async def test_a_removed_member_exits(start_cluster: StartCluster) -> None:
     assert f"member {gone} was removed from the cluster" in log, log
     code, out, err, _ = await cli("kv", "put", "after", "removal", "--cluster", addresses)
     assert code == 0, err
+
+
+async def test_health_from_the_command_line(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(state_machine=KV)
+    agreement = await cluster.wait_for_leader()
+    addresses = ",".join(cluster.addresses())
+    code, out, err, _ = await cli("health", "--cluster", addresses)
+    assert code == 0 and out.count("healthy") == 3, out + err
+    for member_id in cluster.ids():
+        if member_id != agreement.leader:
+            await cluster.kill(member_id)
+    await trio.sleep(1.0)  # an election timeout (0.5 s) without a quorum: the leader says so
+    code, out, err, _ = await cli("health", "--cluster", addresses, "--timeout", "3")
+    assert code == 1 and "3 of 3 members unhealthy or unreachable" in err, out + err
+    lines = out.splitlines()
+    assert sum("unreachable" in line for line in lines) == 2, out
+    survivor = next(line for line in lines if "unreachable" not in line)
+    # Still leading without a quorum, or already stepped down (check quorum): unhealthy both.
+    reasons = ("UNHEALTHY: leader without a quorum", "UNHEALTHY: no leader known")
+    assert any(reason in survivor for reason in reasons), out
