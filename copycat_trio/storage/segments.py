@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import os
 import re
 import struct
@@ -60,6 +61,10 @@ import attrs
 
 from .errors import StorageCorruptionError, StorageError
 from .fs import OS, FileSystem, fsync_directory, write_all
+
+SLOW_FSYNC = 0.1
+"""Seconds beyond which a log fsync is logged as slow (etcd warns from 100 ms too)."""
+SLOW_FSYNC_WARN_EVERY = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +256,7 @@ class SegmentedLog:
         self._fd: int | None = None
         """Append descriptor of the last segment, opened on demand."""
         self.fsyncs = 0
+        self._slow_warned = -math.inf
         self.on_fsync: Callable[[float], None] | None = None
         """Told each segment fsync's duration in seconds (see DiskStorage.observe_fsyncs)."""
 
@@ -487,8 +493,20 @@ class SegmentedLog:
         started = time.perf_counter()
         self.fs.fsync(fd)
         self.fsyncs += 1
+        elapsed = time.perf_counter() - started
         if self.on_fsync is not None:
-            self.on_fsync(time.perf_counter() - started)
+            self.on_fsync(elapsed)
+        if elapsed > SLOW_FSYNC and started - self._slow_warned >= SLOW_FSYNC_WARN_EVERY:
+            # Each commit waits for this; at most one line a second, so a slow disk is seen
+            # without the log drowning in it.
+            self._slow_warned = started
+            log.warning(
+                "slow fsync: %.0f ms for a log file in %s (over %.0f ms): every commit waits "
+                "for it; is the disk busy or failing?",
+                elapsed * 1000,
+                self.directory,
+                SLOW_FSYNC * 1000,
+            )
 
     def _fsync_directory(self) -> None:
         fsync_directory(self.fs, self.directory)

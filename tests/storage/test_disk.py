@@ -23,6 +23,7 @@ from copycat_trio.storage import (
     StorageLevel,
     StorageLockedError,
 )
+from copycat_trio.storage.fs import OsFileSystem
 
 from . import entries, entry, reopen, segment_files
 
@@ -334,3 +335,24 @@ async def test_storage_factory_disk(tmp_path: Path) -> None:
         DiskStorage(tmp_path / "file")
     with pytest.raises(ConfigurationError, match="not a directory"):
         DiskStorage(tmp_path / "file" / "below")
+
+
+class SlowFsync(OsFileSystem):
+    """The real file system with an fsync that takes 150 ms."""
+
+    def fsync(self, fd: int) -> None:
+        time.sleep(0.15)
+        super().fsync(fd)
+
+
+async def test_a_slow_fsync_is_logged_at_most_once_a_second(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="copycat_trio.storage.segments"):
+        async with DiskStorage(tmp_path, fs=SlowFsync()) as storage:
+            await storage.load()
+            for index in (1, 2, 3):
+                await storage.save(hard_state=None, truncate_from=None, entries=[entry(index, 1)])
+    slow = [r.getMessage() for r in caplog.records if r.getMessage().startswith("slow fsync")]
+    assert len(slow) == 1, slow  # three slow fsyncs of log files within a second: one line
+    assert "over 100 ms" in slow[0] and str(tmp_path) in slow[0], slow
