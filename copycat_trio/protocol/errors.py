@@ -69,14 +69,23 @@ class CopycatError(Exception):
 
 
 class NoLeaderError(CopycatError):
+    """No leader is known, or it could not be reached, or the member forwarding the request
+    stopped following it: the request may be sent again (a client does so itself)."""
+
     error_type = ErrorType.NO_LEADER
 
 
 class QueryError(CopycatError):
+    """A query could not be served at the consistency asked for (the member is behind the client,
+    or lost leadership before the read was confirmed); another member may serve it."""
+
     error_type = ErrorType.QUERY
 
 
 class CommandError(CopycatError):
+    """The command was not applied (refused before the log, or replaced by a new leader's entry);
+    sent again under its sequence number, it applies at most once."""
+
     error_type = ErrorType.COMMAND
 
 
@@ -95,14 +104,22 @@ class UnknownOperationError(ApplicationError):
 
 
 class IllegalMemberStateError(CopycatError):
+    """The member cannot serve this request in its role or type (a RESERVE member, a member
+    removed from the cluster, or one that is not the leader for a leader-only request)."""
+
     error_type = ErrorType.ILLEGAL_MEMBER_STATE
 
 
 class UnknownSessionError(CopycatError):
+    """The session does not exist on the servers: never registered, closed, or expired (no
+    keep-alive within its timeout)."""
+
     error_type = ErrorType.UNKNOWN_SESSION
 
 
 class InternalError(CopycatError):
+    """An unexpected failure inside a server; the request's outcome is unknown to that member."""
+
     error_type = ErrorType.INTERNAL
 
 

@@ -68,6 +68,8 @@ class Admission(Protocol):
 
 
 class _Refused(Exception):
+    """An Admission refused a proposal inside the loop; carries the error to answer."""
+
     def __init__(self, error: CopycatError) -> None:
         super().__init__(error)
         self.error = error
