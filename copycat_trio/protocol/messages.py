@@ -411,6 +411,8 @@ class JoinResponse:
     term: int = 0
     timestamp: int = 0
     members: tuple[Member, ...] = ()
+    cluster_id: str = ""
+    """The cluster's id, which the joining member adopts and stores."""
 
 
 @attrs.frozen(kw_only=True)
@@ -554,9 +556,15 @@ class Hello:
 
     major: int
     minor: int
+    cluster: str = ""
+    """The sender's cluster id ("" while it has none: joining, or data from before 1.1); a
+    member refuses peers of another cluster."""
+    refusal: str = ""
+    """Set by a listener that refuses the connection (say, a TLS port reached in plaintext):
+    why, so the other side can say so instead of waiting."""
 
 
-PROTOCOL_VERSION = Hello(1, 0)
+PROTOCOL_VERSION = Hello(1, 1)
 """What this build speaks. Bump the minor when a message class gains a trailing field with a
 default (the codec drops or defaults it); bump the major for any other change to the wire."""
 

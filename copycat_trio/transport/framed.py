@@ -8,6 +8,7 @@ another major version is refused with IncompatibleVersionError, anything else fi
 from __future__ import annotations
 
 import contextlib
+import ssl
 from typing import Any
 
 import trio
@@ -18,12 +19,27 @@ from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_fram
 from ..protocol.messages import PROTOCOL_VERSION, Hello
 from ..protocol.salvage import salvage_request
 from .base import TransportError
+from .tls import describe_tls_error
 
 RECEIVE_CHUNK = 65536
 PARTIAL_FRAME_TIMEOUT = 30.0
 """Seconds a peer may leave a frame half-sent before the connection is closed (slowloris)."""
 REFUSAL_SEND_TIMEOUT = 1.0
 """Seconds spent telling a peer of another major version ours before refusing it."""
+
+
+class TlsError(TransportError):
+    """TLS failed: a handshake, a certificate the other side refused, or a listener that wants
+    TLS reached in plaintext. Trying again will not help until the configuration changes."""
+
+
+def _broke(peer: str, exc: BaseException) -> TransportError:
+    """The error for a broken connection: a TlsError if TLS broke it (a refused certificate
+    is only learnt on the first read, in TLS 1.3)."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLError):
+        return TlsError(f"TLS with {peer} failed: {describe_tls_error(cause)}")
+    return TransportError(f"connection to {peer} broke: {exc}")
 
 
 def check_hello(message: Any, own: Hello, peer: str) -> Hello:
@@ -69,6 +85,11 @@ class FramedStream:
         """Whole frames received so far (a listener evicts silent connections first)."""
         self.bytes_sent = 0
         """Bytes written so far (peer links count them for metrics)."""
+        self.authenticated = True
+        """False for a TLS connection whose peer presented no certificate (a client, where
+        client auth is "none"); plaintext connections are trusted as before."""
+        self.peer_certificate: dict[str, Any] | None = None
+        """The certificate the TLS peer presented, as ssl's getpeercert() gives it."""
 
     @property
     def peer(self) -> str:
@@ -92,7 +113,7 @@ class FramedStream:
                 await self._stream.send_all(data)
                 self.bytes_sent += len(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise TransportError(f"connection to {self._peer} broke: {exc}") from exc
+                raise _broke(self._peer, exc) from exc
 
     async def receive(self) -> Any:
         while True:
@@ -110,6 +131,10 @@ class FramedStream:
                 except IncompatibleVersionError:
                     await self._send_hello_before_refusing()
                     raise
+                if self.peer_version.refusal:
+                    raise TlsError(
+                        f"{self._peer} refused the connection: {self.peer_version.refusal}"
+                    )
                 continue
             try:
                 if self._decoder.buffered:
@@ -122,7 +147,7 @@ class FramedStream:
                     f"{self._peer} left a frame unfinished for {PARTIAL_FRAME_TIMEOUT:.0f}s"
                 ) from None
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise TransportError(f"connection to {self._peer} broke: {exc}") from exc
+                raise _broke(self._peer, exc) from exc
             if not data:
                 raise TransportError(f"connection to {self._peer} closed")
             self._decoder.feed(data)
@@ -136,5 +161,7 @@ class FramedStream:
                 await self.send_raw(b"")
 
     async def aclose(self) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(1):
+        # TLS sends a close_notify, which fails if the peer went first.
+        broken = (trio.BrokenResourceError, trio.ClosedResourceError)
+        with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*broken):
             await self._stream.aclose()

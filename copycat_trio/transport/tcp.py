@@ -1,5 +1,5 @@
-"""TCP transport: one FramedStream per socket, TCP_NODELAY, a frame size limit, and a cap on
-accepted connections."""
+"""TCP transport: one FramedStream per socket, TCP_NODELAY, a frame size limit, a cap on
+accepted connections, and TLS when given contexts (see tls.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import itertools
 import logging
 import socket
 
+import attrs
 import trio
 
-from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE
+from ..protocol.codec import registry
+from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from ..protocol.messages import PROTOCOL_VERSION, Hello
 from .base import ConnectionHandler, MessageStream, TransportError, split_address
-from .framed import FramedStream
+from .framed import FramedStream, TlsError
+from .tls import HANDSHAKE_TIMEOUT, TlsContexts, describe_tls_error
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +48,14 @@ class TcpTransport:
         connect_timeout: float = 2.0,
         max_connections: int | None = None,
         version: Hello = PROTOCOL_VERSION,
+        tls: TlsContexts | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         """`max_connections`: accepted connections served at once (default: see
         default_max_connections); more are closed as soon as they are accepted. `version`:
-        the protocol version every connection announces first (see FramedStream)."""
+        the protocol version every connection announces first (see FramedStream). `tls`:
+        contexts to wrap every connection in (None: plaintext); a handshake longer than
+        `handshake_timeout` closes the connection."""
         if max_frame_size < 1024:
             raise ValueError("max_frame_size must be at least 1024 bytes")
         if max_connections is None:
@@ -59,6 +66,8 @@ class TcpTransport:
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
         self.version = version
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout
         self.refused_connections = 0
         """Connections closed because max_connections were open (new or silent ones)."""
         self._listening: list[dict[int, tuple[FramedStream, trio.CancelScope]]] = []
@@ -112,18 +121,36 @@ class TcpTransport:
             if not make_room(peer):
                 await trio.aclose_forcefully(stream)
                 return
-            framed = self._framed(stream, peer)
+            tls = self.tls.server if self.tls is not None else None
+            if tls is None:
+                framed = self._framed(stream, peer)
+            else:
+                buffered = _Buffered(stream)
+                ssl_stream = trio.SSLStream(buffered, tls, server_side=True)
+                framed = self._framed(ssl_stream, peer)
             key = next(ids)
+            handshook = tls is None
             try:
                 with trio.CancelScope() as scope:
+                    # A handshake in progress holds a place under the cap (and is evicted
+                    # first, having sent no frame).
                     connections[key] = (framed, scope)
+                    if tls is not None:
+                        handshook = await self._accept_tls(
+                            buffered, ssl_stream, framed, peer, bound_address
+                        )
+                        if not handshook:
+                            return
                     await handler(framed)
             except Exception:
                 # One connection's failure must never take the listener down.
                 log.exception("connection from %s failed", peer)
             finally:
                 connections.pop(key, None)
-                await framed.aclose()
+                if handshook:
+                    await framed.aclose()
+                else:  # SSLStream.aclose would first try the handshake again
+                    await trio.aclose_forcefully(buffered)
 
         try:
             async with trio.open_nursery() as nursery:
@@ -131,6 +158,56 @@ class TcpTransport:
                 task_status.started(bound_address)
         finally:
             self._listening.remove(connections)
+
+    async def _accept_tls(
+        self,
+        buffered: _Buffered,
+        ssl_stream: trio.SSLStream[_Buffered],
+        framed: FramedStream,
+        peer: str,
+        bound_address: str,
+    ) -> bool:
+        """The server side of a handshake, bounded in time; False (with one log line naming
+        the peer and why) if it failed. Plaintext gets a plaintext Hello saying TLS is needed,
+        so that a client without TLS says so rather than waiting."""
+        try:
+            with trio.fail_after(self.handshake_timeout):
+                first = await buffered.peek()
+                if first and first[0] != _TLS_HANDSHAKE_RECORD:
+                    log.warning(
+                        "%s: closing connection from %s: not TLS (plaintext?); TLS is required",
+                        bound_address,
+                        peer,
+                    )
+                    refusal = attrs.evolve(
+                        self.version,
+                        refusal=f"{bound_address} requires TLS (this connection is plaintext)",
+                    )
+                    with trio.move_on_after(1):
+                        await buffered.transport.send_all(
+                            encode_frame(registry.encode(refusal), self.max_frame_size)
+                        )
+                    return False
+                await ssl_stream.do_handshake()
+        except trio.TooSlowError:
+            log.warning(
+                "%s: closing connection from %s: TLS handshake not done within %gs",
+                bound_address,
+                peer,
+                self.handshake_timeout,
+            )
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.warning(
+                "%s: closing connection from %s: TLS handshake failed: %s",
+                bound_address,
+                peer,
+                describe_tls_error(exc),
+            )
+            return False
+        framed.peer_certificate = ssl_stream.getpeercert()
+        framed.authenticated = framed.peer_certificate is not None
+        return True
 
     def _note_refused(self, bound_address: str, what: str) -> None:
         self.refused_connections += 1
@@ -154,10 +231,64 @@ class TcpTransport:
             raise TransportError(msg) from exc
         except OSError as exc:
             raise TransportError(f"cannot connect to {address}: {_why(exc)}") from exc
-        return self._framed(stream, address)
+        if self.tls is None:
+            return self._framed(stream, address)
+        ssl_stream = trio.SSLStream(
+            stream, self.tls.client, server_hostname=self.tls.hostname_for(host)
+        )
+        try:
+            with trio.fail_after(self.handshake_timeout):
+                await ssl_stream.do_handshake()
+        except trio.TooSlowError as exc:
+            await trio.aclose_forcefully(stream)
+            msg = f"TLS with {address} failed: no handshake within {self.handshake_timeout:g}s"
+            raise TlsError(msg) from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            await trio.aclose_forcefully(stream)
+            why = describe_tls_error(exc)
+            raise TlsError(f"TLS with {address} failed: {why}") from exc
+        framed = self._framed(ssl_stream, address)
+        framed.peer_certificate = ssl_stream.getpeercert()
+        return framed
 
-    def _framed(self, stream: trio.SocketStream, peer: str) -> FramedStream:
+    def _framed(self, stream: trio.abc.Stream, peer: str) -> FramedStream:
         return FramedStream(stream, peer, max_frame_size=self.max_frame_size, version=self.version)
+
+
+_TLS_HANDSHAKE_RECORD = 0x16
+"""The first byte of every TLS connection (a handshake record); a frame never starts so."""
+
+
+class _Buffered(trio.abc.Stream):
+    """A socket stream that can peek at the first bytes before TLS reads them."""
+
+    def __init__(self, transport: trio.SocketStream) -> None:
+        self.transport = transport
+        self._pending = b""
+
+    async def peek(self) -> bytes:
+        """The first bytes the peer sent (b"" if it closed), left to be read again."""
+        if not self._pending:
+            self._pending = await self.transport.receive_some(4096)
+        return self._pending
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        return await self.transport.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.transport.send_eof()
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
 
 
 def _why(exc: OSError) -> str:
