@@ -314,7 +314,7 @@ async def _submit(
     could not serve it (unreachable members, no quorum) rather than only that it timed out."""
     with trio.move_on_after(timeout) as scope:
         probe = min(2.0, timeout / 3)
-        answers = await fetch_status(addresses, timeout=probe)
+        answers = await fetch_status(addresses, timeout=probe, until_leader=True)
         view = ClusterView.of(addresses, answers)
         if not view.statuses:
             raise CliFailure(view.problem() or "no member could be reached")
@@ -534,7 +534,7 @@ async def _snapshot(args: argparse.Namespace) -> None:
     addresses = parse_cluster(args.cluster)
     answers: list[StatusResponse | CopycatError] = []
     with trio.move_on_after(args.timeout):
-        answers = await fetch_status(addresses, timeout=min(2.0, args.timeout))
+        answers = await fetch_status(addresses, timeout=min(2.0, args.timeout), until_leader=True)
         header, data = await _fetch_backup(leader_first(addresses, answers), args.timeout)
         await trio.to_thread.run_sync(write_backup, path, header, data)
         print(

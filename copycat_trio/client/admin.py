@@ -20,11 +20,14 @@ async def fetch_status(
     timeout: float = 2.0,
     transport: Transport | None = None,
     confirm: bool = False,
+    until_leader: bool = False,
 ) -> list[StatusResponse | CopycatError]:
     """Each member's view of itself and the cluster, or the error that kept it from answering,
     in the order of `addresses`. All are asked at once, so a frozen member costs `timeout`
     once, not once per member. With `confirm`, a leader first checks that a quorum follows it
-    (`StatusResponse.confirmed`)."""
+    (`StatusResponse.confirmed`). With `until_leader`, the round ends as soon as a member
+    that leads has answered (the others then count as not answering): enough to find whom
+    to talk to, without waiting out a frozen member."""
     results: list[StatusResponse | CopycatError] = [
         CopycatError(f"no answer within {timeout:g}s") for _ in addresses
     ]
@@ -41,6 +44,8 @@ async def fetch_status(
                 return
             if isinstance(response, StatusResponse):
                 results[index] = response
+                if until_leader and response.role == "leader":
+                    asking.cancel_scope.cancel()
             else:
                 error = getattr(response, "error", None)
                 results[index] = error_from_info(error) if error else CopycatError("bad answer")
