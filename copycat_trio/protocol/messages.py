@@ -484,6 +484,8 @@ class StatusResponse:
     healthy: bool = False
     health: str = ""
     """Why the member is unhealthy, as its /health says ("" when healthy)."""
+    cluster_id: str = ""
+    """The member's cluster id ("" if it does not know it yet)."""
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@ from ..protocol.errors import ConfigurationError
 from ..protocol.messages import Member
 from ..state_machine import StateMachine
 from ..transport.base import split_address
+from ..transport.tls import TlsSettings
 
 
 @attrs.frozen(kw_only=True)
@@ -28,6 +29,10 @@ class ServerOptions:
     """How long a follower waits on the leader for a forwarded request."""
     metrics_address: str | None = None
     """HOST:PORT for /metrics, /health and /ready over HTTP; None serves none."""
+    tls: TlsSettings | None = None
+    """Certificates for mutual TLS on every connection (docs/security.md); None: plaintext."""
+    cluster_id: str | None = None
+    """The cluster this member must belong to; None: the one its data directory names."""
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.member_id, bool) or not isinstance(self.member_id, int):

@@ -181,6 +181,13 @@ class PeerLinks:
         if old is not None:
             old.cancel_scope.cancel()
 
+    def reconnect(self) -> None:
+        """End every link; the next message to each peer opens a new connection (one whose
+        Hello carries a cluster id this member has just adopted)."""
+        for link in self.links.values():
+            link.cancel_scope.cancel()
+        self.links.clear()
+
     def send(self, envelope: Envelope) -> None:
         link = self.links.get(envelope.target)
         if link is None:

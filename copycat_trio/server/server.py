@@ -63,12 +63,20 @@ from ..protocol.messages import (
     UnregisterRequest,
 )
 from ..storage.base import LogStorage
+from ..storage.identity import (
+    Identity,
+    identity_refusal,
+    new_cluster_id,
+    read_identity,
+    write_identity,
+)
 from ..storage.memory import MemoryStorage
 from ..storage.snapshots import HEADER_SIZE as SNAPSHOT_HEADER_SIZE
 from ..storage.snapshots import SnapshotStore
 from ..transport.base import MessageStream, Transport, TransportError
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
 from ..transport.tcp import TcpTransport
+from ..transport.tls import TlsContexts, TlsSettings
 from .client_service import ClientConnection, ClientService
 from .executor import Executor
 from .log_clock import LogClock
@@ -108,6 +116,8 @@ class ServerStatus:
     members: tuple[Member, ...]
     unavailable: tuple[int, ...] = ()
     """On the leader: members not heard from for an election timeout."""
+    cluster_id: str = ""
+    """The cluster's id ("" until this member knows it)."""
 
 
 def _wall_clock_ms() -> int:
@@ -139,10 +149,15 @@ class CopycatServer:
         replace_after: float | None = None,
         monotonic_clock: MonotonicClock | None = None,
         metrics_address: str | None = None,
+        tls: TlsSettings | None = None,
+        cluster_id: str | None = None,
     ) -> None:
         """`monotonic_clock`: the raft core's clock (default: Trio's); a simulation gives each
         member its own rate. `metrics_address`: HOST:PORT to serve /metrics, /health and /ready
-        on over HTTP (None: not served; see docs/operations.md)."""
+        on over HTTP (None: not served; see docs/operations.md). `tls`: mutual TLS on every
+        listener and connection (docs/security.md); needs the default (TCP) transport.
+        `cluster_id`: the cluster this member must belong to (None: whichever its data
+        directory says); a data directory of another cluster is refused at start."""
         self.monotonic_clock = monotonic_clock
         self.member_type = member_type
         """The type this member asks for when it joins (bootstrap members are ACTIVE)."""
@@ -166,9 +181,19 @@ class CopycatServer:
             session_timeout=session_timeout,
             request_timeout=request_timeout,
             metrics_address=metrics_address,
+            tls=tls,
+            cluster_id=cluster_id,
         )
         self.id = member_id
-        self.transport: Transport = transport or TcpTransport()
+        self.cluster_id = ""
+        """This member's cluster id once started ("" while joining, or on data from before
+        cluster ids until a peer tells it)."""
+        self._foreign_peers: set[tuple[str, str]] = set()
+        """(host, cluster id) of peers of another cluster already logged."""
+        if tls is not None and transport is not None:
+            raise ConfigurationError("tls goes with the default transport (pass one or the other)")
+        self._tls = TlsContexts.for_member(tls) if tls is not None else None
+        self.transport: Transport = transport or TcpTransport(tls=self._tls)
         self.storage: LogStorage = storage or MemoryStorage()
         self.rng = rng or random.Random()
         self.wall_clock_ms = wall_clock_ms or _wall_clock_ms
@@ -264,6 +289,13 @@ class CopycatServer:
     ) -> None:
         options = self.options
         stored = await self.storage.load()
+        try:
+            has_data = bool(stored.entries or stored.hard_state.term)
+            await self._load_identity(has_data, join, members)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.storage.aclose()
+            raise
         state_machine = options.state_machine()
         store = getattr(self.storage, "snapshots", None)
         store = store if isinstance(store, SnapshotStore) else None
@@ -374,6 +406,80 @@ class CopycatServer:
             with trio.CancelScope(shield=True):
                 await self.storage.aclose()
 
+    async def _load_identity(
+        self, has_data: bool, join: list[str] | None, members: Sequence[Member]
+    ) -> None:
+        """Check the data directory's identity file, or write one. At bootstrap only the
+        member with the lowest id makes the cluster id (two makers would split the cluster);
+        the others, a joining member, and a directory from before identity files (kept
+        working) record "" and adopt the id from the first member of their configuration
+        that sends them Raft messages (or from the join answer). With memory storage nobody
+        makes one: a restarted member would make another."""
+        directory = getattr(self.storage, "directory", None)
+        expected = self.options.cluster_id
+        found = await trio.to_thread.run_sync(read_identity, directory) if directory else None
+        if found is not None:
+            assert directory is not None
+            refusal = identity_refusal(found, directory, self.id, expected)
+            if refusal is not None:
+                raise ConfigurationError(refusal)
+            cluster = found.cluster_id or (expected or "")
+        elif expected:
+            cluster = expected
+        elif (
+            join is None
+            and not has_data
+            and directory is not None
+            and self.id == min(m.id for m in members)
+        ):
+            cluster = new_cluster_id()
+            log.info("member %s: new cluster %s", self.id, cluster)
+        else:
+            cluster = ""
+            if has_data and directory is not None:
+                log.info(
+                    "member %s: data directory %s has no identity file (written before cluster"
+                    " ids); recording member %s, the cluster id comes from the leader",
+                    self.id,
+                    directory,
+                    self.id,
+                )
+        self._set_cluster(cluster)
+        if directory is not None and found != Identity(cluster, self.id):
+            await trio.to_thread.run_sync(write_identity, directory, Identity(cluster, self.id))
+
+    def _set_cluster(self, cluster_id: str) -> None:
+        self.cluster_id = cluster_id
+        if isinstance(self.transport, TcpTransport):  # the Hello of every new connection
+            self.transport.version = attrs.evolve(self.transport.version, cluster=cluster_id)
+
+    async def _adopt_cluster(self, cluster_id: str, source: str) -> None:
+        """A member that does not know its cluster's id yet takes the one `source` gave."""
+        if self.cluster_id or not cluster_id:
+            return
+        self._set_cluster(cluster_id)
+        log.info("member %s: adopted cluster id %s from %s", self.id, cluster_id, source)
+        if self._loop is not None:  # so the peers learn it from us too
+            self._loop.peers.reconnect()
+        directory = getattr(self.storage, "directory", None)
+        if directory is not None:
+            await trio.to_thread.run_sync(write_identity, directory, Identity(cluster_id, self.id))
+
+    def _foreign_cluster(self, stream: MessageStream) -> str | None:
+        """Why a connection's peer is refused: its Hello names another cluster."""
+        hello = getattr(stream, "peer_version", None)
+        theirs = getattr(hello, "cluster", "")
+        if not theirs or not self.cluster_id or theirs == self.cluster_id:
+            return None
+        reason = (
+            f"{stream.peer} is of cluster {theirs}, member {self.id} of cluster {self.cluster_id}"
+        )
+        key = (stream.peer.rpartition(":")[0], theirs)
+        if key not in self._foreign_peers:  # once per peer: it keeps reconnecting
+            self._foreign_peers.add(key)
+            log.warning("refusing connection: %s", reason)
+        return reason
+
     async def _no_connection(self, request: Any) -> Any:
         raise IllegalMemberStateError("connect needs a client connection")
 
@@ -452,6 +558,7 @@ class CopycatServer:
                 await trio.sleep(retry if attempt % len(cluster) == 0 else 0)
                 continue
             if isinstance(response, JoinResponse) and response.status is Status.OK:
+                await self._adopt_cluster(response.cluster_id, f"the join answer of {address}")
                 for member in response.members:
                     self._loop.peers.learn(member.id, member.address)
                 log.info("member %s joined at index %s", self.id, response.index)
@@ -463,6 +570,14 @@ class CopycatServer:
             if error is not None and error.type is ErrorType.ILLEGAL_MEMBER_STATE:
                 raise ConfigurationError(f"cannot join: {error.message}")
             await trio.sleep(retry if attempt % len(cluster) == 0 else 0.05)
+
+    def reload_tls(self) -> None:
+        """Read the certificate, key and CA files again (SIGHUP does this for `serve`):
+        connections made or accepted from now on use them; open ones keep theirs. Raises
+        ConfigurationError, keeping the old ones, if a file cannot be loaded."""
+        if self._tls is None:
+            raise ConfigurationError(f"member {self.id} does not use TLS")
+        self._tls.reload()
 
     # --- status --------------------------------------------------------------------------
 
@@ -479,6 +594,7 @@ class CopycatServer:
             applied_index=self._executor.applied_index.value,
             last_log_index=core.log.last_index,
             members=core.members,
+            cluster_id=self.cluster_id,
             unavailable=tuple(
                 sorted(
                     member_id
@@ -521,7 +637,11 @@ class CopycatServer:
         """Read frames; Raft envelopes go to the loop, requests get a task each."""
         assert self._loop is not None
         loop = self._loop
+        if not getattr(stream, "authenticated", True):
+            # TLS without a certificate (client auth "none"): a client's, never a member's.
+            allowed = CLIENT_REQUESTS
         limiter = trio.Semaphore(MAX_REQUESTS_PER_CONNECTION)
+        checked = False
         async with trio.open_nursery() as nursery:
             connection = ClientConnection(stream, nursery)
             try:
@@ -544,9 +664,20 @@ class CopycatServer:
                         raise ProtocolError(
                             f"{type(body).__name__} is not accepted on the client address"
                         )
+                    if not checked:
+                        checked = True
+                        foreign = self._foreign_cluster(stream)
+                        if foreign is not None:
+                            await _refuse(stream, foreign)
+                            return
                     if isinstance(message, RpcResponse):
                         connection.on_response(message)  # a client answering a publish
                     elif isinstance(message, Envelope):
+                        if not self.cluster_id and loop.core.member(message.source) is not None:
+                            hello = getattr(stream, "peer_version", None)
+                            await self._adopt_cluster(
+                                getattr(hello, "cluster", ""), f"member {message.source}"
+                            )
                         if message.target == self.id:
                             await loop.inbox_send.send(Step(message.source, message.message))
                     elif isinstance(message, RpcRequest):
@@ -624,7 +755,10 @@ class CopycatServer:
                 ErrorInfo(ErrorType.PROTOCOL, f"unsupported request type {type(body).__name__}"),
             )
         try:
-            return await handler(body)
+            answer = await handler(body)
+            if isinstance(answer, JoinResponse) and answer.status is Status.OK:
+                answer = attrs.evolve(answer, cluster_id=answer.cluster_id or self.cluster_id)
+            return answer
         except CopycatError as exc:
             return ErrorResponse(Status.ERROR, exc.to_info())
         except Exception as exc:
@@ -736,6 +870,7 @@ class CopycatServer:
             last_log_index=status.last_log_index,
             members=status.members,
             unavailable=tuple(status.unavailable),
+            cluster_id=self.cluster_id,
         )
 
     async def _bytes_on_disk(self) -> int:
@@ -897,6 +1032,13 @@ __all__ = ["CopycatServer", "ServerStatus"]
 
 BACKUP_CHUNK = 1 << 20
 """Bytes of snapshot data per BackupResponse."""
+
+
+async def _refuse(stream: MessageStream, reason: str) -> None:
+    """Tell the peer why before closing, if the stream can (see FramedStream.refuse)."""
+    refuse = getattr(stream, "refuse", None)
+    if refuse is not None:
+        await refuse(reason)
 
 
 def _members_text(members: Sequence[Member]) -> str:

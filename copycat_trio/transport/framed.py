@@ -11,6 +11,7 @@ import contextlib
 import ssl
 from typing import Any
 
+import attrs
 import trio
 
 from ..protocol.codec import TypeRegistry, registry
@@ -28,9 +29,13 @@ REFUSAL_SEND_TIMEOUT = 1.0
 """Seconds spent telling a peer of another major version ours before refusing it."""
 
 
-class TlsError(TransportError):
-    """TLS failed: a handshake, a certificate the other side refused, or a listener that wants
-    TLS reached in plaintext. Trying again will not help until the configuration changes."""
+class RefusedError(TransportError):
+    """The other side refused this connection and said why (a TLS port reached in plaintext,
+    a member of another cluster). Trying again will not help until the configuration changes."""
+
+
+class TlsError(RefusedError):
+    """TLS failed: a handshake, or a certificate the other side refused."""
 
 
 def _broke(peer: str, exc: BaseException) -> TransportError:
@@ -132,7 +137,7 @@ class FramedStream:
                     await self._send_hello_before_refusing()
                     raise
                 if self.peer_version.refusal:
-                    raise TlsError(
+                    raise RefusedError(
                         f"{self._peer} refused the connection: {self.peer_version.refusal}"
                     )
                 continue
@@ -159,6 +164,17 @@ class FramedStream:
         with trio.move_on_after(REFUSAL_SEND_TIMEOUT):
             with contextlib.suppress(TransportError):
                 await self.send_raw(b"")
+
+    async def refuse(self, reason: str) -> None:
+        """Best effort before closing: our Hello, carrying why this side refuses the
+        connection, so the other side can say so (RefusedError) rather than retry blindly."""
+        if self._hello is None:
+            return
+        self._hello = None
+        refusal = attrs.evolve(self._version, refusal=reason)
+        data = encode_frame(self._codec.encode(refusal), self._max_frame_size)
+        with trio.move_on_after(REFUSAL_SEND_TIMEOUT), contextlib.suppress(TransportError):
+            await self.send_raw(data)
 
     async def aclose(self) -> None:
         # TLS sends a close_notify, which fails if the peer went first.

@@ -15,7 +15,7 @@ import trustme
 
 from copycat_trio.protocol import StatusRequest
 from copycat_trio.transport.base import MessageStream
-from copycat_trio.transport.framed import TlsError
+from copycat_trio.transport.framed import RefusedError, TlsError
 from copycat_trio.transport.tcp import TcpTransport
 from copycat_trio.transport.tls import TlsContexts, TlsSettings, client_context
 
@@ -126,7 +126,7 @@ async def test_plaintext_to_a_tls_port_is_told_tls_is_required(
     async with trio.open_nursery() as nursery:
         address = await nursery.start(server.serve, "127.0.0.1:0", echo)
         stream = await TcpTransport().connect(address)
-        with trio.fail_after(5), pytest.raises(TlsError, match="requires TLS"):
+        with trio.fail_after(5), pytest.raises(RefusedError, match="requires TLS"):
             await stream.send(StatusRequest())
             await stream.receive()
         await assert_serves(pki.client_transport(), address)
