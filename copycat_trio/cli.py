@@ -6,23 +6,26 @@ User mistakes print one line and exit non-zero; tracebacks are for bugs.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import attrs
 import trio
 
 from . import __version__
 from .backup import BackupHeader, restore_backup, write_backup
-from .client import open_client
+from .client import CopycatClient, open_client
 from .client.admin import admin_request, fetch_status, leader_first
 from .client.diagnosis import ClusterView
 from .config import load_cluster_file
@@ -45,6 +48,8 @@ from .server.server import CopycatServer
 from .state_machine import StateMachine
 from .storage import Storage, StorageLevel
 from .transport.base import split_address
+
+T = TypeVar("T")
 
 LOG_CONTEXT = MemberContext(lambda: None)
 """The member a log line comes from (set once `serve` has made its server)."""
@@ -258,6 +263,11 @@ def _check_can_listen(address: str) -> None:
 async def _kv(args: argparse.Namespace) -> None:
     from .recipes.kv import CompareAndSet, Delete, Get, Keys, Put
 
+    if getattr(args, "map", None) is not None or args.action == "watch":
+        code = await _kv_map(args)  # the Map handle: needs the resources manager
+        if code:
+            raise SystemExit(code)
+        return
     addresses = parse_cluster(args.cluster)
     operation: Any
     consistency = Consistency.LINEARIZABLE
@@ -340,6 +350,289 @@ async def _submit(
 
 class CliFailure(Exception):
     """A runtime failure, printed as one line, exit status 1."""
+
+
+# --- resources: kv --map, kv watch, counter, lock, elect, group ----------------------------
+
+
+async def _with_session(
+    addresses: Sequence[str],
+    timeout: float,
+    work: Callable[[CopycatClient], Awaitable[T]],
+    *,
+    wait: bool = False,
+) -> T:
+    """Run `work` in a session of its own, as `_submit` runs one operation: within `timeout`
+    (with `wait`, only reaching the cluster is bounded, and each operation by the timeout,
+    since the work waits for a lock, an election or changes), and a failure says why the
+    cluster could not serve it."""
+    with trio.move_on_after(timeout) as scope:
+        probe = min(2.0, timeout / 3)
+        answers = await fetch_status(addresses, timeout=probe)
+        view = ClusterView.of(addresses, answers)
+        if not view.statuses:
+            raise CliFailure(view.problem() or "no member could be reached")
+        try:
+            async with open_client(
+                leader_first(addresses, answers),
+                timeout=timeout if wait else max(0.1, scope.deadline - trio.current_time()),
+                request_timeout=max(0.5, min(5.0, timeout / 3)),
+            ) as client:
+                if wait:
+                    scope.deadline = math.inf
+                return await work(client)
+        except (NoLeaderError, OutcomeUnknownError) as exc:
+            after = ClusterView.of(addresses, await fetch_status(addresses, timeout=probe))
+            why = after.problem()
+            raise CliFailure(
+                f"{type(exc).__name__}: {exc}" + (f" ({why})" if why else "")
+            ) from None
+    after = ClusterView.of(addresses, await fetch_status(addresses, timeout=1.0))
+    why = after.problem()
+    raise CliFailure(f"no answer within {timeout:g}s" + (f": {why}" if why else ""))
+
+
+class _Stop:
+    """Where SIGINT or SIGTERM cancels a waiting command: before its session is open, the
+    whole command; once it is, only the work inside the session (`inside`), so the session
+    still closes through its running client and releases what it held."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.target = trio.CancelScope()
+
+    @contextmanager
+    def inside(self) -> Iterator[None]:
+        with trio.CancelScope() as scope:
+            self.target = scope
+            if self.signum is not None:
+                scope.cancel()
+            yield
+        self.target = trio.CancelScope()  # a later signal waits for the session to close
+
+
+async def _until_signal(run: Callable[[_Stop], Awaitable[int]]) -> int:
+    """`run`'s exit status, or 128 + the signal if SIGINT or SIGTERM comes first (then it
+    ends quietly, without a traceback or a message)."""
+    stop = _Stop()
+    code = EXIT_FAILURE
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def main() -> None:
+                nonlocal code
+                with stop.target:
+                    code = await run(stop)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(main)
+            async for signum in signals:
+                stop.signum = signum
+                stop.target.cancel()
+                break
+    return code if stop.signum is None else 128 + stop.signum
+
+
+def _shown(value: Any) -> str:
+    """A value as the CLI prints it: strings as they are, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, default=repr)
+
+
+async def _kv_map(args: argparse.Namespace) -> int:
+    """`kv` on a named map through the Map handle (and `kv watch`, on any map)."""
+    from .recipes.resources import DEFAULT, Map
+
+    addresses = parse_cluster(args.cluster)
+    name = getattr(args, "map", None) or DEFAULT
+
+    async def watch(client: CopycatClient, stop: _Stop) -> int:
+        with stop.inside():
+            async with Map(client, name).watch(prefix=args.prefix, since=args.since) as changes:
+                async for change in changes:
+                    if args.json:
+                        print(json.dumps(attrs.asdict(change), default=repr), flush=True)
+                        continue
+                    shown = f" {_shown(change.value)}" if change.type == "put" else ""
+                    print(f"{change.revision} {change.type} {change.key}{shown}", flush=True)
+        return 0
+
+    if args.action == "watch":
+        return await _until_signal(
+            lambda stop: _with_session(
+                addresses, args.timeout, functools.partial(watch, stop=stop), wait=True
+            )
+        )
+
+    async def once(client: CopycatClient) -> Any:
+        consistency = CONSISTENCIES[getattr(args, "consistency", "linearizable")]
+        handle = Map(client, name, consistency=consistency)
+        if args.action == "put":
+            return await handle.put(args.key, sys.stdin.read() if args.value == "-" else args.value)
+        if args.action == "get":
+            return await handle.get(args.key)
+        if args.action == "delete":
+            return await handle.delete(args.key)
+        if args.action == "keys":
+            return await handle.keys(prefix=args.prefix, limit=args.limit)
+        return await handle.compare_and_set(args.key, args.old, args.new)
+
+    result = await _with_session(addresses, args.timeout, once)
+    if args.action == "keys":
+        for key in result:
+            print(key)
+    elif args.action in ("get", "delete") and not result:
+        print(f"{args.key}: not found in map {name!r}", file=sys.stderr)
+        return EXIT_FAILURE
+    elif args.action == "get":
+        print(_shown(result))
+    elif args.action == "delete":
+        print("deleted")
+    elif args.action == "cas":
+        print("true" if result else "false")
+        return 0 if result else EXIT_FAILURE
+    else:
+        print("ok")
+    return 0
+
+
+async def _counter(args: argparse.Namespace) -> int:
+    """`counter NAME incr [DELTA]` prints the new value; `counter NAME get` the value."""
+    from .recipes.resources import Counter
+
+    async def work(client: CopycatClient) -> int:
+        counter = Counter(client, args.name)
+        if args.action == "incr":
+            return await counter.add_and_get(args.delta)
+        return await counter.value()
+
+    print(await _with_session(parse_cluster(args.cluster), args.timeout, work))
+    return 0
+
+
+class _OptionsThenCommand(argparse.Action):
+    """`lock NAME [OPTIONS] -- COMMAND...`: argparse hands everything after NAME to the
+    command, so the options before `--` are parsed here, into the same namespace."""
+
+    def __init__(self, *args: Any, options: argparse.ArgumentParser, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.options = options
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        argv = list(values)
+        if argv and argv[0].startswith("-") and argv[0] != "--":
+            if "--" not in argv:
+                parser.error("put the command after --: lock NAME [OPTIONS] -- COMMAND [ARGS...]")
+            split = argv.index("--")
+            self.options.parse_args(argv[:split], namespace)
+            argv = argv[split:]
+        setattr(namespace, self.dest, argv[1:] if argv[:1] == ["--"] else argv)
+
+
+async def _lock(args: argparse.Namespace) -> int:
+    """`lock NAME -- COMMAND...`: run the command holding the lock (its fencing token in
+    COPYCAT_LOCK_TOKEN), release it after, exit with the command's status (like `etcdctl
+    lock`). A signal while waiting withdraws; one while the command runs stops it first."""
+    from .recipes.resources import Lock, LockNotHeldError
+
+    if not args.argv:
+        raise UsageError("lock needs a command to run: lock NAME -- COMMAND [ARGS...]")
+
+    async def work(client: CopycatClient, stop: _Stop) -> int:
+        code = EXIT_FAILURE  # if interrupted: then _until_signal gives the signal's status
+        with stop.inside():
+            code = await hold(client)
+        return code
+
+    async def hold(client: CopycatClient) -> int:
+        lock = Lock(client, args.name)
+        wait = getattr(args, "wait", None)
+        if wait is None:
+            token = await lock.acquire()
+        else:
+            granted = await lock.try_acquire(wait)
+            if granted is None:
+                raise CliFailure(f"lock {args.name!r} was not granted within {wait:g}s")
+            token = granted
+        env = {**os.environ, "COPYCAT_LOCK_NAME": args.name, "COPYCAT_LOCK_TOKEN": str(token)}
+        code = EXIT_FAILURE
+        try:
+            done = await trio.run_process(args.argv, stdin=None, check=False, env=env)
+            code = done.returncode if done.returncode >= 0 else 128 - done.returncode
+        except OSError as exc:
+            print(f"copycat-trio: cannot run {args.argv[0]}: {exc.strerror}", file=sys.stderr)
+            code = 127
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await lock.release()
+                except LockNotHeldError as exc:  # lost with its session: say the work may clash
+                    print(f"copycat-trio: {exc}", file=sys.stderr)
+                    code = code or EXIT_FAILURE
+        return code
+
+    return await _until_signal(
+        lambda stop: _with_session(
+            parse_cluster(args.cluster), args.timeout, functools.partial(work, stop=stop), wait=True
+        )
+    )
+
+
+async def _elect(args: argparse.Namespace) -> int:
+    """`elect NAME [PROPOSAL]`: campaign with PROPOSAL (none: only watch) and print a line
+    each time the leader changes, until interrupted (like `etcdctl elect`)."""
+    from .recipes.resources import Election
+
+    async def work(client: CopycatClient, stop: _Stop) -> int:
+        election = Election(client, args.name)
+        with stop.inside():
+            async with trio.open_nursery() as nursery, election.observe() as leaders:
+                if args.proposal is not None:
+                    nursery.start_soon(election.campaign, args.proposal)
+                shown = ""
+                async for leader in leaders:
+                    line = (
+                        "(no leader)"
+                        if leader is None
+                        else f"{_shown(leader.proposal)} (term {leader.term}, "
+                        f"session {leader.session})"
+                    )
+                    if line != shown:
+                        print(line, flush=True)
+                        shown = line
+        return 0
+
+    return await _until_signal(
+        lambda stop: _with_session(
+            parse_cluster(args.cluster), args.timeout, functools.partial(work, stop=stop), wait=True
+        )
+    )
+
+
+async def _group(args: argparse.Namespace) -> int:
+    """`group NAME members`: one member per line, in the order they joined."""
+    from .recipes.resources import Group
+
+    async def work(client: CopycatClient) -> Any:
+        return await Group(client, args.name).members()
+
+    members = await _with_session(parse_cluster(args.cluster), args.timeout, work)
+    if args.json:
+        rows = [
+            {"member": m.member, "metadata": m.metadata, "session": m.session}
+            for m in members.values()
+        ]
+        print(json.dumps(rows, indent=2, default=repr))
+    else:
+        for member in members.values():
+            meta = "" if member.metadata is None else f" {_shown(member.metadata)}"
+            print(f"{member.member}{meta}")
+    return 0
 
 
 # --- status ------------------------------------------------------------------------------
@@ -629,11 +922,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     kv_common = _client_options(10.0)
+    map_option = argparse.ArgumentParser(add_help=False)
+    map_option.add_argument(
+        "--map",
+        default=argparse.SUPPRESS,
+        metavar="NAME",
+        help="a named map of the resources manager (default: the map named default, "
+        "which the plain key-value operations use)",
+    )
     kv = commands.add_parser(
-        "kv", help="use the built-in key-value store", parents=[kv_common, verbosity]
+        "kv", help="use the built-in key-value store", parents=[kv_common, map_option, verbosity]
     )
     actions = kv.add_subparsers(dest="action", required=True)
-    leaf = [kv_common, verbosity]
+    leaf = [kv_common, map_option, verbosity]
     put = actions.add_parser("put", parents=leaf)
     put.add_argument("key")
     put.add_argument("value", help="the value, or - to read it from stdin")
@@ -659,6 +960,82 @@ def build_parser() -> argparse.ArgumentParser:
     cas.add_argument("key")
     cas.add_argument("old")
     cas.add_argument("new")
+
+    watch = actions.add_parser(
+        "watch",
+        help="print each change of the map as one line (REVISION TYPE KEY [VALUE]) until "
+        "interrupted",
+        parents=leaf,
+    )
+    watch.add_argument("--prefix", default="", help="only keys that start with this")
+    watch.add_argument(
+        "--since",
+        type=int,
+        default=None,
+        metavar="REVISION",
+        help="first the changes after this revision the map still holds (default: from now)",
+    )
+    watch.add_argument("--json", action="store_true", help="one JSON object per change")
+
+    counter_common = _client_options(10.0)
+    counter = commands.add_parser(
+        "counter", help="a named counter", parents=[counter_common, verbosity]
+    )
+    counter.add_argument("name")
+    counter_actions = counter.add_subparsers(dest="action", required=True)
+    incr = counter_actions.add_parser(
+        "incr",
+        help="add DELTA (default 1); prints the new value",
+        parents=[counter_common, verbosity],
+    )
+    incr.add_argument("delta", type=int, nargs="?", default=1)
+    counter_actions.add_parser("get", help="print the value", parents=[counter_common, verbosity])
+
+    lock_common = _client_options(10.0)
+    lock_options = argparse.ArgumentParser(add_help=False)
+    lock_options.add_argument(
+        "--wait",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="SECONDS",
+        help="give up (exit 1) if not granted within this long (default: wait)",
+    )
+    lock = commands.add_parser(
+        "lock",
+        help="run a command holding a named lock (its fencing token in COPYCAT_LOCK_TOKEN); "
+        "exit with its status",
+        parents=[lock_common, lock_options, verbosity],
+    )
+    lock.add_argument("name")
+    lock.add_argument(
+        "argv",
+        nargs=argparse.REMAINDER,
+        action=_OptionsThenCommand,
+        options=argparse.ArgumentParser(
+            prog="copycat-trio lock NAME", add_help=False, parents=[lock_common, lock_options]
+        ),
+        metavar="-- COMMAND [ARGS...]",
+    )
+
+    elect = commands.add_parser(
+        "elect",
+        help="campaign in a named election and print the leader each time it changes, until "
+        "interrupted",
+        parents=[_client_options(10.0), verbosity],
+    )
+    elect.add_argument("name")
+    elect.add_argument("proposal", nargs="?", help="what to lead with (none: only watch)")
+
+    group_common = _client_options(10.0)
+    group = commands.add_parser("group", help="a named group", parents=[group_common, verbosity])
+    group.add_argument("name")
+    group_actions = group.add_subparsers(dest="action", required=True)
+    group_members = group_actions.add_parser(
+        "members",
+        help="one member per line, in the order they joined",
+        parents=[group_common, verbosity],
+    )
+    group_members.add_argument("--json", action="store_true", help="a JSON list of objects")
 
     status = commands.add_parser(
         "status",
@@ -749,7 +1126,8 @@ def _client_options(timeout: float) -> argparse.ArgumentParser:
 def _complete_client_options(args: argparse.Namespace) -> None:
     """Fill --cluster from the environment and --timeout from the command's default."""
     if args.command not in ("kv", "status", "members", "health") and not (
-        args.command == "snapshot" and args.action == "save"
+        args.command in ("counter", "lock", "elect", "group")
+        or (args.command == "snapshot" and args.action == "save")
     ):
         return
     cluster = getattr(args, "cluster", None) or os.environ.get("COPYCAT_CLUSTER")
@@ -814,6 +1192,9 @@ def _run_command(args: argparse.Namespace) -> None:
         trio.run(_serve, args)
     elif args.command == "kv":
         trio.run(_kv, args)
+    elif args.command in ("counter", "lock", "elect", "group"):
+        run = {"counter": _counter, "lock": _lock, "elect": _elect, "group": _group}
+        raise SystemExit(trio.run(run[args.command], args))
     elif args.command == "status":
         trio.run(_status, args)
     elif args.command == "health":
