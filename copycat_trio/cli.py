@@ -48,6 +48,7 @@ from .server.server import CopycatServer
 from .state_machine import StateMachine
 from .storage import Storage, StorageLevel
 from .transport.base import split_address
+from .transport.tls import TlsContexts, TlsSettings, client_context, default_client_tls
 
 T = TypeVar("T")
 
@@ -157,8 +158,11 @@ async def _serve(args: argparse.Namespace) -> None:
     metrics_address = args.metrics_address or (
         cluster_file.metrics_address_for(args.id) if cluster_file else None
     )
+    tls = _serve_tls(args, cluster_file.tls_for(args.id) if cluster_file else None)
     # Check the settings before anything touches the disk.
     try:
+        if tls is not None:
+            TlsContexts.for_member(tls)  # the files load
         ServerOptions(
             member_id=args.id,
             address=address,
@@ -194,6 +198,7 @@ async def _serve(args: argparse.Namespace) -> None:
         priority=own.priority,
         replace_after=cluster_file.replace_after if cluster_file else None,
         metrics_address=metrics_address,
+        tls=tls,
     )
 
     def context() -> tuple[int, int, str]:
@@ -201,11 +206,17 @@ async def _serve(args: argparse.Namespace) -> None:
         return (status.id, status.term, status.role)
 
     LOG_CONTEXT.source = context
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def stop_on_signal() -> None:
                 async for signum in signals:
+                    if signum == signal.SIGHUP:  # new certificates for new connections
+                        try:
+                            server.reload_tls()
+                        except ConfigurationError as exc:
+                            logging.getLogger("copycat_trio").warning("SIGHUP: %s", exc)
+                        continue
                     logging.getLogger("copycat_trio").info("signal %s: stopping", signum)
                     if signum == signal.SIGTERM and server.is_leader:
                         # Hand leadership over first, so the others need not wait for an
@@ -236,6 +247,63 @@ async def _serve(args: argparse.Namespace) -> None:
                 + (f"; metrics at http://{server.metrics_address}" if metrics_address else ""),
                 flush=True,
             )
+
+
+def _tls_option(args: argparse.Namespace, name: str) -> str | None:
+    """--tls-NAME, else $COPYCAT_TLS_NAME."""
+    value = getattr(args, f"tls_{name}", None)
+    return value or os.environ.get(f"COPYCAT_TLS_{name.upper()}") or None
+
+
+def _serve_tls(args: argparse.Namespace, from_file: TlsSettings | None) -> TlsSettings | None:
+    """A member's TLS settings: the flags (or environment) over the cluster file's [tls]."""
+    given = {name: _tls_option(args, name) for name in ("cert", "key", "ca")}
+    client_auth = getattr(args, "client_auth", None) or os.environ.get("COPYCAT_CLIENT_AUTH")
+    if not any(given.values()) and from_file is None:
+        if client_auth:
+            raise UsageError("--client-auth goes with TLS (--tls-cert, --tls-key, --tls-ca)")
+        return None
+    base = {"cert": "", "key": "", "ca": ""} if from_file is None else attrs.asdict(from_file)
+    merged = {**base, **{k: v for k, v in given.items() if v}}
+    missing = [f"--tls-{k}" for k in ("cert", "key", "ca") if not merged[k]]
+    if missing:
+        raise UsageError(f"TLS needs {', '.join(missing)} too (or COPYCAT_TLS_*)")
+    if client_auth:
+        merged["client_auth"] = client_auth
+    try:
+        return TlsSettings(**merged)
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _set_client_tls(args: argparse.Namespace) -> None:
+    """The client commands' TLS, from --tls-* or COPYCAT_TLS_* (a CA alone: no certificate)."""
+    cert, key, ca = (_tls_option(args, name) for name in ("cert", "key", "ca"))
+    if not (cert or key or ca):
+        return
+    if ca is None:
+        raise UsageError("TLS needs --tls-ca (or COPYCAT_TLS_CA): the CA members' certificates")
+    try:
+        default_client_tls.set(TlsContexts.for_client(client_context(ca, cert, key)))
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _add_tls_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    for name, what in (
+        ("cert", "certificate (PEM)"),
+        ("key", "private key of the certificate (PEM)"),
+        ("ca", "CA certificate every member's and client's certificate is checked against"),
+    ):
+        parser.add_argument(
+            f"--tls-{name}",
+            default=default,
+            metavar="FILE",
+            help=f"TLS: this side's {what} (default: $COPYCAT_TLS_{name.upper()})"
+            if name != "ca"
+            else f"TLS: the {what} (default: $COPYCAT_TLS_CA)",
+        )
 
 
 def _check_can_listen(address: str) -> None:
@@ -682,6 +750,7 @@ def _status_rows(
                     "sessions": s.sessions,
                     "log_bytes": s.log_bytes,
                     "last_contact": 0.0 if s.role == "leader" else heard.get(s.id),
+                    "cluster_id": s.cluster_id,
                 }
             )
         else:
@@ -709,6 +778,9 @@ async def _status(args: argparse.Namespace) -> None:
         print(json.dumps(rows, indent=2))
     else:
         print(format_table(rows, STATUS_KEYS))
+        clusters = sorted({row["cluster_id"] for row in rows if row.get("cluster_id")})
+        if clusters:
+            print(f"cluster {', '.join(clusters)}")
     problem = ClusterView.of(addresses, answers, confirm_asked=True).problem()
     if problem is not None:
         raise CliFailure(problem)
@@ -920,6 +992,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve /metrics (Prometheus), /health and /ready over HTTP here (default: from "
         "[metrics] in --config, else none)",
     )
+    _add_tls_options(serve, suppress=False)
+    serve.add_argument(
+        "--client-auth",
+        choices=("required", "none"),
+        default=None,
+        help="with TLS: clients need a certificate signed by the CA (required, the default) "
+        "or not (none; members always do)",
+    )
 
     kv_common = _client_options(10.0)
     map_option = argparse.ArgumentParser(add_help=False)
@@ -1119,6 +1199,7 @@ def _client_options(timeout: float) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"give up after this long (default: {timeout:g})",
     )
+    _add_tls_options(common, suppress=True)
     common.set_defaults(default_timeout=timeout)
     return common
 
@@ -1134,6 +1215,7 @@ def _complete_client_options(args: argparse.Namespace) -> None:
     if not cluster:
         raise UsageError(f"{args.command} needs --cluster HOST:PORT,... (or COPYCAT_CLUSTER)")
     args.cluster = cluster
+    _set_client_tls(args)
     if not hasattr(args, "timeout"):
         args.timeout = args.default_timeout
     if args.timeout <= 0:

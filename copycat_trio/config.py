@@ -15,6 +15,13 @@
     [metrics]                     # optional: /metrics, /health and /ready over HTTP
     address = "0.0.0.0:9379"      # "{id}" is replaced by the member's id, as in directory
 
+    [tls]                         # optional: mutual TLS (see docs/security.md)
+    cert = "certs/member-{id}.pem"
+    key = "certs/member-{id}.key"
+    ca = "certs/ca.pem"
+    client_auth = "required"      # or "none": clients need no certificate
+    server_name = "copycat"       # optional: the name every member's certificate carries
+
     [[members]]
     id = 1
     address = "127.0.0.1:5001"
@@ -37,6 +44,7 @@ import attrs
 from .protocol.errors import ConfigurationError
 from .protocol.messages import Member, MemberType
 from .transport.base import split_address
+from .transport.tls import TlsSettings
 
 _TYPES = {"active": MemberType.ACTIVE, "passive": MemberType.PASSIVE, "reserve": MemberType.RESERVE}
 _CLUSTER_KEYS = {
@@ -48,6 +56,7 @@ _CLUSTER_KEYS = {
 }
 _STORAGE_KEYS = {"level", "directory", "snapshot_every"}
 _METRICS_KEYS = {"address"}
+_TLS_KEYS = {"cert", "key", "ca", "client_auth", "server_name"}
 _MEMBER_KEYS = {"id", "address", "client_address", "type", "priority"}
 
 
@@ -69,6 +78,8 @@ class ClusterFile:
     snapshot_every: int = 10_000
     metrics_address: str | None = None
     """HOST:PORT for metrics and health, "{id}" standing for the member's id; None: off."""
+    tls: TlsSettings | None = None
+    """The [tls] table, "{id}" in its paths standing for the member's id; None: plaintext."""
 
     def member(self, member_id: int) -> Member:
         for member in self.members:
@@ -79,6 +90,17 @@ class ClusterFile:
 
     def directory_for(self, member_id: int) -> str:
         return self.storage_directory.replace("{id}", str(member_id))
+
+    def tls_for(self, member_id: int) -> TlsSettings | None:
+        """The TLS settings of one member ("{id}" in the paths replaced)."""
+        if self.tls is None:
+            return None
+        return attrs.evolve(
+            self.tls,
+            cert=self.tls.cert.replace("{id}", str(member_id)),
+            key=self.tls.key.replace("{id}", str(member_id)),
+            ca=self.tls.ca.replace("{id}", str(member_id)),
+        )
 
     def metrics_address_for(self, member_id: int) -> str | None:
         if self.metrics_address is None:
@@ -140,7 +162,7 @@ def parse_cluster_file(text: str, path: str = "cluster.toml") -> ClusterFile:
     except tomllib.TOMLDecodeError as exc:
         raise ClusterFileError(f"{path}: not valid TOML: {exc}") from None
     for key in data:
-        if key not in ("cluster", "storage", "members", "metrics"):
+        if key not in ("cluster", "storage", "members", "metrics", "tls"):
             raise (
                 where.error(f"unknown table or key {key!r}", f"[{key}]")
                 if isinstance(data[key], dict)
@@ -149,8 +171,9 @@ def parse_cluster_file(text: str, path: str = "cluster.toml") -> ClusterFile:
     cluster = data.get("cluster", {})
     storage = data.get("storage", {})
     metrics = data.get("metrics", {})
-    if not all(isinstance(table, dict) for table in (cluster, storage, metrics)):
-        raise ClusterFileError(f"{path}: [cluster], [storage] and [metrics] must be tables")
+    tls = data.get("tls")
+    if not all(isinstance(table, dict) for table in (cluster, storage, metrics, tls or {})):
+        raise ClusterFileError(f"{path}: [cluster], [storage], [metrics] and [tls] must be tables")
     for key in cluster:
         if key not in _CLUSTER_KEYS:
             raise where.error(f"unknown setting {key!r} in [cluster]", "[cluster]", key)
@@ -161,6 +184,8 @@ def parse_cluster_file(text: str, path: str = "cluster.toml") -> ClusterFile:
         if key not in _METRICS_KEYS:
             raise where.error(f"unknown setting {key!r} in [metrics]", "[metrics]", key)
     settings: dict[str, Any] = {}
+    if tls is not None:
+        settings["tls"] = _tls_settings(tls, where)
     if "address" in metrics:
         address = metrics["address"]
         try:
@@ -260,6 +285,28 @@ def parse_cluster_file(text: str, path: str = "cluster.toml") -> ClusterFile:
             "election_timeout",
         )
     return ClusterFile(members=tuple(members), **settings)
+
+
+def _tls_settings(table: dict[str, Any], where: _Locator) -> TlsSettings:
+    for key in table:
+        if key not in _TLS_KEYS:
+            raise where.error(f"unknown setting {key!r} in [tls]", "[tls]", key)
+    for key in ("cert", "key", "ca"):
+        if not isinstance(table.get(key), str) or not table[key]:
+            raise where.error(f"[tls] needs {key} = a file name", "[tls]", key)
+    for key in ("client_auth", "server_name"):
+        if key in table and not isinstance(table[key], str):
+            raise where.error(f"{key} must be a string", "[tls]", key)
+    try:
+        return TlsSettings(
+            cert=table["cert"],
+            key=table["key"],
+            ca=table["ca"],
+            client_auth=table.get("client_auth", "required"),
+            server_name=table.get("server_name"),
+        )
+    except ConfigurationError as exc:
+        raise where.error(str(exc), "[tls]", "client_auth") from None
 
 
 def load_cluster_file(path: str | Path) -> ClusterFile:

@@ -12,6 +12,7 @@ from ..protocol.messages import StatusRequest, StatusResponse
 from ..transport.base import Transport
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
 from ..transport.tcp import TcpTransport
+from ..transport.tls import default_client_tls
 
 
 async def fetch_status(
@@ -34,7 +35,10 @@ async def fetch_status(
     request = StatusRequest(confirm=confirm)
 
     async with open_background_nursery() as nursery:
-        pool = ConnectionPool(transport or TcpTransport(connect_timeout=timeout), nursery)
+        pool = ConnectionPool(
+            transport or TcpTransport(connect_timeout=timeout, tls=default_client_tls.get()),
+            nursery,
+        )
 
         async def ask(index: int, address: str) -> None:
             try:
@@ -95,7 +99,10 @@ async def admin_request(
     last: CopycatError = NoLeaderError("no member answered")
     with trio.move_on_after(timeout):
         async with open_background_nursery() as nursery:
-            pool = ConnectionPool(transport or TcpTransport(connect_timeout=2.0), nursery)
+            pool = ConnectionPool(
+                transport or TcpTransport(connect_timeout=2.0, tls=default_client_tls.get()),
+                nursery,
+            )
             while True:
                 for address in addresses:
                     try:

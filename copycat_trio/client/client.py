@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -52,8 +53,10 @@ from ..protocol.messages import (
 )
 from ..protocol.operations import Command, Consistency, Query
 from ..transport.base import Transport, split_address
+from ..transport.framed import RefusedError
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost, RpcConnection
 from ..transport.tcp import TcpTransport
+from ..transport.tls import TlsContexts, default_client_tls
 from .strategies import (
     ClientState,
     ConnectionStrategy,
@@ -150,6 +153,8 @@ class CopycatClient:
         request for a whole request timeout, keep-alives included)."""
         self._refused: str | None = None
         """The last member that answered "cannot serve this": tried last until it serves."""
+        self._refusals: dict[str, RefusedError] = {}
+        """Members that refused the connection itself (TLS, say) while the session opens."""
         self._served = 0
         """How many requests members have served (a back-off that sees it move starts over)."""
         self._retry = trio.Event()
@@ -465,6 +470,7 @@ class CopycatClient:
                     response = await self._attempt(address, body, timeout)
                 except (RequestNotSent, ResponseLost) as exc:
                     log.debug("%s: %s", address, exc)
+                    self._note_refusal(address, exc)
                     if isinstance(exc, ResponseLost) and attempts is not None:
                         attempts.uncertain = True
                     self._rotation += 1
@@ -504,6 +510,21 @@ class CopycatClient:
                 delay = min(delay, PROBE_INTERVAL)
             if await self._back_off(delay, attempts):
                 delays = self.connection_strategy.delays()  # the cluster works again
+
+    def _note_refusal(self, address: str, exc: BaseException) -> None:
+        """Before a session opens, a member refusing the connection itself (TLS, a client
+        without a certificate, plaintext to a TLS port) is a configuration error: once every
+        member has refused, raise it rather than retry until the timeout."""
+        if self.session_id:
+            return
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, RefusedError):
+            cause = cause.__cause__
+        if cause is None:
+            return
+        self._refusals[address] = cause
+        if set(self.addresses) <= set(self._refusals):
+            raise RefusedError(f"every member refused the connection; {cause}") from cause
 
     async def _attempt(self, address: str, body: Any, timeout: float) -> Any:
         """One member's turn at a request; given up, as if unanswered, if meanwhile another
@@ -687,10 +708,14 @@ async def open_client(
     recovery: RecoveryStrategy = RecoveryStrategy.CLOSE,
     transport: Transport | None = None,
     client_id: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[CopycatClient]:
     """Open a session with the cluster at any of `addresses`; it closes when the block ends.
 
     `timeout` bounds each operation; `request_timeout` each single attempt at one member.
+    `ssl_context`: TLS for every connection (see transport/tls.py `client_context` and
+    docs/security.md); members' certificates are checked against their address's host. If
+    every member refuses the connection (TLS), raises RefusedError at once.
     """
     if not addresses:
         raise ValueError("open_client needs at least one member address")
@@ -703,11 +728,16 @@ async def open_client(
     ):
         if not value > 0 or math.isinf(value):
             raise ValueError(f"{name} must be a positive number of seconds")
+    if transport is not None and ssl_context is not None:
+        raise ValueError("give open_client a transport or an ssl_context, not both")
+    if transport is None:
+        tls = TlsContexts.for_client(ssl_context) if ssl_context is not None else None
+        transport = TcpTransport(tls=tls or default_client_tls.get())
     async with open_background_nursery() as nursery:
         client = CopycatClient(
             addresses,
             nursery,
-            transport or TcpTransport(),
+            transport,
             session_timeout=session_timeout,
             timeout=timeout,
             request_timeout=request_timeout,

@@ -100,13 +100,15 @@ class ProcessCluster:
         command_prefix: Callable[[int], Sequence[str]] | None = None,
         pythonpath: Sequence[str | Path] = (),
         metrics: bool = False,
+        serve_options: Callable[[int], Sequence[str]] | None = None,
     ) -> None:
         """`state_machine` is `module:Class` (default: the key-value store), importable in
         the children with `pythonpath` prepended to PYTHONPATH. `addresses` (one per member,
         default free 127.0.0.1 ports) are where members listen; `command_prefix(member_id)` is
         put before each member's command line. `election_timeout` and `heartbeat_interval` are
         in seconds; None passes no option, leaving `serve`'s own default. `metrics`: each member
-        serves metrics and health on a free 127.0.0.1 port of its own (`metrics_address`)."""
+        serves metrics and health on a free 127.0.0.1 port of its own (`metrics_address`).
+        `serve_options(member_id)`: more `serve` options for a member (say, --tls-cert ...)."""
         if addresses is not None and len(addresses) != size:
             raise ValueError(f"{size} members need {size} addresses, not {len(addresses)}")
         self.workdir = workdir
@@ -117,6 +119,7 @@ class ProcessCluster:
         self.heartbeat_interval = heartbeat_interval
         self.command_prefix = command_prefix
         self.pythonpath = [str(p) for p in pythonpath]
+        self.serve_options = serve_options
         if addresses is None:
             addresses = [f"127.0.0.1:{port}" for port in free_ports(size)]
         self.servers: dict[int, ServerProcess] = {
@@ -172,6 +175,7 @@ class ProcessCluster:
             *timing,
             *self._storage_options(member_id),
             *self._metrics_options(member_id),
+            *(self.serve_options(member_id) if self.serve_options else ()),
         ]
 
     def _metrics_options(self, member_id: int) -> list[str]:
@@ -219,6 +223,10 @@ class ProcessCluster:
         if process is None or process.returncode is not None:
             raise AssertionError(f"member {member_id} is not running")
         process.send_signal(signum)
+
+    def hangup(self, member_id: int) -> None:
+        """SIGHUP: `serve` reloads its TLS certificates."""
+        self._signal(member_id, signal.SIGHUP)
 
     async def kill(self, member_id: int) -> None:
         """SIGKILL a member and wait until it is gone."""

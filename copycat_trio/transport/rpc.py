@@ -72,6 +72,7 @@ class RpcConnection:
             if isinstance(exc, ProtocolError):  # garbage, or another major version: say which
                 log.warning("closing connection to %s: %s", self.stream.peer, exc)
             error = ResponseLost(f"connection to {self.stream.peer} lost: {exc}")
+            error.__cause__ = exc  # a caller tells a refused connection (TLS) from a lost one
         finally:
             self.closed = True
             for waiter in self._waiters.values():

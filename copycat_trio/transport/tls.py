@@ -7,6 +7,7 @@ import logging
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import attrs
 
@@ -145,6 +146,12 @@ class TlsContexts:
         log.info("TLS certificates reloaded from %s", self.settings.cert)
 
 
+default_client_tls: ContextVar[TlsContexts | None] = ContextVar("default_client_tls", default=None)
+"""The TLS client tools use when given none (open_client without a transport or ssl_context,
+fetch_status, admin_request): the `copycat-trio` client commands set it from --tls-* and
+COPYCAT_TLS_*. None: plaintext."""
+
+
 def describe_tls_error(exc: BaseException) -> str:
     """A short reason for a failed handshake, for one log line or a client's error."""
     cause: BaseException | None = exc
@@ -162,6 +169,10 @@ def describe_tls_error(exc: BaseException) -> str:
             "SSLV3_ALERT_BAD_CERTIFICATE": "the other side rejected our certificate",
             "TLSV1_ALERT_UNKNOWN_CA": "the other side does not trust our certificate's CA",
             "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the other side says our certificate expired",
+            "UNEXPECTED_EOF_WHILE_READING": (
+                "the other side closed the connection during the handshake (it did not accept"
+                " our certificate, or needs one and we sent none)"
+            ),
         }
         return hints.get(reason, reason.lower().replace("_", " "))
     if cause is not None:

@@ -1,0 +1,54 @@
+"""A client over TLS: open_client(ssl_context=...) serves; a client the cluster refuses (no
+certificate, another CA, plaintext) fails at once with RefusedError, not after its timeout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trustme
+
+from copycat_trio.client import open_client
+from copycat_trio.recipes.kv import Get, KeyValueStore, Put
+from copycat_trio.server.server import CopycatServer
+from copycat_trio.testing.processes import free_ports
+from copycat_trio.transport.framed import RefusedError
+from copycat_trio.transport.tls import client_context
+
+from .test_tls import Pki, write_pair
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki(tmp_path)
+
+
+async def test_a_tls_client_is_served_and_refused_ones_fail_fast(pki: Pki) -> None:
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    server = CopycatServer(
+        1,
+        address,
+        state_machine=KeyValueStore,
+        election_timeout=0.3,
+        heartbeat_interval=0.05,
+        session_timeout=1.0,
+        tls=pki.settings(),
+    )
+    good = client_context(pki.ca_path, *pki.client)
+    other = write_pair(pki.tmp, "other", trustme.CA().issue_cert("x"))
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(10):
+            await nursery.start(server.bootstrap)
+            async with open_client([address], ssl_context=good) as client:
+                await client.submit(Put("k", "v"))
+                assert await client.submit(Get("k")) == "v"
+        for context, why in (
+            (client_context(pki.ca_path), "certificate"),
+            (client_context(pki.ca_path, *other), "certificate"),
+            (None, "requires TLS"),
+        ):
+            with trio.fail_after(5), pytest.raises(RefusedError, match=why):
+                async with open_client([address], ssl_context=context, timeout=30):
+                    pass
+        nursery.cancel_scope.cancel()
