@@ -8,15 +8,17 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from copycat_trio import open_client
-from copycat_trio.recipes.resources import Group
+from copycat_trio.recipes.resources import Counter, Group, Map
 from tests.e2e.conftest import StartCluster
 from tests.e2e.test_cli_processes import cli
 
@@ -176,3 +178,123 @@ async def test_resources_from_the_command_line(start_cluster: StartCluster) -> N
         assert (code, out.splitlines()) == (0, ['w1 {"host": "a"}', "w2"]), err
         code, out, err, _ = await cli("group", "workers", "members", "--json", env=env)
         assert code == 0 and [m["member"] for m in json.loads(out)] == ["w1", "w2"], err
+
+
+CLIENT = HERE / "resource_client.py"
+ELECTION_TIMEOUT = 0.5
+HOLDER_SESSION_TIMEOUT = 1.5  # resource_client.py's for the holder
+
+
+@asynccontextmanager
+async def client_process(
+    role: str, addresses: list[str], out: Path, count: int
+) -> AsyncIterator[tuple[trio.Process, Lines]]:
+    """A resource_client.py process in `role`, its stdout as lines; killed if still running."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(CLIENT), role, ",".join(addresses), str(out), str(count)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(HERE.parents[1])},
+    )
+    try:
+        yield process, Lines(process)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+
+
+async def test_every_kind_at_once_through_a_leader_kill(
+    start_cluster: StartCluster, tmp_path: Path
+) -> None:
+    cluster = await start_cluster(state_machine=RESOURCES, election_timeout=ELECTION_TIMEOUT)
+    addresses = cluster.addresses()
+    roles = [
+        ("watcher", 40),
+        ("holder", 0),
+        ("waiter", 0),
+        ("mapper", 40),
+        ("locker", 15),
+        ("locker", 15),
+        ("producer", 40),
+        ("consumer", 0),
+        ("consumer", 0),
+        ("elector", 8),
+        ("elector", 8),
+        ("grouper", 1),
+        ("grouper", 2),
+    ]
+    outs = [tmp_path / f"{i}-{role}.json" for i, (role, _) in enumerate(roles)]
+    async with AsyncExitStack() as stack:
+        procs: list[tuple[trio.Process, Lines]] = []
+        for (role, count), out in zip(roles, outs, strict=True):
+            procs.append(
+                await stack.enter_async_context(client_process(role, addresses, out, count))
+            )
+            if role in ("watcher", "holder"):  # the watch before any change; the lock first
+                assert await procs[-1][1].next(timeout=20) == "ready"
+        for (role, _), (_, lines) in zip(roles, procs, strict=True):
+            if role not in ("watcher", "holder"):
+                assert await lines.next(timeout=20) == "ready", role
+        for (role, _), (_, lines) in zip(roles, procs, strict=True):
+            if role in ("mapper", "locker", "producer"):
+                assert await lines.next(timeout=20) == "progress", role
+        # In the middle of it all: the leader and the lock's holder die.
+        leader = (await cluster.wait_for_leader()).leader
+        procs[1][0].kill()
+        killed_at = time.time()
+        await cluster.kill(leader)
+        with trio.fail_after(40):
+            for (role, _), (process, _) in zip(roles, procs, strict=True):
+                if role != "holder":
+                    assert await process.wait() == 0, f"{role} failed"
+    results = [json.loads(out.read_text()) if out.exists() else None for out in outs]
+    by_role: dict[str, list[Any]] = {}
+    for (role, _), result in zip(roles, results, strict=True):
+        by_role.setdefault(role, []).append(result)
+
+    async with open_client(cluster.addresses(cluster.running_ids())) as client:
+        data = Map(client, "data")
+        mapped = {key: await data.get(key) for key in await data.keys()}
+        hits = await Counter(client, "hits").value()
+        members = await Group(client, "workers").members()
+        fence = await Map(client, "ledger").get("fence")
+
+    # The map and the counter lost no acknowledged change.
+    (mapper,) = by_role["mapper"]
+    assert mapper["puts"] == list(range(40))
+    assert all(mapped[f"k{i:03}"] == i for i in mapper["puts"]), mapped
+    assert mapper["increments"] == list(range(1, 41)) and hits == 40
+    # The watch saw every change once, in order.
+    (watcher,) = by_role["watcher"]
+    changes = watcher["changes"]
+    revisions = [c[0] for c in changes]
+    assert revisions == sorted(set(revisions)), revisions
+    assert [(c[1], c[2], c[3]) for c in changes] == [
+        *(("put", f"k{i:03}", i) for i in range(40)),
+        ("put", "done", 40),
+    ]
+    # Each queue item once.
+    (producer,) = by_role["producer"]
+    taken = [item for consumer in by_role["consumer"] for item in consumer["taken"]]
+    assert sorted(taken) == producer["offered"] == list(range(40)), taken
+    # Fencing tokens strictly increasing per lock, never refused by the ledger.
+    lockers = by_role["locker"]
+    all_tokens = sorted(t for locker in lockers for t in locker["tokens"])
+    assert len(set(all_tokens)) == len(all_tokens) == 30 and fence == all_tokens[-1]
+    for locker in lockers:
+        assert locker["tokens"] == sorted(set(locker["tokens"])) and locker["refused"] == []
+    # Elections: every leadership a term of its own, increasing.
+    terms = sorted(t for elector in by_role["elector"] for t in elector["terms"])
+    assert len(set(terms)) == 16
+    for elector in by_role["elector"]:
+        assert elector["terms"] == sorted(elector["terms"])
+    # Groups: each member saw itself, left, and nobody is left over.
+    assert all(g["present"] and g["left"] for g in by_role["grouper"]) and members == {}
+    # The dead holder's lock passed on within its session timeout and an election: the new
+    # leader draws its election timeout from [T, 2T), and gives sessions a fresh timeout when
+    # it takes over; 0.5 s more for the vote and the grant's delivery on a loaded machine.
+    (waiter,) = by_role["waiter"]
+    passed = waiter["granted_at"] - killed_at
+    print(f"the dead holder's lock passed on after {passed:.2f}s")
+    assert passed < HOLDER_SESSION_TIMEOUT + 2 * ELECTION_TIMEOUT + 0.5, passed
