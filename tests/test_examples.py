@@ -19,6 +19,16 @@ EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
             "sessions_events.py",
             ["event: hello", "sequential: ['hello', 'world']", "b got the printer"],
         ),
+        (
+            # Real processes: a 3-member cluster, a producer and 3 workers (all stopped by
+            # the example, within its 60 s bound, however it ends).
+            "job_queue.py",
+            [
+                "all 20 jobs done once, by [",
+                "ledger total: 2470 (expected 2470)",
+                "workers still in the group: 0",
+            ],
+        ),
     ],
 )
 def test_example_runs(script: str, expected: list[str]) -> None:
