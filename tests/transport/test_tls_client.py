@@ -10,11 +10,14 @@ import trio
 import trustme
 
 from copycat_trio.client import open_client
+from copycat_trio.protocol.messages import JoinRequest, Member, RpcRequest
 from copycat_trio.recipes.kv import Get, KeyValueStore, Put
 from copycat_trio.server.server import CopycatServer
 from copycat_trio.testing.processes import free_ports
+from copycat_trio.transport.base import TransportError
 from copycat_trio.transport.framed import RefusedError
-from copycat_trio.transport.tls import client_context
+from copycat_trio.transport.tcp import TcpTransport
+from copycat_trio.transport.tls import TlsContexts, client_context
 
 from .test_tls import Pki, write_pair
 
@@ -51,4 +54,33 @@ async def test_a_tls_client_is_served_and_refused_ones_fail_fast(pki: Pki) -> No
             with trio.fail_after(5), pytest.raises(RefusedError, match=why):
                 async with open_client([address], ssl_context=context, timeout=30):
                     pass
+        nursery.cancel_scope.cancel()
+
+
+async def test_with_client_auth_none_a_client_needs_no_certificate_but_cannot_act_as_a_member(
+    pki: Pki,
+) -> None:
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    server = CopycatServer(
+        1,
+        address,
+        state_machine=KeyValueStore,
+        election_timeout=0.3,
+        heartbeat_interval=0.05,
+        session_timeout=1.0,
+        tls=pki.settings(client_auth="none"),
+    )
+    anonymous = client_context(pki.ca_path)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(10):
+            await nursery.start(server.bootstrap)
+            async with open_client([address], ssl_context=anonymous) as client:
+                await client.submit(Put("k", "v"))
+                assert await client.submit(Get("k")) == "v"
+            # Without a certificate, member requests are refused: the connection closes.
+            stream = await TcpTransport(tls=TlsContexts.for_client(anonymous)).connect(address)
+            await stream.send(RpcRequest(1, JoinRequest(member=Member(2, "127.0.0.1:1"))))
+            with pytest.raises(TransportError, match="closed"):
+                await stream.receive()
+        assert {m.id for m in server.status().members} == {1}
         nursery.cancel_scope.cancel()
