@@ -16,6 +16,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -63,6 +64,7 @@ from ..protocol.messages import (
     UnregisterRequest,
 )
 from ..storage.base import LogStorage
+from ..storage.fs import OS, FileSystem, run_blocking
 from ..storage.identity import (
     Identity,
     identity_refusal,
@@ -415,9 +417,9 @@ class CopycatServer:
         working) record "" and adopt the id from the first member of their configuration
         that sends them Raft messages (or from the join answer). With memory storage nobody
         makes one: a restarted member would make another."""
-        directory = getattr(self.storage, "directory", None)
+        directory, fs = self._data_directory()
         expected = self.options.cluster_id
-        found = await trio.to_thread.run_sync(read_identity, directory) if directory else None
+        found = await run_blocking(fs, read_identity, directory, fs) if directory else None
         if found is not None:
             assert directory is not None
             refusal = identity_refusal(found, directory, self.id, expected)
@@ -446,7 +448,15 @@ class CopycatServer:
                 )
         self._set_cluster(cluster)
         if directory is not None and found != Identity(cluster, self.id):
-            await trio.to_thread.run_sync(write_identity, directory, Identity(cluster, self.id))
+            await run_blocking(fs, write_identity, directory, Identity(cluster, self.id), fs)
+
+    def _data_directory(self) -> tuple[Path | None, FileSystem]:
+        """The storage's directory and file system (None: storage without one, in memory)."""
+        directory = getattr(self.storage, "directory", None)
+        fs: FileSystem = getattr(self.storage, "fs", None) or OS
+        if not isinstance(directory, Path):
+            return None, OS
+        return directory, fs
 
     def _set_cluster(self, cluster_id: str) -> None:
         self.cluster_id = cluster_id
@@ -461,9 +471,9 @@ class CopycatServer:
         log.info("member %s: adopted cluster id %s from %s", self.id, cluster_id, source)
         if self._loop is not None:  # so the peers learn it from us too
             self._loop.peers.reconnect()
-        directory = getattr(self.storage, "directory", None)
+        directory, fs = self._data_directory()
         if directory is not None:
-            await trio.to_thread.run_sync(write_identity, directory, Identity(cluster_id, self.id))
+            await run_blocking(fs, write_identity, directory, Identity(cluster_id, self.id), fs)
 
     def _foreign_cluster(self, stream: MessageStream) -> str | None:
         """Why a connection's peer is refused: its Hello names another cluster."""

@@ -5,7 +5,7 @@ bootstrap or join (to a temporary file, fsynced, renamed, the directory fsynced)
 every start: a server refuses a directory of another member, or of another cluster when it is
 told which cluster it belongs to. A cluster id of "" means not known yet (a member still
 joining, or a directory written before identities existed). Blocking code: call it from a
-worker thread.
+worker thread (fs.run_blocking), through the storage's FileSystem (simulations give theirs).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import attrs
 
 from .errors import StorageCorruptionError
+from .fs import OS, FileSystem, fsync_directory, write_all
 
 IDENTITY_FILE = "identity"
 
@@ -34,11 +35,11 @@ def new_cluster_id() -> str:
     return secrets.token_hex(8)
 
 
-def read_identity(directory: Path) -> Identity | None:
+def read_identity(directory: Path, fs: FileSystem = OS) -> Identity | None:
     """The identity stored in `directory`, or None if it has none (new, or from before)."""
     path = directory / IDENTITY_FILE
     try:
-        text = path.read_text()
+        text = fs.read_file(path).decode(errors="replace")
     except FileNotFoundError:
         return None
     fields: dict[str, str] = {}
@@ -52,23 +53,19 @@ def read_identity(directory: Path) -> Identity | None:
     return Identity(fields["cluster"], int(member))
 
 
-def write_identity(directory: Path, identity: Identity) -> None:
+def write_identity(directory: Path, identity: Identity, fs: FileSystem = OS) -> None:
     """Store `identity` durably: a crash leaves the old file or the new one."""
     path = directory / IDENTITY_FILE
     temporary = directory / (IDENTITY_FILE + ".tmp")
     data = f"cluster = {identity.cluster_id}\nmember = {identity.member_id}\n".encode()
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = fs.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        write_all(fs, fd, data)
+        fs.fsync(fd)
     finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    directory_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(directory_fd)
-    finally:
-        os.close(directory_fd)
+        fs.close(fd)
+    fs.replace(temporary, path)
+    fsync_directory(fs, directory)
 
 
 def identity_refusal(
