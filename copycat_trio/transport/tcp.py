@@ -3,8 +3,10 @@ accepted connections, and TLS when given contexts (see tls.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import math
 import socket
 
 import attrs
@@ -18,6 +20,9 @@ from .framed import FramedStream, TlsError
 from .tls import HANDSHAKE_TIMEOUT, TlsContexts, describe_tls_error
 
 log = logging.getLogger(__name__)
+
+TLS_FAILURE_LOG_INTERVAL = 60.0
+"""Seconds during which the same TLS failure from the same host is logged once as a warning."""
 
 
 def default_max_connections() -> int:
@@ -68,6 +73,8 @@ class TcpTransport:
         self.version = version
         self.tls = tls
         self.handshake_timeout = handshake_timeout
+        self._tls_failures: dict[tuple[str, str], tuple[float, int]] = {}
+        """(peer host, reason) -> (when last logged as a warning, repeats since)."""
         self.refused_connections = 0
         """Connections closed because max_connections were open (new or silent ones)."""
         self._listening: list[dict[int, tuple[FramedStream, trio.CancelScope]]] = []
@@ -170,44 +177,50 @@ class TcpTransport:
         """The server side of a handshake, bounded in time; False (with one log line naming
         the peer and why) if it failed. Plaintext gets a plaintext Hello saying TLS is needed,
         so that a client without TLS says so rather than waiting."""
+        broken = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
         try:
             with trio.fail_after(self.handshake_timeout):
                 first = await buffered.peek()
                 if first and first[0] != _TLS_HANDSHAKE_RECORD:
-                    log.warning(
-                        "%s: closing connection from %s: not TLS (plaintext?); TLS is required",
-                        bound_address,
-                        peer,
-                    )
+                    self._note_tls_failure(bound_address, peer, "not TLS (plaintext?)")
                     refusal = attrs.evolve(
                         self.version,
                         refusal=f"{bound_address} requires TLS (this connection is plaintext)",
                     )
-                    with trio.move_on_after(1):
+                    with trio.move_on_after(1), contextlib.suppress(*broken):
                         await buffered.transport.send_all(
                             encode_frame(registry.encode(refusal), self.max_frame_size)
                         )
                     return False
                 await ssl_stream.do_handshake()
         except trio.TooSlowError:
-            log.warning(
-                "%s: closing connection from %s: TLS handshake not done within %gs",
-                bound_address,
-                peer,
-                self.handshake_timeout,
-            )
+            why = f"TLS handshake not done within {self.handshake_timeout:g}s"
+            self._note_tls_failure(bound_address, peer, why)
             return False
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            log.warning(
-                "%s: closing connection from %s: TLS handshake failed: %s",
-                bound_address,
-                peer,
-                describe_tls_error(exc),
-            )
+        except broken as exc:
+            why = f"TLS handshake failed: {describe_tls_error(exc)}"
+            self._note_tls_failure(bound_address, peer, why)
             return False
         framed.peer_certificate = ssl_stream.getpeercert()
         framed.authenticated = framed.peer_certificate is not None
         return True
+
+    def _note_tls_failure(self, bound_address: str, peer: str, why: str) -> None:
+        """One warning per failed connection, naming the peer and why; the same failure from
+        the same host again within a minute (a misconfigured member retries several times a
+        second) is logged at debug level, and counted in the next warning."""
+        key = (peer.rpartition(":")[0], why)
+        now = trio.current_time()
+        last, repeats = self._tls_failures.get(key, (-math.inf, 0))
+        if now - last < TLS_FAILURE_LOG_INTERVAL:
+            self._tls_failures[key] = (last, repeats + 1)
+            log.debug("%s: closing connection from %s: %s", bound_address, peer, why)
+            return
+        if len(self._tls_failures) > 1024:  # bounded under a flood from many hosts
+            self._tls_failures.clear()
+        self._tls_failures[key] = (now, 0)
+        more = f" ({repeats} more like it in the last minute)" if repeats else ""
+        log.warning("%s: closing connection from %s: %s%s", bound_address, peer, why, more)
 
     def _note_refused(self, bound_address: str, what: str) -> None:
         self.refused_connections += 1
