@@ -1,7 +1,8 @@
 """TLS and cluster identity with real `serve` processes over TCP on 127.0.0.1 (issue 13): a TLS
 cluster serves a client with a certificate; a client without one, with another CA's, or in
 plaintext is refused at once with a clear error; SIGHUP's certificates serve the next
-connection; a member started on another member's data directory exits with the sentence."""
+connection; a member started on another member's data directory exits with the sentence; a
+member without TLS is refused by the members with it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 import trio
 import trustme
 
+from copycat_trio.client.admin import fetch_status
+from copycat_trio.protocol.messages import StatusResponse
 from copycat_trio.testing.processes import ProcessCluster
 from copycat_trio.transport.tcp import TcpTransport
 from copycat_trio.transport.tls import TlsContexts, client_context, default_client_tls
@@ -126,3 +129,28 @@ async def test_a_member_on_another_members_data_directory_exits_with_the_sentenc
         assert "belongs to member 3 of cluster " in log and "not to member 1" in log, log
     finally:
         await other.aclose()
+
+
+async def test_a_member_without_tls_is_refused_by_the_tls_members(tmp_path: Path) -> None:
+    certs = Certificates(tmp_path)
+    default_client_tls.set(TlsContexts.for_client(client_context(certs.ca_path, *certs.client)))
+    (tmp_path / "mixed").mkdir()
+    cluster = ProcessCluster(
+        tmp_path / "mixed",
+        3,
+        state_machine=KV,
+        serve_options=lambda member_id: certs.serve_options(member_id) if member_id != 3 else [],
+    )
+    try:
+        await cluster.start()
+        await cluster.wait_for_leader([1, 2], timeout=20)
+        with trio.fail_after(10):  # member 3's polls reach them in plaintext
+            while not all(
+                "not TLS (plaintext?)" in cluster.servers[i].log_tail(50) for i in (1, 2)
+            ):
+                await trio.sleep(0.1)
+        plain = await fetch_status([cluster.address(3)], timeout=2, transport=TcpTransport())
+        assert isinstance(plain[0], StatusResponse) and plain[0].leader is None, plain
+        cluster.assert_running()
+    finally:
+        await cluster.aclose()
