@@ -390,30 +390,13 @@ async def _submit(
 ) -> Any:
     """One operation in a session of its own, within `timeout`; a failure says why the cluster
     could not serve it (unreachable members, no quorum) rather than only that it timed out."""
-    with trio.move_on_after(timeout) as scope:
-        probe = min(2.0, timeout / 3)
-        answers = await fetch_status(addresses, timeout=probe, until_leader=True)
-        view = ClusterView.of(addresses, answers)
-        if not view.statuses:
-            raise CliFailure(view.problem() or "no member could be reached")
-        try:
-            async with open_client(
-                leader_first(addresses, answers),
-                timeout=max(0.1, scope.deadline - trio.current_time()),
-                request_timeout=max(0.5, min(5.0, timeout / 3)),
-            ) as client:
-                if isinstance(operation, Query):
-                    return await client.submit(operation, consistency=consistency)
-                return await client.submit(operation)
-        except (NoLeaderError, OutcomeUnknownError) as exc:
-            after = ClusterView.of(addresses, await fetch_status(addresses, timeout=probe))
-            why = after.problem()
-            raise CliFailure(
-                f"{type(exc).__name__}: {exc}" + (f" ({why})" if why else "")
-            ) from None
-    after = ClusterView.of(addresses, await fetch_status(addresses, timeout=1.0))
-    why = after.problem()
-    raise CliFailure(f"no answer within {timeout:g}s" + (f": {why}" if why else ""))
+
+    async def one(client: CopycatClient) -> Any:
+        if isinstance(operation, Query):
+            return await client.submit(operation, consistency=consistency)
+        return await client.submit(operation)
+
+    return await _with_session(addresses, timeout, one)
 
 
 class CliFailure(Exception):
@@ -436,7 +419,7 @@ async def _with_session(
     cluster could not serve it."""
     with trio.move_on_after(timeout) as scope:
         probe = min(2.0, timeout / 3)
-        answers = await fetch_status(addresses, timeout=probe)
+        answers = await fetch_status(addresses, timeout=probe, until_leader=True)
         view = ClusterView.of(addresses, answers)
         if not view.statuses:
             raise CliFailure(view.problem() or "no member could be reached")
