@@ -113,7 +113,10 @@ def test_ctrl_c_while_etcd_runs_stops_every_process(tmp_path: Path) -> None:
     """SIGINT once the peer's cluster is up (copycat_trio's, where etcd is not installed)."""
     marker = "etcd: " if shutil.which("etcd") else "servers: "
     process = subprocess.Popen(
-        [sys.executable, str(BENCH), "--compare", "etcd", "--writers", "1", *TINY],
+        # A 5 s warm-up: the SIGINT must land while the peer runs (with TINY's 0.1 s one a
+        # loaded machine let the benchmark finish first and exit 0).
+        [sys.executable, str(BENCH), "--compare", "etcd", "--writers", "1", *TINY]
+        + ["--warmup", "5"],
         env=environment(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

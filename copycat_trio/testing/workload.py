@@ -61,6 +61,7 @@ PROVES_NOT_APPLIED: dict[ErrorType, bool] = {
     ErrorType.INTERNAL: False,  # "outcome unknown", or a failure nobody can see through
     ErrorType.CONFIGURATION: True,  # a change rejected
     ErrorType.PROTOCOL: True,  # a request no member could decode
+    ErrorType.UNKNOWN_OPERATION: True,  # logged, but its application changed nothing
 }
 """Per error type: whether the protocol says a request answered with it did not take effect."""
 

@@ -36,7 +36,7 @@ def members_json(cluster: str) -> list[dict[str, object]]:
     """The member list, or [] while no leader with a quorum can answer yet."""
     result = cli("members", "--cluster", cluster, "list", "--json")
     if result.returncode != 0:
-        reasons = ("no quorum", "could not be reached")
+        reasons = ("no quorum", "could not be reached", "no member could be reached")
         assert any(reason in result.stderr for reason in reasons), result.stderr
         return []
     return json.loads(result.stdout)  # type: ignore[no-any-return]
