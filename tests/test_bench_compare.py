@@ -110,7 +110,10 @@ def test_compare_etcd_without_etcd_on_path_says_so_in_one_line(tmp_path: Path) -
 
 
 def _default_sigint() -> None:
+    """In the benchmark's process before it starts: SIGINT handled as by default and not
+    blocked, whatever disposition or mask the test run passed on."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def test_ctrl_c_while_etcd_runs_stops_every_process(tmp_path: Path) -> None:
@@ -124,8 +127,8 @@ def test_ctrl_c_while_etcd_runs_stops_every_process(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        # A test run started in the background by a shell ignores SIGINT, and so would the
-        # benchmark (Python installs its handler only where SIGINT is not ignored).
+        # In two full runs the benchmark went on after the SIGINT and exited 0 (alone it
+        # passes): an ignored or blocked SIGINT passed on to it is the likely cause, unconfirmed.
         preexec_fn=_default_sigint,
     )
     try:
