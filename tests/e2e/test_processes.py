@@ -206,9 +206,12 @@ def classify_raw_answer(answer: Any, items: list[str], value: str) -> str:
         assert items.count(value) == 1, f"{value} answered OK but absent: {items}"
         assert items.index(value) == answer.result
         return f"answered OK, position {answer.result}"
-    if answer.error.type is ErrorType.INTERNAL:  # a forward to the leader lost its answer
+    # A forward to the leader that lost its answer (INTERNAL), or that ended because the
+    # forwarding member stopped following that leader (NO_LEADER, "the request may have
+    # reached it": docs/architecture.md): either may have applied, once.
+    if answer.error.type in (ErrorType.INTERNAL, ErrorType.NO_LEADER):
         assert items.count(value) <= 1
-    else:  # COMMAND (replaced), NO_LEADER, UNKNOWN_SESSION: not applied
+    else:  # COMMAND (replaced), UNKNOWN_SESSION: not applied
         assert value not in items, f"{value} answered {answer.error} but applied"
     return f"answered {answer.error.type.name}: {answer.error.message}"
 
