@@ -211,7 +211,8 @@ class SimulationConfig:
     settle_timeout: float = 60.0
     """After healing: virtual seconds for a leader to emerge and members to converge."""
     wall_limit: float = 300.0
-    """Real seconds before a run is stopped and reported as stuck."""
+    """CPU seconds (of this process) before a run is stopped and reported as stuck. CPU time,
+    not real time: a run starved by a busy machine is slow, not stuck."""
 
     @classmethod
     def for_seed(cls, seed: int, profile: str | None = None, **overrides: Any) -> SimulationConfig:
@@ -1011,15 +1012,15 @@ class _Collect(logging.Handler):
 
 
 class _Watchdog(trio.abc.Instrument):
-    """Stops a run that takes too long in real time (say, tasks spinning without sleeping)."""
+    """Stops a run that takes too much CPU time (say, tasks spinning without sleeping)."""
 
     def __init__(self, limit: float) -> None:
-        self.deadline = time.monotonic() + limit
+        self.deadline = time.process_time() + limit
         self.scope: trio.CancelScope | None = None
         self.fired = False
 
     def before_io_wait(self, timeout: float) -> None:
-        if not self.fired and self.scope is not None and time.monotonic() > self.deadline:
+        if not self.fired and self.scope is not None and time.process_time() > self.deadline:
             self.fired = True
             self.scope.cancel()
 
@@ -1148,7 +1149,7 @@ async def _run_main(config: SimulationConfig, watchdog: _Watchdog, holder: dict[
                 if virtual.cancelled_caught:
                     holder["stuck"] = f"stopped after {limit:g}s of virtual time (stuck?)"
             if watchdog.fired:
-                holder["stuck"] = f"stopped after {config.wall_limit:g}s of real time (spinning?)"
+                holder["stuck"] = f"stopped after {config.wall_limit:g}s of CPU time (spinning?)"
         finally:
             holder["virtual_time"] = trio.current_time()
             outer.cancel_scope.cancel()

@@ -256,3 +256,27 @@ async def test_no_stale_lease_read_after_a_leadership_transfer(autojump_clock) -
                 value = None
             assert value in ("after", None), f"stale lease read: {value!r}"
             nursery.cancel_scope.cancel()
+
+
+def test_the_watchdog_counts_cpu_time_not_a_starved_runs_waiting() -> None:
+    """A run that spins is stopped; a run the machine starves (here: one that waits in real
+    time without using the CPU) is not, since a slow seed on a busy machine is not stuck."""
+    import time
+
+    from copycat_trio.testing.simulation import _Watchdog
+
+    async def waits(watchdog: _Watchdog) -> None:
+        with trio.CancelScope() as watchdog.scope:
+            time.sleep(0.3)  # real time passes, no CPU time: starvation, as the watchdog sees it
+            await trio.sleep(0)
+        assert not watchdog.fired
+
+    trio.run(waits, (idle := _Watchdog(0.1)), instruments=[idle])
+
+    async def spins(watchdog: _Watchdog) -> None:
+        with trio.CancelScope() as watchdog.scope:
+            for _ in range(10_000_000):  # bounded: ends the test if the watchdog never fires
+                await trio.sleep(0)
+        assert watchdog.fired
+
+    trio.run(spins, (busy := _Watchdog(0.1)), instruments=[busy])
