@@ -754,8 +754,15 @@ def _status_rows(
 
 async def _status(args: argparse.Namespace) -> None:
     addresses = parse_cluster(args.cluster)
-    # A frozen member costs this once (all are asked at once), not the whole --timeout.
-    answers = await fetch_status(addresses, timeout=min(args.timeout, 2.0), confirm=True)
+    deadline = trio.current_time() + args.timeout
+    while True:
+        # A frozen member costs this once (all are asked at once), not the whole --timeout.
+        probe = max(0.1, min(2.0, deadline - trio.current_time()))
+        answers = await fetch_status(addresses, timeout=probe, confirm=True)
+        problem = ClusterView.of(addresses, answers, confirm_asked=True).problem()
+        if problem is None or not args.wait or trio.current_time() + 0.2 >= deadline:
+            break
+        await trio.sleep(0.2)
     rows = _status_rows(addresses, answers)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -764,7 +771,6 @@ async def _status(args: argparse.Namespace) -> None:
         clusters = sorted({row["cluster_id"] for row in rows if row.get("cluster_id")})
         if clusters:
             print(f"cluster {', '.join(clusters)}")
-    problem = ClusterView.of(addresses, answers, confirm_asked=True).problem()
     if problem is not None:
         raise CliFailure(problem)
 
@@ -1106,6 +1112,12 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[_client_options(5.0), verbosity],
     )
     status.add_argument("--json", action="store_true", help="a JSON list of objects")
+    status.add_argument(
+        "--wait",
+        action="store_true",
+        help="ask again until there is a leader and a quorum, for up to --timeout (in scripts: "
+        "wait for members just started)",
+    )
     commands.add_parser(
         "health",
         help="one line per member (as /health says); exit 1 if any is unhealthy",

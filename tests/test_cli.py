@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,38 @@ def test_a_cluster_file_with_memory_storage_serves(tmp_path: Path) -> None:
         process.terminate()
         process.wait(timeout=20)
     assert not (tmp_path / "copycat-data").exists()
+
+
+def test_status_wait_waits_for_a_member_started_after_it(tmp_path: Path) -> None:
+    """`status --wait` re-asks until a leader with a quorum answers: the README starts members
+    in the background and runs a command at once, which failed when none was listening yet."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    cli = [sys.executable, "-m", "copycat_trio"]
+    waiting = subprocess.Popen(
+        [*cli, "status", "--cluster", address, "--wait", "--timeout", "40"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    server = None
+    try:
+        time.sleep(2.0)  # long enough for its first round to find nobody listening
+        assert waiting.poll() is None, "it should still be waiting"
+        server = subprocess.Popen(
+            [*cli, "serve", "--id", "1", "--members", f"1={address}", "--storage", "memory"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp_path,
+        )
+        out, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 0, out + err
+        assert "leader" in out
+    finally:
+        waiting.kill()
+        waiting.wait()
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=20)
