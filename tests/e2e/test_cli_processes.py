@@ -4,6 +4,7 @@ the timeout."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -142,3 +143,21 @@ async def test_health_from_the_command_line(start_cluster: StartCluster) -> None
     # Still leading without a quorum, or already stepped down (check quorum): unhealthy both.
     reasons = ("UNHEALTHY: leader without a quorum", "UNHEALTHY: no leader known")
     assert any(reason in survivor for reason in reasons), out
+
+
+async def test_members_add_says_the_member_is_promoted_by_itself(
+    start_cluster: StartCluster,
+) -> None:
+    """It told the operator to promote the new member, which the leader then did by itself."""
+    cluster = await start_cluster(state_machine=KV)
+    await cluster.wait_for_leader()
+    addresses = ",".join(cluster.addresses())
+    code, out, err, _ = await cli("members", "add", "4", "127.0.0.1:1", "--cluster", addresses)
+    assert code == 0, out + err
+    assert "becomes ACTIVE by itself once its log has caught up" in out, out
+    assert "promote" not in out, out
+    code, out, err, _ = await cli("members", "list", "--cluster", addresses, "--json")
+    assert code == 0, out + err
+    (added,) = [m for m in json.loads(out) if m["id"] == 4]
+    # Not running, so never caught up: it stays PASSIVE and counts toward no quorum.
+    assert added["type"] == "passive", added
