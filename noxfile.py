@@ -54,9 +54,14 @@ def bench(session: nox.Session) -> None:
 
     Pass options after `--`, e.g. `nox -s bench -- --seconds 10 --writers 1,16,64`;
     `-- --compare etcd,pysyncobj --reads` runs the same load against a 3-member etcd (the
-    Debian package etcd-server, when `etcd` is on PATH) and PySyncObj, alternating, with ratios.
+    Debian package etcd-server, when `etcd` is on PATH) and PySyncObj, alternating, with ratios;
+    `-- --tls` runs every row with TLS on and on plaintext, `-- --metrics-cost` with metrics on
+    and off, alternating, with ratios; `-- --plots DIR` draws a latency histogram per row.
     """
-    session.install(".")
+    plots = any(a == "--plots" or a.startswith("--plots=") for a in session.posargs)
+    session.install(".[plots]" if plots else ".")
+    if "--tls" in session.posargs:
+        session.install("trustme")  # the run's certificates
     peers = compared_peers(session.posargs)
     if "etcd" in peers:
         session.install("h11")
