@@ -99,9 +99,10 @@ def nemesis(session: nox.Session) -> None:
     network namespaces the run creates; as root), checked for linearizability.
 
     `nox -s nemesis` runs 3 seeds of 60 s; `-- --runs 20 --seconds 120 --seed 100` runs more;
-    `-- --no-netns` plays kills and pauses only; see docs/testing.md.
+    `-- --no-netns` plays kills and pauses only; `-- --plots DIR` keeps every run's latency
+    and throughput plots (matplotlib, installed here); see docs/testing.md.
     """
-    session.install("-e", ".")
+    session.install("-e", ".[plots]")
     args = session.posargs or ["--runs", "3", "--seconds", "60"]
     session.run("python", "-m", "copycat_trio.testing.nemesis", *args)
 
