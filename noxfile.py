@@ -1,5 +1,5 @@
-"""Developer sessions: `nox -s tests`, `lint`, `typecheck`, `demo`, `bench`, `soak`, `simulate`,
-`nemesis`, `mutation`."""
+"""Developer sessions: `nox -s tests`, `lint`, `typecheck`, `docs`, `demo`, `bench`, `soak`,
+`simulate`, `nemesis`, `mutation`."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The API reference from the docstrings (mkdocs.yml, docs/api/) into site/, strictly: a
+    broken reference or a missing module fails it. `-- --site-dir DIR` writes it elsewhere."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", *session.posargs)
 
 
 @nox.session(python=PYTHON)
