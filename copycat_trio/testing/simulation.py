@@ -23,6 +23,7 @@ From the command line (`nox -s simulate` runs this):
 
     python -m copycat_trio.testing.simulation --seeds 200 --jobs 2
     python -m copycat_trio.testing.simulation --seed 17        # replay one, verbosely
+    python -m copycat_trio.testing.simulation --workload resources --seeds 50  # locks, queue, watch
 
 For your own state machine, `open_simulation` gives the same cluster and faults inside a test;
 see docs/testing.md.
