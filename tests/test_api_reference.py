@@ -11,9 +11,9 @@ import importlib
 import inspect
 import pathlib
 import re
+import resource
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -32,7 +32,7 @@ PUBLIC_MODULES = [
     "copycat_trio.testing.nemesis",
     "copycat_trio.testing.failover",
 ]
-BUILD_SECONDS = 30.0
+BUILD_CPU_SECONDS = 30.0  # CPU time, not wall time: a busy machine must not fail the test
 
 
 def build(config: pathlib.Path, site: pathlib.Path) -> subprocess.CompletedProcess[str]:
@@ -81,12 +81,13 @@ def public_names(module_name: str) -> list[tuple[str, Any]]:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     site = tmp_path_factory.mktemp("site")
-    started = time.monotonic()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = build(ROOT / "mkdocs.yml", site)
-    took = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    took = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert result.returncode == 0, f"the API reference does not build:\n{result.stderr}"
     assert "WARNING" not in result.stderr, result.stderr
-    assert took < BUILD_SECONDS, f"the API reference took {took:.1f}s to build"
+    assert took < BUILD_CPU_SECONDS, f"the API reference took {took:.1f} CPU seconds to build"
     return site
 
 
