@@ -229,6 +229,14 @@ def draw_nemesis(
     return written
 
 
+def _minor_label(value: float, _position: object) -> str:
+    """Plain numbers at 2x and 5x each power of ten; the other minor ticks stay unlabelled."""
+    if value <= 0:
+        return ""
+    leading = round(value / 10 ** math.floor(math.log10(value) + 1e-9), 6)
+    return f"{value:g}" if leading in (2.0, 5.0) else ""
+
+
 def draw_latency_histogram(
     series: Mapping[str, Sequence[int]], path: Path, *, title: str
 ) -> Path | None:
@@ -254,9 +262,8 @@ def draw_latency_histogram(
         shares = [100 * n / total for n in counts[lo:hi]]
         axes.stairs(shares, edges, label=f"{name} ({total} ops)", linewidth=1.2)
     axes.set_xscale("log")
-    plain = FuncFormatter(lambda value, _position: f"{value:g}")
-    axes.xaxis.set_major_formatter(plain)
-    axes.xaxis.set_minor_formatter(plain)
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _position: f"{value:g}"))
+    axes.xaxis.set_minor_formatter(FuncFormatter(_minor_label))
     axes.tick_params(axis="x", which="minor", labelsize=7)
     axes.set_xlabel("latency, ms (log-spaced bins, 10 per decade)")
     axes.set_ylabel("share of the operations, %")
