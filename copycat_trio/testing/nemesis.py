@@ -158,9 +158,11 @@ class NemesisReport:
 
     @property
     def ok(self) -> bool:
+        """Whether the history was checked and linearizable, and the watcher saw no problem."""
         return self.check is not None and self.check.ok and not self.problems
 
     def format(self) -> str:
+        """The text report: the verdict, recoveries, the fault schedule, problems, the check."""
         verdict = "ok" if self.ok else "FAILED"
         check = self.check.status.value if self.check else "not run"
         counts = ", ".join(f"{n} {name}" for name, n in sorted(self.outcomes.items()))
