@@ -9,9 +9,10 @@
 Each run starts a fresh three-member cluster, runs every phase of the plan, prints its table
 and stops the cluster; the two settings alternate for --runs rounds, counterbalanced (A B, B A,
 A B, ...) so that neither always goes first. The closing table is compare.py's (medians, each
-run's ops/s in brackets, CPU per operation, the ratio of the medians), followed by the ratio of
-throughput within each round (the two runs of a round ran back to back, so they saw the most
-similar machine), their median and range, and how far the baseline's own runs spread.
+run's ops/s in brackets, CPU per operation, the ratio of the medians), followed by the ratios
+of throughput and of CPU per operation within each round (the two runs of a round ran back to
+back, so they saw the most similar machine), their median, range and middle half, and how far
+the baseline's own runs spread.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import copy
 import json
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -45,22 +46,33 @@ def run_order(rounds: int, names: tuple[str, str]) -> list[tuple[int, str]]:
     return order
 
 
+def throughput(result: bc.PhaseResult) -> float | None:
+    return result.ops_per_s
+
+
+def cpu_per_op(result: bc.PhaseResult) -> float | None:
+    """The four processes' CPU per operation, summed (µs)."""
+    return compare.cpu_us_per_op(result).get("sum")
+
+
 def round_ratios(
     plan: Sequence[tuple[str, int]],
     measured: Sequence[Sequence[bc.PhaseResult]],
     baseline: Sequence[Sequence[bc.PhaseResult]],
+    measure: Callable[[bc.PhaseResult], float | None] = throughput,
 ) -> dict[tuple[str, int], list[float]]:
-    """Per row, measured ops/s / baseline ops/s of each round that has both (rounds in order)."""
+    """Per row, measure(measured) / measure(baseline) of each round that has both (rounds in
+    order); the measure is ops/s unless given."""
 
-    def rate(results: Sequence[bc.PhaseResult], op: str, tasks: int) -> float | None:
-        found = [r.ops_per_s for r in results if (r.op, r.tasks) == (op, tasks)]
+    def value(results: Sequence[bc.PhaseResult], op: str, tasks: int) -> float | None:
+        found = [measure(r) for r in results if (r.op, r.tasks) == (op, tasks)]
         return found[0] if found else None
 
     out: dict[tuple[str, int], list[float]] = {}
     for op, tasks in plan:
         ratios = []
         for ours, theirs in zip(measured, baseline, strict=False):
-            r = compare.ratio(rate(ours, op, tasks), rate(theirs, op, tasks))
+            r = compare.ratio(value(ours, op, tasks), value(theirs, op, tasks))
             if r is not None:
                 ratios.append(r)
         out[(op, tasks)] = ratios
@@ -74,15 +86,26 @@ def spread(values: Sequence[float]) -> float | None:
     return (max(values) - min(values)) / statistics.median(values)
 
 
+def describe(values: Sequence[float]) -> str:
+    """Each value, their median, their range and (from four on) their middle half."""
+    text = " ".join(f"{v:.2f}" for v in values) + f"; median {statistics.median(values):.3f}"
+    text += f" (range {min(values):.2f}-{max(values):.2f}"
+    if len(values) >= 4:
+        low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+        text += f", middle half {low:.2f}-{high:.2f}"
+    return text + ")"
+
+
 def format_rounds(
     plan: Sequence[tuple[str, int]],
     runs: dict[str, list[list[bc.PhaseResult]]],
     names: tuple[str, str],
 ) -> tuple[str, dict[str, Any]]:
-    """One line per row: the per-round throughput ratios, their median and range, and the
-    baseline's own spread; and the same as data."""
+    """Two lines per row: the per-round ratios of throughput and of CPU per operation, each
+    with its median and range, and the baseline's own spread; and the same as data."""
     measured, baseline = names
     ratios = round_ratios(plan, runs[measured], runs[baseline])
+    cpu_ratios = round_ratios(plan, runs[measured], runs[baseline], cpu_per_op)
     lines = []
     data: dict[str, Any] = {}
     for op, tasks in plan:
@@ -97,20 +120,22 @@ def format_rounds(
         ]
         base_spread = spread(base)
         lines.append(
-            f"{op:9} x{tasks:<4} ops/s {measured}/{baseline} per round: "
-            + " ".join(f"{v:.2f}" for v in values)
-            + f"; median {statistics.median(values):.3f}"
-            + f" (range {min(values):.2f}-{max(values):.2f})"
+            f"{op:9} x{tasks:<4} ops/s {measured}/{baseline} per round: {describe(values)}"
             + (
                 ""
                 if base_spread is None
                 else f"; {baseline} runs alone differ by {100 * base_spread:.0f}% (max-min)/median"
             )
         )
+        cpu = cpu_ratios[(op, tasks)]
+        if cpu:
+            lines.append(f"{'':15} cpu us/op (sum) per round: {describe(cpu)}")
         data[f"{op} x{tasks}"] = {
             "round_ratios": values,
             "median": statistics.median(values),
             "baseline_spread": base_spread,
+            "cpu_round_ratios": cpu,
+            "cpu_median": statistics.median(cpu) if cpu else None,
         }
     return "\n".join(lines), data
 
@@ -148,10 +173,11 @@ async def run_variants(args: argparse.Namespace, facts: dict[str, Any]) -> int:
     table, summary = compare.format_summary(plan, runs, ours=names[0])
     say(table)
     say(
-        compare.LEGEND.format(every=100 * (facts["usable_cpus"] or 1)).replace(
-            "copycat_trio / peer (ops/s above 1 and latency or CPU below 1 favour copycat_trio)",
-            f"{names[0]} / {names[1]} (ops/s below 1: what {names[0]} costs)",
-        )
+        f"medians of each setting's runs; (runs): each run's ops/s in the order run; cpu us/op: "
+        f"CPU time per operation of the client / leader / followers; sum: all of them; box%: the "
+        f"whole machine's busy time ({100 * (facts['usable_cpus'] or 1)} = every core); ratio "
+        f"lines: {names[0]} / {names[1]} (ops/s below 1, latency and CPU above 1: what "
+        f"{names[0]} costs)"
     )
     rounds, round_data = format_rounds(plan, runs, names)
     say(rounds)

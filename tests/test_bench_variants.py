@@ -50,6 +50,25 @@ def test_round_ratios_divide_the_runs_of_one_round_row_by_row() -> None:
     assert variants.spread([100.0]) is None
 
 
+def test_cpu_per_operation_is_compared_round_by_round_too() -> None:
+    def with_cpu(ops_per_s: float, leader: float) -> bench_cluster.PhaseResult:
+        r = result("put", 1, ops_per_s)
+        r.cpu = {"client": 10.0, "leader": leader, "follower2": 5.0, "machine": 200.0}
+        return r
+
+    # 100 ops/s at 10 + 20 + 5 % of a core = 3,500 µs per op; then 100 at 10 + 55 + 5: 7,000.
+    ratios = variants.round_ratios(
+        [("put", 1)], [[with_cpu(100, 55.0)]], [[with_cpu(100, 20.0)]], variants.cpu_per_op
+    )
+    assert ratios[("put", 1)] == pytest.approx([2.0])
+    text, data = variants.format_rounds(
+        [("put", 1)], {"on": [[with_cpu(100, 55.0)]], "off": [[with_cpu(100, 20.0)]]}, ("on", "off")
+    )
+    assert "cpu us/op (sum) per round: 2.00; median 2.000" in text.splitlines()[1]
+    assert data["put x1"]["cpu_median"] == pytest.approx(2.0)
+    assert "middle half 2.00-4.00" in variants.describe([1.0, 2.0, 3.0, 4.0, 5.0])
+
+
 def run_bench(tmp_path: Path, *options: str) -> str:
     plots = tmp_path / "plots"
     completed = subprocess.run(
