@@ -94,6 +94,10 @@ class ResourceRecord:
     watch_session: int | None = None
     """The session whose watch registration (from now) succeeded first."""
     watching: trio.Event = attrs.Factory(trio.Event)
+    watcher: CopycatClient | None = None
+    """The watcher's current client."""
+    stalled: str = ""
+    """If the watcher did not catch up after healing: the state its client was in."""
     writes: dict[str, int] = attrs.Factory(dict)
     """Fenced writes by outcome: accepted, refused, lost (CAS lost a race), unknown."""
 
@@ -179,11 +183,18 @@ class ResourceWorkload:
                 return
             truth = _truth(sim)
             last = truth["changes"][-1][0] if truth["changes"] else None
-            with trio.move_on_after(self.catch_up):
+            with trio.move_on_after(self.catch_up) as waited:
                 while record.watching.is_set() and last is not None:
                     if record.watched and record.watched[-1][0] >= last:
                         break
                     await trio.sleep(0.1)
+            if waited.cancelled_caught and record.watcher is not None:
+                client = record.watcher
+                record.stalled = (
+                    f"after {self.catch_up:g}s the watcher's client was {client.state.value.name} "
+                    f"in session {client.session_id}"
+                )
+                sim.trace.record("client", record.stalled)
             watcher.cancel_scope.cancel()
         if await sim.converge(resources_state):
             self.check(sim, record, probe, truth)
@@ -463,6 +474,7 @@ class ResourceWorkload:
         self, sim: ResourceHost, client: CopycatClient, record: ResourceRecord, since: int | None
     ) -> int | None:
         """One watch stream until it fails; the revision to resume after."""
+        record.watcher = client
         stream = Map(client, WATCHED).watch(since=since)
         try:
             async with stream:
@@ -513,6 +525,10 @@ class ResourceWorkload:
             ),
             default=None,
         )
+        if record.stalled and record.watcher is not None:
+            closed = probe.closes.get(record.watcher.session_id)
+            if closed is not None:
+                record.stalled += f", which the servers had closed at index {closed}"
         problems = [
             *probe.conflicts,
             *check_lock(LOCK, grants, ends, record.learned),
@@ -524,17 +540,16 @@ class ResourceWorkload:
         if truth["dropped"]:
             problems.append(f"watch {WATCHED}: its history dropped changes (make fewer)")
         else:
-            problems.extend(
-                check_watch(
-                    WATCHED,
-                    applied,
-                    truth["changes"],
-                    truth["entries"],
-                    record.acknowledged,
-                    record.watched,
-                    registered,
-                )
+            watch = check_watch(
+                WATCHED,
+                applied,
+                truth["changes"],
+                truth["entries"],
+                record.acknowledged,
+                record.watched,
+                registered,
             )
+            problems.extend(f"{p} ({record.stalled})" if record.stalled else p for p in watch)
         for problem in problems:
             sim.invariants.violation(problem)
         closed = sum(1 for g in grants if ends[g] == probe.closes.get(g.session))
