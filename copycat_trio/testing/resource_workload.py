@@ -68,6 +68,7 @@ class ResourceHost(WorkloadHost, Protocol):
 
     invariants: InvariantChecker
     cluster: Any
+    network: Any
 
     async def run_faults(self, until: float) -> None: ...
 
@@ -130,6 +131,8 @@ class ResourceWorkload:
     max_ops: int = 60
     """Operations per client (lock rounds, offers, polls, map writes), at most."""
     recover: float = 0.5
+    holder_pauses: float = 0.15
+    """Probability that a RECOVER locker stalls right after a grant (see `_pause`)."""
     short_session_timeouts: tuple[float, ...] = (0.5, 1.0, 2.0)
     session_timeout: float = 5.0
     op_timeout: float = 3.0
@@ -279,6 +282,8 @@ class ResourceWorkload:
                 LearnedGrant(name, tuple(state.sessions), token, invoked, trio.current_time())
             )
             sim.trace.record("ok", f"{name} holds {LOCK} with token {token}")
+            if client.recovery is RecoveryStrategy.RECOVER and rng.random() < self.holder_pauses:
+                await self._pause(sim, client, state)
             for _ in range(rng.randint(1, 2)):
                 outcome = await self._fenced_write(sim, client, state, token)
                 record.writes[outcome] = record.writes.get(outcome, 0) + 1
@@ -292,6 +297,20 @@ class ResourceWorkload:
             except FAULTS as exc:
                 sim.trace.record("client", f"{name} release: {type(exc).__name__}")
             await state.think()
+
+    async def _pause(self, sim: ResourceHost, client: CopycatClient, state: _ClientState) -> None:
+        """A holder stalls (a GC pause, a swapped-out process): for longer than its session
+        timeout it does nothing and its traffic is held both ways, so the session expires and
+        the lock passes on; then it goes on, still believing it holds, and writes under its old
+        token, which the fencing check must refuse once a newer holder has written."""
+        seconds = client.session_timeout * state.rng.uniform(1.5, 3.0)
+        sim.trace.record("pause", f"{state.name} (holding the lock) for {seconds:.2f}s")
+        sim.network.hold(state.name)
+        try:
+            await trio.sleep(seconds)
+        finally:
+            sim.network.release(state.name)
+            sim.trace.record("resume", f"{state.name}")
 
     async def _fenced_write(
         self, sim: ResourceHost, client: CopycatClient, state: _ClientState, token: int
