@@ -38,6 +38,7 @@ __all__ = [
     "matplotlib_missing",
     "merge_histograms",
     "throughput_series",
+    "time_span",
 ]
 
 OUTCOME_COLOURS = {"ok": "tab:blue", "failed": "tab:orange", "unknown": "tab:red"}
@@ -105,6 +106,17 @@ def throughput_series(
         for outcome, series in counts.items()
     }
     return [i * bucket for i in range(length)], rates
+
+
+def time_span(operations: Iterable[Operation]) -> tuple[float, float] | None:
+    """From the first invocation to the last end (or invocation, for one that never ended):
+    the x range both nemesis plots show (the run's clock starts before the cluster is up)."""
+    times = [
+        (op.invoked, op.invoked if op.completed is None else op.completed) for op in operations
+    ]
+    if not times:
+        return None
+    return min(t for t, _ in times), max(t for _, t in times)
 
 
 def latency_histogram(latencies_ms: Iterable[float]) -> list[int]:
@@ -181,6 +193,11 @@ def draw_nemesis(
 
     directory.mkdir(parents=True, exist_ok=True)
     written = []
+    span = time_span(operations)
+    if span is not None and span[1] > span[0]:
+        left, right = span[0] - 0.5, span[1] + 0.5
+    else:
+        left, right = None, None
 
     figure = Figure(figsize=(11, 5), layout="constrained")
     axes = figure.add_subplot()
@@ -197,6 +214,7 @@ def draw_nemesis(
                 linewidths=0.6 if outcome == "unknown" else None,
             )
     axes.set_yscale("log")
+    axes.set_xlim(left, right)
     axes.set_xlabel("seconds since the run began (operation invoked)")
     axes.set_ylabel("latency, s (unknown: drawn at the timeout)")
     axes.set_title(f"{title}: latency of every operation; grey: faults")
@@ -219,6 +237,7 @@ def draw_nemesis(
                 label=outcome,
                 linewidth=1,
             )
+    axes.set_xlim(left, right)
     axes.set_xlabel("seconds since the run began (operation finished; unknown: invoked)")
     axes.set_ylabel("operations per second")
     axes.set_title(f"{title}: throughput by outcome; grey: faults")

@@ -18,6 +18,10 @@ async def test_five_processes_under_every_fault_stay_linearizable(tmp_path: Path
     assert report.ok, report.format()
     assert report.schedule, "the nemesis played no fault"
     assert report.outcomes.get("ok", 0) > 100
+    # What the plots draw: every operation, and a window for every fault that began.
+    assert len(report.history) == report.operations
+    assert len(report.fault_windows) == len(report.recoveries) > 0
+    assert all(w.began <= w.ended <= report.seconds for w in report.fault_windows)
 
 
 async def test_the_run_catches_writes_lost_by_wiped_data(tmp_path: Path) -> None:

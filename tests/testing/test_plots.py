@@ -17,6 +17,7 @@ from copycat_trio.testing.plots import (
     merge_histograms,
     occupied_range,
     throughput_series,
+    time_span,
 )
 
 
@@ -54,6 +55,11 @@ def test_throughput_counts_finished_operations_per_bucket_and_unknowns_when_invo
     with pytest.raises(ValueError):
         throughput_series([], bucket=0)
     assert throughput_series([]) == ([], {"ok": [], "failed": [], "unknown": []})
+
+
+def test_the_plots_span_the_operations_not_the_clusters_start() -> None:
+    assert time_span(small_history().operations()) == (0.5, 2.5)  # first invoked, last ended
+    assert time_span([]) is None
 
 
 def test_latency_histogram_uses_fixed_log_bins_that_add_up_across_runs() -> None:
