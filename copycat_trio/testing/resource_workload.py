@@ -16,6 +16,7 @@ map that a watcher watches, all under the simulation's faults; checked by resour
   or client ends; writers put, delete and compare-and-set a few keys of it, with unique values.
 The protected entry and the watched map's keys go into the simulation's History too (as
 registers "FENCED/KEY", "WATCHED/k"), so the linearizability check covers them as well.
+resource_scenario.py runs it under the faults and checks what the clients recorded here.
 """
 
 from __future__ import annotations
@@ -31,27 +32,22 @@ from ..client.client import CopycatClient
 from ..client.strategies import ClientState, RecoveryStrategy, ServerSelection
 from ..protocol.errors import ApplicationError, CopycatError
 from ..recipes.resources import Lock, LockNotHeldError, LockTimeoutError, Map, Queue
-from ..recipes.resources.kinds.map import MapWatch
 from ..transport.base import TransportError
 from .history import OpKind, Outcome
 from .invariants import InvariantChecker
-from .resource_checks import (
-    Change,
-    LearnedGrant,
-    Receipt,
-    check_fencing,
-    check_lock,
-    check_queue,
-    check_watch,
-    fenced_value,
-    hold_ends,
-    lock_grants,
-    parse_fenced,
-)
-from .resource_machine import ResourceProbe, resources_state
+from .resource_checks import Change, LearnedGrant, Receipt, fenced_value, parse_fenced
 from .workload import WorkloadHost, command_outcome
 
-__all__ = ["FENCED", "KEY", "LOCK", "QUEUE", "WATCHED", "ResourceRecord", "ResourceWorkload"]
+__all__ = [
+    "FENCED",
+    "KEY",
+    "LOCK",
+    "QUEUE",
+    "WATCHED",
+    "ResourceHost",
+    "ResourceRecord",
+    "ResourceWorkload",
+]
 
 LOCK = "sim-lock"
 FENCED = "fenced"
@@ -162,45 +158,6 @@ class ResourceWorkload:
     def history_keys(self) -> list[str]:
         """The registers the workload records in the History."""
         return [f"{FENCED}/{KEY}", *(f"{WATCHED}/k{i}" for i in range(self.keys))]
-
-    # --- the scenario ----------------------------------------------------------------------
-
-    async def scenario(self, sim: ResourceHost, probe: ResourceProbe, duration: float) -> None:
-        """Workload under faults, heal, settle, drain, read, converge, check."""
-        record = ResourceRecord()
-        until = trio.current_time() + duration
-        async with trio.open_nursery() as watcher:
-            watcher.start_soon(self._watcher, sim, record)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(sim.run_faults, until)
-                await self.run(sim, until, record)
-                nursery.cancel_scope.cancel()
-            await sim.heal()
-            if await sim.settle() is None:
-                watcher.cancel_scope.cancel()
-                return
-            await self._drain(sim, record)
-            await self._final_reads(sim)
-            if not await sim.converge():
-                watcher.cancel_scope.cancel()
-                return
-            truth = _truth(sim)
-            last = truth["changes"][-1][0] if truth["changes"] else None
-            with trio.move_on_after(self.catch_up) as waited:
-                while record.watching.is_set() and last is not None:
-                    if record.watched and record.watched[-1][0] >= last:
-                        break
-                    await trio.sleep(0.1)
-            if waited.cancelled_caught and record.watcher is not None:
-                client = record.watcher
-                record.stalled = (
-                    f"after {self.catch_up:g}s the watcher's client was {client.state.value.name} "
-                    f"in session {client.session_id}"
-                )
-                sim.trace.record("client", record.stalled)
-            watcher.cancel_scope.cancel()
-        if await sim.converge(resources_state):
-            self.check(sim, record, probe, truth)
 
     async def run(self, sim: ResourceHost, until: float, record: ResourceRecord) -> None:
         """Every client but the watcher, until virtual time `until` or its budget."""
@@ -401,7 +358,7 @@ class ResourceWorkload:
                 sim.trace.record("ok", f"{state.name} polled {item}")
             await state.think()
 
-    async def _drain(self, sim: ResourceHost, record: ResourceRecord) -> None:
+    async def drain(self, sim: ResourceHost, record: ResourceRecord) -> None:
         """After healing: poll every item left, through a fresh client."""
         try:
             async with sim.client(host="final", name="drain", timeout=30.0) as client:
@@ -465,7 +422,7 @@ class ResourceWorkload:
                     state.seen[key] = value
             await state.think()
 
-    async def _watcher(self, sim: ResourceHost, record: ResourceRecord) -> None:
+    async def watcher(self, sim: ResourceHost, record: ResourceRecord) -> None:
         """Watch WATCHED until cancelled: from now at first, then from the last revision."""
         rng = sim.rng("watcher")
         recover = rng.random() < self.recover
@@ -514,7 +471,7 @@ class ResourceWorkload:
 
     # --- the end ---------------------------------------------------------------------------
 
-    async def _final_reads(self, sim: ResourceHost) -> None:
+    async def final_reads(self, sim: ResourceHost) -> None:
         """Read every register once more, into the History (no acknowledged write lost)."""
         try:
             async with sim.client(host="final", name="final", timeout=30.0) as client:
@@ -527,60 +484,6 @@ class ResourceWorkload:
         except FAULTS as exc:
             sim.invariants.violation(f"liveness: final reads after healing: {exc!r}")
 
-    def check(
-        self, sim: ResourceHost, record: ResourceRecord, probe: ResourceProbe, truth: Any
-    ) -> None:
-        """Report every broken promise to `sim.invariants` (after the run has converged)."""
-        applied = sorted(sim.invariants.applied.values(), key=lambda a: a.index)
-        grants = lock_grants(LOCK, applied, probe.published)
-        ends = hold_ends(LOCK, grants, applied, probe.closes)
-        registered = min(
-            (
-                a.index
-                for a in applied
-                if isinstance(a.operation, MapWatch)
-                and a.operation.name == WATCHED
-                and a.session == record.watch_session
-            ),
-            default=None,
-        )
-        if record.stalled and record.watcher is not None:
-            closed = probe.closes.get(record.watcher.session_id)
-            if closed is not None:
-                record.stalled += f", which the servers had closed at index {closed}"
-        problems = [
-            *probe.conflicts,
-            *check_lock(LOCK, grants, ends, record.learned),
-            *check_fencing(FENCED, KEY, applied, grants, ends),
-            *check_queue(
-                QUEUE, applied, probe.published, record.offers, record.receipts, truth["queued"]
-            ),
-        ]
-        if truth["dropped"]:
-            problems.append(f"watch {WATCHED}: its history dropped changes (make fewer)")
-        else:
-            watch = check_watch(
-                WATCHED,
-                applied,
-                truth["changes"],
-                truth["entries"],
-                record.acknowledged,
-                record.watched,
-                registered,
-            )
-            problems.extend(f"{p} ({record.stalled})" if record.stalled else p for p in watch)
-        for problem in problems:
-            sim.invariants.violation(problem)
-        closed = sum(1 for g in grants if ends[g] == probe.closes.get(g.session))
-        sim.trace.record(
-            "resources",
-            f"checked {len(grants)} grants ({len(record.learned)} learned, {closed} ended by "
-            f"their session's close), fenced writes "
-            f"{dict(sorted(record.writes.items()))}, {len(record.offers)} offers, "
-            f"{len(record.receipts)} receipts, {len(record.watched)} of "
-            f"{len(truth['changes'])} changes watched",
-        )
-
 
 async def _map_call(watched: Map, kind: OpKind, key: str, expected: Any, value: str) -> Any:
     """One operation of a writer on the watched map."""
@@ -591,20 +494,6 @@ async def _map_call(watched: Map, kind: OpKind, key: str, expected: Any, value: 
     if kind is OpKind.CAS:
         return await watched.compare_and_set(key, expected, value)
     return await watched.get(key)
-
-
-def _truth(sim: ResourceHost) -> dict[str, Any]:
-    """The watched map's history and contents and the queue's items, on a converged member."""
-    server = next(s for s in sim.cluster.servers.values() if s._executor is not None)
-    resources = server.state_machine.resources
-    watched = resources.get(("map", WATCHED))
-    queue = resources.get(("queue", QUEUE))
-    return {
-        "changes": [tuple(c[:5]) for c in watched.history] if watched else [],
-        "dropped": watched.dropped if watched else 0,
-        "entries": {k: v[0] for k, v in watched.entries.items()} if watched else {},
-        "queued": list(queue.items) if queue else [],
-    }
 
 
 class _ClientState:

@@ -66,6 +66,7 @@ from .invariants import Applied, InvariantChecker, observe
 from .linearizability import CheckResult, check
 from .pipeline_workload import PipelineRecord, PipelineWorkload
 from .resource_machine import ProbedResources, ResourceProbe
+from .resource_scenario import run_resource_scenario
 from .resource_workload import ResourceWorkload
 from .sim_machine import SimStore, sim_state
 from .simdisk import FsDisk, SimDisk
@@ -1164,7 +1165,9 @@ async def _run_main(config: SimulationConfig, watchdog: _Watchdog, holder: dict[
                         holder["sim"] = sim
                         sim.abort_scope = scope
                         if config.scenario == "resources":
-                            await config.resources.scenario(sim, probe, config.duration)
+                            await run_resource_scenario(
+                                config.resources, sim, probe, config.duration
+                            )
                         else:
                             await _kv_run(sim)
                 if virtual.cancelled_caught:
