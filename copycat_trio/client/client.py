@@ -493,6 +493,9 @@ class CopycatClient:
                     address != self._address
                     and self.session_id
                     and not isinstance(body, (RegisterRequest, ConnectRequest))
+                    # Not to a member that says the session is gone: it would hold the connect
+                    # for an election timeout, and the verdict (raised below) came too late.
+                    and (error is None or error.type is not ErrorType.UNKNOWN_SESSION)
                 ):
                     await self._switch_to(address)
                 elif not self.session_id or self._address is None:

@@ -348,18 +348,15 @@ def test_infinity_marks_a_hold_to_the_end() -> None:
     assert hold_ends(L, grants, log, {}) == {Grant(10, 10, 1, 1): math.inf}
 
 
-def test_seed_144_still_finds_a_client_that_never_learns_its_session_expired() -> None:
-    """A known failure (client/ is frozen this session; move the seed to the passing ones once
-    fixed). The watcher (RECOVER, session timeout 0.5 s, keep-alive budget 1 s) talks through
-    member 1, which a partition leaves unanswered; after healing, each keep-alive goes first to
-    the leader, which answers UNKNOWN_SESSION at once, but `_request_any` first switches the
-    session to that member (`_switch_to`: a ConnectRequest, which the member holds for an
-    election timeout, 1 s, waiting for the unknown session to appear) and the keep-alive's
-    budget runs out before the verdict is raised. So the client stays SUSPENDED for good,
-    never recovers its session, and its watch never yields again."""
+def test_seed_144_a_client_learns_its_session_expired_after_a_partition() -> None:
+    """It failed: the watcher (RECOVER, session timeout 0.5 s, keep-alive budget 1 s) talks
+    through member 1, which a partition leaves unanswered; after healing, each keep-alive goes
+    first to the leader, which answers UNKNOWN_SESSION at once, but `_request_any` first
+    switched the session to that member (`_switch_to`: a ConnectRequest, which the member holds
+    for an election timeout, 1 s, waiting for the unknown session to appear) and the
+    keep-alive's budget ran out before the verdict was raised. So the client stayed SUSPENDED
+    for good ("the watcher's client was SUSPENDED in session 6, which the servers had closed"),
+    never recovered its session, and its watch never yielded again. Now a member that answers
+    UNKNOWN_SESSION is not switched to: the verdict is raised at once."""
     result = run_simulation(144, scenario="resources")
-    print(result.report())
-    failures = "\n".join(result.failures())
-    assert "the watcher's client was SUSPENDED in session 6, which the servers had closed" in (
-        failures
-    )
+    assert result.ok, result.report()
