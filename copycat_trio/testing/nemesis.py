@@ -168,7 +168,7 @@ class NemesisReport:
         counts = ", ".join(f"{n} {name}" for name, n in sorted(self.outcomes.items()))
         lines = [
             f"{verdict}: seed {self.config.seed}, {self.config.servers} server processes, "
-            f"{self.operations} operations ({counts}), {len(self.schedule)} faults, "
+            f"{self.operations} operations ({counts}), {len(self.fault_windows)} faults, "
             f"{self.terms} terms, {self.seconds:.1f}s; history {check}",
             f"longest time without an acknowledged write: {self.longest_write_gap[0]:.2f}s "
             f"(from {self.longest_write_gap[1]:.2f}s)",

@@ -58,3 +58,10 @@ def test_both_plots_are_drawn_from_a_report(tmp_path: Path) -> None:
     )
     assert line == f"plots: {latency}, {throughput}"
     assert latency.read_bytes()[:4] == throughput.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_report_counts_faults_not_schedule_lines(tmp_path: Path) -> None:
+    """A fault writes two schedule lines or more (begun, healed): seed 7 said "8 faults" for 4."""
+    played = report(tmp_path)
+    played.schedule = ["  1.00s pause: SIGSTOP 2 for 0.9s", "  1.90s pause: SIGCONT 2"]
+    assert ", 1 faults, " in played.format().splitlines()[0]
