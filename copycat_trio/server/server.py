@@ -79,6 +79,7 @@ from ..transport.base import MessageStream, Transport, TransportError
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
 from ..transport.tcp import TcpTransport
 from ..transport.tls import TlsContexts, TlsSettings
+from .authz import AuthPolicy, Principal, identify, required_role, unauthorized_message
 from .client_service import ClientConnection, ClientService
 from .executor import Executor
 from .log_clock import LogClock
@@ -153,13 +154,17 @@ class CopycatServer:
         metrics_address: str | None = None,
         tls: TlsSettings | None = None,
         cluster_id: str | None = None,
+        auth: AuthPolicy | None = None,
     ) -> None:
         """`monotonic_clock`: the raft core's clock (default: Trio's); a simulation gives each
         member its own rate. `metrics_address`: HOST:PORT to serve /metrics, /health and /ready
         on over HTTP (None: not served; see docs/operations.md). `tls`: mutual TLS on every
         listener and connection (docs/security.md); needs the default (TCP) transport.
         `cluster_id`: the cluster this member must belong to (None: whichever its data
-        directory says); a data directory of another cluster is refused at start."""
+        directory says); a data directory of another cluster is refused at start. `auth`:
+        the roles and tokens clients are checked against (server/authz.py); with TLS and
+        none given, every authenticated client gets `write`; without TLS and without it,
+        every request is allowed, as before."""
         self.monotonic_clock = monotonic_clock
         self.member_type = member_type
         """The type this member asks for when it joins (bootstrap members are ACTIVE)."""
@@ -195,6 +200,12 @@ class CopycatServer:
         if tls is not None and transport is not None:
             raise ConfigurationError("tls goes with the default transport (pass one or the other)")
         self._tls = TlsContexts.for_member(tls) if tls is not None else None
+        if auth is None and tls is not None:
+            auth = AuthPolicy()
+        if auth is not None and tls is not None and auth.server_name is None:
+            auth = attrs.evolve(auth, server_name=tls.server_name)
+        self.auth = auth
+        """What clients may do (None: everything, no identities: plaintext without a policy)."""
         self.transport: Transport = transport or TcpTransport(tls=self._tls)
         self.storage: LogStorage = storage or MemoryStorage()
         self.rng = rng or random.Random()
@@ -490,6 +501,45 @@ class CopycatServer:
             log.warning("refusing connection: %s", reason)
         return reason
 
+    def _identify(self, stream: MessageStream, also: str | None = None) -> Principal | None:
+        """Who the connection's peer is (None: no authentication here). `also`: the address
+        of a member asking to join, whose own certificate makes it a member's."""
+        if self.auth is None:
+            return None
+        assert self._loop is not None
+        addresses = [m.address for m in self._loop.core.members] + [self.address]
+        if also is not None:
+            addresses.append(also)
+        hosts = [address.rpartition(":")[0].strip("[]") for address in addresses]
+        hello = getattr(stream, "peer_version", None)
+        certificate = getattr(stream, "peer_certificate", None)
+        return identify(self.auth, certificate, getattr(hello, "token", "") or "", hosts)
+
+    def _authorize(
+        self, stream: MessageStream, principal: Principal | None, request: RpcRequest
+    ) -> tuple[Principal | None, RpcRequest | RpcResponse]:
+        """The request to answer (a register stamped with the client's identity), or the
+        UNAUTHORIZED answer; and the principal, identified again if the membership changed
+        since (a member that joined meanwhile is one now)."""
+        body = request.body
+        if principal is not None and not principal.member:
+            needed = required_role(body)
+            if principal.role is None or not principal.role.allows(needed):
+                joining = body.member.address if isinstance(body, JoinRequest) else None
+                principal = self._identify(stream, joining) or principal
+            if not principal.member and (
+                principal.role is None or not principal.role.allows(needed)
+            ):
+                text = unauthorized_message(principal, body)
+                log.info("refused a request from %s: %s", stream.peer, text)
+                info = ErrorInfo(ErrorType.UNAUTHORIZED, text)
+                return principal, RpcResponse(request.id, ErrorResponse(Status.ERROR, info))
+        if isinstance(body, RegisterRequest) and (principal is None or not principal.member):
+            # Only a member's stamp is trusted (it forwards what it stamped itself).
+            identity = principal.identity if principal is not None else ""
+            request = RpcRequest(request.id, attrs.evolve(body, identity=identity))
+        return principal, request
+
     async def _no_connection(self, request: Any) -> Any:
         raise IllegalMemberStateError("connect needs a client connection")
 
@@ -652,6 +702,7 @@ class CopycatServer:
             allowed = CLIENT_REQUESTS
         limiter = trio.Semaphore(MAX_REQUESTS_PER_CONNECTION)
         checked = False
+        principal: Principal | None = None
         async with trio.open_nursery() as nursery:
             connection = ClientConnection(stream, nursery)
             try:
@@ -680,6 +731,13 @@ class CopycatServer:
                         if foreign is not None:
                             await _refuse(stream, foreign)
                             return
+                        principal = self._identify(stream)
+                        if principal is not None and principal.refusal:
+                            log.warning(
+                                "refusing connection from %s: %s", stream.peer, principal.refusal
+                            )
+                            await _refuse(stream, principal.refusal)
+                            return
                     if isinstance(message, RpcResponse):
                         connection.on_response(message)  # a client answering a publish
                     elif isinstance(message, Envelope):
@@ -691,8 +749,12 @@ class CopycatServer:
                         if message.target == self.id:
                             await loop.inbox_send.send(Step(message.source, message.message))
                     elif isinstance(message, RpcRequest):
+                        principal, answer = self._authorize(stream, principal, message)
+                        if isinstance(answer, RpcResponse):
+                            await stream.send(answer)  # the connection stays open
+                            continue
                         await limiter.acquire()
-                        nursery.start_soon(self._answer, connection, message, limiter)
+                        nursery.start_soon(self._answer, connection, answer, limiter)
                     else:
                         raise ProtocolError(f"unexpected {type(message).__name__} on a connection")
             except ProtocolError as exc:

@@ -1,0 +1,212 @@
+"""Roles and identities on whole servers (in-memory network, MockClock; issue 13, item 3): a
+request beyond its role is answered UNAUTHORIZED naming the identity and the missing role, and
+the connection and the session stay usable; member-to-member traffic (a follower forwarding)
+is not checked against client roles; state machines see the session's identity, on every
+member and after a snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from copycat_trio._nursery import open_background_nursery
+from copycat_trio.client.admin import admin_request
+from copycat_trio.core.sessions import Session
+from copycat_trio.protocol.codec import register
+from copycat_trio.protocol.errors import UnauthorizedError
+from copycat_trio.protocol.messages import LeaveRequest, Member, TransferRequest
+from copycat_trio.protocol.operations import Command, Query
+from copycat_trio.server.authz import AuthPolicy, Role
+from copycat_trio.server.snapshots import _decode_session, _encode_session
+from copycat_trio.state_machine import Commit, ServerSession, StateMachine
+from copycat_trio.testing.cluster import MemoryCluster
+from copycat_trio.transport.memory import MemoryNetwork
+
+
+@register(40800)
+@attrs.frozen
+class Note(Command):
+    text: str
+
+
+@register(40801)
+@attrs.frozen
+class Notes(Query):
+    pass
+
+
+class Notebook(StateMachine):
+    """Notes by the identity that wrote them; an application's own rule by identity: only
+    `ops` may write a note starting with "!"."""
+
+    def __init__(self) -> None:
+        self.notes: list[list[str]] = []
+        self.registered: list[str] = []
+
+    def note(self, commit: Commit[Note]) -> str:
+        assert commit.session is not None
+        who = commit.session.identity
+        if commit.operation.text.startswith("!") and who != "ops":
+            raise PermissionError(f"{who or 'anonymous'} may not write urgent notes")
+        self.notes.append([who, commit.operation.text])
+        return who
+
+    def read(self, commit: Commit[Notes]) -> list[list[str]]:
+        return list(self.notes)
+
+    def on_register(self, session: ServerSession) -> None:
+        self.registered.append(session.identity)
+
+
+def certificate(common_name: str, *dns: str) -> dict[str, Any]:
+    return {
+        "subject": ((("commonName", common_name),),),
+        "subjectAltName": tuple(("DNS", name) for name in dns),
+    }
+
+
+POLICY = AuthPolicy(roles={"ops": Role.ADMIN, "viewer": Role.READ})
+
+
+@asynccontextmanager
+async def secured_cluster(
+    policy: AuthPolicy = POLICY, size: int = 3
+) -> AsyncIterator[MemoryCluster]:
+    """A cluster whose members check roles; members carry certificates for their host, and the
+    client hosts `ops`, `writer` and `viewer` certificates with those common names (as if
+    over TLS); the host `anonymous` none."""
+    network = MemoryNetwork(seed=0)
+    for member_id in range(1, size + 1):
+        address = MemoryCluster.address(member_id)
+        network.certificates[address] = certificate(f"member-{member_id}", f"server{member_id}")
+    for name in ("ops", "writer", "viewer"):
+        network.certificates[name] = certificate(name, f"{name}.example")
+    async with open_background_nursery() as nursery:
+        cluster = MemoryCluster(
+            nursery,
+            network,
+            Notebook,
+            seed=0,
+            election_timeout=1.0,
+            heartbeat_interval=0.1,
+            server_options={"auth": policy},
+        )
+        await cluster.bootstrap(list(range(1, size + 1)))
+        await cluster.wait_for_leader()
+        yield cluster
+
+
+def follower(cluster: MemoryCluster) -> int:
+    leader = cluster.leaders()[0]
+    return next(i for i in cluster.all_ids() if i != leader)
+
+
+async def leave(cluster: MemoryCluster, host: str, member_id: int, via: int) -> Any:
+    """A `members remove` of `member_id`, sent by a client on `host` to member `via`."""
+    return await admin_request(
+        [cluster.address(via)],
+        LeaveRequest(member=Member(member_id, cluster.address(member_id))),
+        timeout=10,
+        transport=cluster.network.transport(host),
+    )
+
+
+async def test_a_write_client_commands_and_queries_but_is_refused_a_removal(
+    autojump_clock: Any,
+) -> None:
+    async with secured_cluster() as cluster:
+        victim = follower(cluster)
+        async with cluster.client(host="writer") as client:
+            assert await client.submit(Note("hello")) == "writer"
+            assert await client.submit(Notes()) == [["writer", "hello"]]
+        with pytest.raises(UnauthorizedError) as refused:
+            await leave(cluster, "writer", victim, via=victim)
+        assert "'writer'" in str(refused.value) and "admin role" in str(refused.value)
+        with pytest.raises(UnauthorizedError):
+            await admin_request(
+                [cluster.address(victim)],
+                TransferRequest(member=victim),
+                transport=cluster.network.transport("writer"),
+            )
+        await trio.sleep(5)
+        leader = cluster.servers[cluster.leaders()[0]]
+        assert victim in {m.id for m in leader.status().members}
+
+
+async def test_an_admin_client_removes_a_member_through_a_follower(autojump_clock: Any) -> None:
+    async with secured_cluster() as cluster:
+        victim = follower(cluster)
+        # Sent to the victim, a follower: it forwards to the leader over a member connection,
+        # which is not checked against the client's role (a member checked it first).
+        await leave(cluster, "ops", victim, via=victim)
+        leader = cluster.servers[cluster.leaders()[0]]
+        assert victim not in {m.id for m in leader.status().members}
+
+
+async def test_a_read_client_is_refused_a_command_and_its_session_stays_usable(
+    autojump_clock: Any,
+) -> None:
+    async with secured_cluster() as cluster:
+        async with cluster.client(host="writer") as writer:
+            await writer.submit(Note("first"))
+        async with cluster.client(host="viewer") as viewer:
+            for _ in range(2):
+                with pytest.raises(UnauthorizedError) as refused:
+                    await viewer.submit(Note("mine"))
+                assert "'viewer' has the read role" in str(refused.value)
+                assert "write role" in str(refused.value)
+                # The same session queries on: the refused command holds nothing up.
+                with trio.fail_after(5):
+                    assert await viewer.submit(Notes()) == [["writer", "first"]]
+
+
+async def test_a_forwarded_command_keeps_the_identity_of_the_client_that_sent_it(
+    autojump_clock: Any,
+) -> None:
+    async with secured_cluster() as cluster:
+        via = follower(cluster)
+        async with cluster.client([via], host="ops") as ops:
+            assert await ops.submit(Note("!urgent")) == "ops"
+        async with cluster.client([via], host="writer") as writer:
+            with pytest.raises(Exception, match="writer may not write urgent notes"):
+                await writer.submit(Note("!urgent too"))
+        async with cluster.client([via], host="anonymous") as anonymous:
+            assert await anonymous.submit(Note("plain")) == ""
+        await trio.sleep(1)
+        for server in cluster.servers.values():
+            machine = server.state_machine
+            assert machine.notes == [["ops", "!urgent"], ["", "plain"]]
+            assert machine.registered == ["ops", "writer", ""]
+
+
+async def test_an_anonymous_role_of_read_refuses_anonymous_commands(autojump_clock: Any) -> None:
+    policy = attrs.evolve(POLICY, anonymous_role=Role.READ)
+    async with secured_cluster(policy) as cluster, cluster.client(host="anonymous") as anonymous:
+        with pytest.raises(UnauthorizedError, match="an anonymous client has the read role"):
+            await anonymous.submit(Note("x"))
+
+
+async def test_without_a_policy_a_client_cannot_claim_an_identity(autojump_clock: Any) -> None:
+    """No TLS and no policy: everything is allowed, as before, and every identity is ""."""
+    from copycat_trio.testing import open_memory_cluster
+
+    async with open_memory_cluster(3, Notebook) as cluster:
+        cluster.network.certificates["ops"] = certificate("ops")
+        async with cluster.client(host="ops") as client:
+            assert await client.submit(Note("plain")) == ""
+        victim = follower(cluster)
+        await leave(cluster, "ops", victim, via=victim)
+        leader = cluster.servers[cluster.leaders()[0]]
+        assert victim not in {m.id for m in leader.status().members}
+
+
+def test_a_sessions_identity_survives_a_snapshot_and_old_snapshots_load() -> None:
+    session = Session(id=7, client="c", timeout=5000, last_active=3, identity="ops")
+    record = _encode_session(session)
+    assert _decode_session(record).identity == "ops"
+    assert _decode_session(record[:9]).identity == ""
