@@ -14,7 +14,6 @@ import attrs
 import pytest
 import trio
 
-from copycat_trio._nursery import open_background_nursery
 from copycat_trio.client.admin import admin_request
 from copycat_trio.core.sessions import Session
 from copycat_trio.protocol.codec import register
@@ -24,8 +23,8 @@ from copycat_trio.protocol.operations import Command, Query
 from copycat_trio.server.authz import AuthPolicy, Role
 from copycat_trio.server.snapshots import _decode_session, _encode_session
 from copycat_trio.state_machine import Commit, ServerSession, StateMachine
-from copycat_trio.testing.cluster import MemoryCluster
-from copycat_trio.transport.memory import MemoryNetwork
+from copycat_trio.testing import open_memory_cluster
+from copycat_trio.testing.cluster import MemoryCluster, fake_certificate
 
 
 @register(40800)
@@ -63,13 +62,6 @@ class Notebook(StateMachine):
         self.registered.append(session.identity)
 
 
-def certificate(common_name: str, *dns: str) -> dict[str, Any]:
-    return {
-        "subject": ((("commonName", common_name),),),
-        "subjectAltName": tuple(("DNS", name) for name in dns),
-    }
-
-
 POLICY = AuthPolicy(roles={"ops": Role.ADMIN, "viewer": Role.READ})
 
 
@@ -77,26 +69,11 @@ POLICY = AuthPolicy(roles={"ops": Role.ADMIN, "viewer": Role.READ})
 async def secured_cluster(
     policy: AuthPolicy = POLICY, size: int = 3
 ) -> AsyncIterator[MemoryCluster]:
-    """A cluster whose members check roles; members carry certificates for their host, and the
-    client hosts `ops`, `writer` and `viewer` certificates with those common names (as if
-    over TLS); the host `anonymous` none."""
-    network = MemoryNetwork(seed=0)
-    for member_id in range(1, size + 1):
-        address = MemoryCluster.address(member_id)
-        network.certificates[address] = certificate(f"member-{member_id}", f"server{member_id}")
-    for name in ("ops", "writer", "viewer"):
-        network.certificates[name] = certificate(name, f"{name}.example")
-    async with open_background_nursery() as nursery:
-        cluster = MemoryCluster(
-            nursery,
-            network,
-            Notebook,
-            seed=0,
-            election_timeout=1.0,
-            heartbeat_interval=0.1,
-            server_options={"auth": policy},
-        )
-        await cluster.bootstrap(list(range(1, size + 1)))
+    """A cluster whose members check roles (each has a certificate for its host); the client
+    hosts `ops`, `writer` and `viewer` show certificates with those common names (as if over
+    TLS), the host `anonymous` none."""
+    identities = {name: name for name in ("ops", "writer", "viewer")}
+    async with open_memory_cluster(size, Notebook, auth=policy, identities=identities) as cluster:
         await cluster.wait_for_leader()
         yield cluster
 
@@ -193,10 +170,8 @@ async def test_an_anonymous_role_of_read_refuses_anonymous_commands(autojump_clo
 
 async def test_without_a_policy_a_client_cannot_claim_an_identity(autojump_clock: Any) -> None:
     """No TLS and no policy: everything is allowed, as before, and every identity is ""."""
-    from copycat_trio.testing import open_memory_cluster
-
     async with open_memory_cluster(3, Notebook) as cluster:
-        cluster.network.certificates["ops"] = certificate("ops")
+        cluster.network.certificates["ops"] = fake_certificate("ops")
         async with cluster.client(host="ops") as client:
             assert await client.submit(Note("plain")) == ""
         victim = follower(cluster)
