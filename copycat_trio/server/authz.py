@@ -74,6 +74,32 @@ def required_role(request: Any) -> Role:
     return Role.ADMIN
 
 
+def session_of(request: Any) -> int:
+    """The session a client request acts in (0: none)."""
+    if isinstance(request, _SESSION_REQUESTS):
+        return int(getattr(request, "session", 0))
+    return 0
+
+
+_SESSION_REQUESTS: tuple[type, ...] = (
+    CommandRequest,
+    QueryRequest,
+    KeepAliveRequest,
+    UnregisterRequest,
+    ConnectRequest,
+)
+
+
+def session_refusal(principal: Principal, session_id: int, owner: str) -> str | None:
+    """Why `principal` may not act in the session `owner` opened, or None: a command in
+    another identity's session would apply as that identity (session ids are log indexes,
+    easy to guess). Members act in any."""
+    if principal.member or principal.identity == owner:
+        return None
+    who = f"client {owner!r}" if owner else "an anonymous client"
+    return f"session {session_id} belongs to {who}, not to {principal.describe()}"
+
+
 def parse_role(text: str, where: str = "a role") -> Role:
     """ "read", "write" or "admin" (any case); else a sentence naming the choices."""
     try:

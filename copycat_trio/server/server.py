@@ -79,7 +79,15 @@ from ..transport.base import MessageStream, Transport, TransportError
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
 from ..transport.tcp import TcpTransport
 from ..transport.tls import TlsContexts, TlsSettings
-from .authz import AuthPolicy, Principal, identify, required_role, unauthorized_message
+from .authz import (
+    AuthPolicy,
+    Principal,
+    identify,
+    required_role,
+    session_of,
+    session_refusal,
+    unauthorized_message,
+)
 from .client_service import ClientConnection, ClientService
 from .executor import Executor
 from .log_clock import LogClock
@@ -540,6 +548,30 @@ class CopycatServer:
             request = RpcRequest(request.id, attrs.evolve(body, identity=identity))
         return principal, request
 
+    async def _session_owner_refusal(
+        self, principal: Principal | None, body: Any
+    ) -> ErrorResponse | None:
+        """UNAUTHORIZED if a client acts in a session another identity opened. The session's
+        id is its register entry's index: a member that has not applied that far waits a
+        little (its register was just answered), then sends the client elsewhere."""
+        session_id = session_of(body)
+        if principal is None or principal.member or not session_id or self._executor is None:
+            return None
+        executor = self._executor
+        with trio.move_on_after(self.options.election_timeout):
+            await executor.applied_index.wait_value(lambda applied: applied >= session_id)
+        if executor.applied_index.value < session_id:
+            text = f"member {self.id} has not applied session {session_id}'s registration yet"
+            return ErrorResponse(Status.ERROR, ErrorInfo(ErrorType.QUERY, text))
+        session = executor.sessions.get(session_id)
+        if session is None:
+            return None  # expired or never registered: the request's handler says which
+        refusal = session_refusal(principal, session_id, session.identity)
+        if refusal is None:
+            return None
+        log.info("refused a request from %s: %s", principal.describe(), refusal)
+        return ErrorResponse(Status.ERROR, ErrorInfo(ErrorType.UNAUTHORIZED, refusal))
+
     async def _no_connection(self, request: Any) -> Any:
         raise IllegalMemberStateError("connect needs a client connection")
 
@@ -754,7 +786,7 @@ class CopycatServer:
                             await stream.send(answer)  # the connection stays open
                             continue
                         await limiter.acquire()
-                        nursery.start_soon(self._answer, connection, answer, limiter)
+                        nursery.start_soon(self._answer, connection, answer, limiter, principal)
                     else:
                         raise ProtocolError(f"unexpected {type(message).__name__} on a connection")
             except ProtocolError as exc:
@@ -765,10 +797,16 @@ class CopycatServer:
                 nursery.cancel_scope.cancel()
 
     async def _answer(
-        self, connection: ClientConnection, request: RpcRequest, limiter: trio.Semaphore
+        self,
+        connection: ClientConnection,
+        request: RpcRequest,
+        limiter: trio.Semaphore,
+        principal: Principal | None = None,
     ) -> None:
         try:
-            body = await self._dispatch(request.body, connection)
+            body = await self._session_owner_refusal(principal, request.body)
+            if body is None:
+                body = await self._dispatch(request.body, connection)
             count_request(self.request_counts, request.body, body)
             with contextlib.suppress(TransportError):  # the asker is gone; nobody to tell
                 await connection.stream.send(RpcResponse(request.id, body))

@@ -18,7 +18,7 @@ from copycat_trio.client.admin import admin_request
 from copycat_trio.core.sessions import Session
 from copycat_trio.protocol.codec import register
 from copycat_trio.protocol.errors import UnauthorizedError
-from copycat_trio.protocol.messages import LeaveRequest, Member, TransferRequest
+from copycat_trio.protocol.messages import CommandRequest, LeaveRequest, Member, TransferRequest
 from copycat_trio.protocol.operations import Command, Query
 from copycat_trio.server.authz import AuthPolicy, Role
 from copycat_trio.server.snapshots import _decode_session, _encode_session
@@ -185,3 +185,25 @@ def test_a_sessions_identity_survives_a_snapshot_and_old_snapshots_load() -> Non
     record = _encode_session(session)
     assert _decode_session(record).identity == "ops"
     assert _decode_session(record[:9]).identity == ""
+
+
+async def test_a_client_cannot_use_a_session_another_identity_opened(autojump_clock: Any) -> None:
+    """Session ids are log indexes, easy to guess: a command in another identity's session
+    would apply as that identity, so members answer it UNAUTHORIZED, at any member."""
+    async with secured_cluster() as cluster:
+        async with cluster.client(host="writer") as writer:
+            await writer.submit(Note("mine"))
+            assert writer.session_id
+            for member_id in cluster.all_ids():
+                hijack = CommandRequest(
+                    session=writer.session_id, sequence=2, operation=Note("!as writer")
+                )
+                with pytest.raises(UnauthorizedError, match="belongs to client 'writer'"):
+                    await admin_request(
+                        [cluster.address(member_id)],
+                        hijack,
+                        transport=cluster.network.transport("ops"),
+                    )
+            assert await writer.submit(Note("still mine")) == "writer"
+        leader = cluster.servers[cluster.leaders()[0]]
+        assert leader.state_machine.notes == [["writer", "mine"], ["writer", "still mine"]]

@@ -33,6 +33,8 @@ from copycat_trio.server.authz import (
     identify,
     parse_role_assignment,
     required_role,
+    session_of,
+    session_refusal,
     unauthorized_message,
 )
 
@@ -170,3 +172,19 @@ def test_the_refusal_names_the_identity_and_the_missing_role() -> None:
     assert "'viewer'" in text and "admin" in text and "read" in text
     anonymous = identify(policy(), None, "", MEMBER_HOSTS)
     assert "anonymous" in unauthorized_message(anonymous, BackupRequest())
+
+
+def test_a_client_acts_only_in_its_own_sessions_a_member_in_any() -> None:
+    assert session_of(CommandRequest(session=7)) == 7
+    assert session_of(QueryRequest(session=0)) == 0
+    assert session_of(ConnectRequest(client="c", session=9)) == 9
+    assert session_of(StatusRequest()) == 0
+    ops = identify(policy(), OPS_CERT, "", MEMBER_HOSTS)
+    assert session_refusal(ops, 7, "ops") is None
+    refusal = session_refusal(ops, 7, "viewer")
+    assert refusal == "session 7 belongs to client 'viewer', not to client 'ops'"
+    anonymous = identify(policy(), None, "", MEMBER_HOSTS)
+    assert session_refusal(anonymous, 7, "") is None
+    assert "belongs to an anonymous client" in (session_refusal(ops, 7, "") or "")
+    member = identify(policy(), MEMBER_CERT, "", MEMBER_HOSTS)
+    assert session_refusal(member, 7, "viewer") is None
