@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -21,7 +22,9 @@ import attrs
 from ..protocol.errors import ConfigurationError
 from ..protocol.messages import (
     CommandRequest,
+    ConfigureRequest,
     ConnectRequest,
+    InstallRequest,
     KeepAliveRequest,
     QueryRequest,
     RegisterRequest,
@@ -61,6 +64,15 @@ _READ_REQUESTS: tuple[type, ...] = (
     ConnectRequest,
     StatusRequest,
 )
+
+
+_MEMBER_ONLY: tuple[type, ...] = (InstallRequest, ConfigureRequest)
+
+
+def is_member_only(request: Any) -> bool:
+    """Requests only a leader sends its followers (a snapshot, a reserve member's
+    configuration): no client role allows them."""
+    return isinstance(request, _MEMBER_ONLY)
 
 
 def required_role(request: Any) -> Role:
@@ -222,8 +234,24 @@ def certificate_identity(certificate: Mapping[str, Any]) -> str:
     return ""
 
 
-def _names(certificate: Mapping[str, Any]) -> set[str]:
-    return {str(value).lower() for _kind, value in certificate.get("subjectAltName", ())}
+def _normal(name: str) -> str:
+    """A host or certificate name as compared: lower case, an IP address in one form."""
+    try:
+        return str(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        return name.lower().rstrip(".")
+
+
+def _names_match(names: Iterable[str], host: str) -> bool:
+    """Whether a certificate naming `names` is valid for `host`, as TLS checks a host name:
+    exactly, or by a wildcard standing for the one leftmost label."""
+    host = _normal(host)
+    for name in map(_normal, names):
+        if name == host:
+            return True
+        if name.startswith("*.") and "." in host and host.split(".", 1)[1] == name[2:]:
+            return True
+    return False
 
 
 def identify(
@@ -241,12 +269,10 @@ def identify(
         why = "no tokens are configured" if not len(policy.tokens) else "the token is not valid"
         return Principal(refusal=f"{why} on this member (check --token or $COPYCAT_TOKEN)")
     if certificate:
-        names = _names(certificate)
-        hosts = {h.lower() for h in member_hosts}
-        if policy.server_name:
-            hosts = {policy.server_name.lower()}
+        names = [str(value) for _kind, value in certificate.get("subjectAltName", ())]
+        hosts = [policy.server_name] if policy.server_name else list(member_hosts)
         identity = certificate_identity(certificate)
-        if names & hosts:
+        if any(_names_match(names, host) for host in hosts):
             return Principal(identity=identity, role=Role.ADMIN, member=True)
         return Principal(identity=identity, role=policy.roles.get(identity, policy.default_role))
     if token_identity is not None:
@@ -258,6 +284,11 @@ def identify(
 def unauthorized_message(principal: Principal, request: Any) -> str:
     """The sentence an UNAUTHORIZED answer carries: who, what, and the role it lacks."""
     needed = required_role(request)
+    if is_member_only(request):
+        return (
+            f"{type(request).__name__} is member traffic: only members send it, not "
+            f"{principal.describe()}"
+        )
     has = principal.role.value if principal.role is not None else "no"
     return (
         f"{principal.describe()} has the {has} role; {type(request).__name__} needs the "

@@ -83,6 +83,7 @@ from .authz import (
     AuthPolicy,
     Principal,
     identify,
+    is_member_only,
     required_role,
     session_of,
     session_refusal,
@@ -111,6 +112,15 @@ CLIENT_REQUESTS: tuple[type, ...] = (
     UnregisterRequest,
     StatusRequest,
 )
+
+OPERATOR_REQUESTS: tuple[type, ...] = (
+    JoinRequest,
+    LeaveRequest,
+    ReconfigureRequest,
+    TransferRequest,
+    BackupRequest,
+)
+"""What an operator's tools send (membership, leadership, backups): `admin` role requests."""
 
 
 @attrs.frozen
@@ -205,6 +215,8 @@ class CopycatServer:
         cluster ids until a peer tells it)."""
         self._foreign_peers: set[tuple[str, str]] = set()
         """(host, cluster id) of peers of another cluster already logged."""
+        self._refused_clients: set[tuple[str, str]] = set()
+        """(host, reason) of clients refused (a wrong token) already logged."""
         if tls is not None and transport is not None:
             raise ConfigurationError("tls goes with the default transport (pass one or the other)")
         self._tls = TlsContexts.for_member(tls) if tls is not None else None
@@ -523,6 +535,18 @@ class CopycatServer:
         certificate = getattr(stream, "peer_certificate", None)
         return identify(self.auth, certificate, getattr(hello, "token", "") or "", hosts)
 
+    def _note_refused_client(self, peer: str, why: str) -> None:
+        """A warning the first time a host is refused for a reason (a client retrying a
+        wrong token must not flood the log), debug after."""
+        key = (peer.rpartition(":")[0], why)
+        if key in self._refused_clients:
+            log.debug("refusing connection from %s: %s", peer, why)
+            return
+        if len(self._refused_clients) > 1024:
+            self._refused_clients.clear()
+        self._refused_clients.add(key)
+        log.warning("refusing connection from %s: %s", peer, why)
+
     def _authorize(
         self, stream: MessageStream, principal: Principal | None, request: RpcRequest
     ) -> tuple[Principal | None, RpcRequest | RpcResponse]:
@@ -532,12 +556,17 @@ class CopycatServer:
         body = request.body
         if principal is not None and not principal.member:
             needed = required_role(body)
-            if principal.role is None or not principal.role.allows(needed):
+
+            def allowed(principal: Principal) -> bool:
+                if principal.member:
+                    return True
+                role = principal.role
+                return role is not None and role.allows(needed) and not is_member_only(body)
+
+            if not allowed(principal):
                 joining = body.member.address if isinstance(body, JoinRequest) else None
                 principal = self._identify(stream, joining) or principal
-            if not principal.member and (
-                principal.role is None or not principal.role.allows(needed)
-            ):
+            if not allowed(principal):
                 text = unauthorized_message(principal, body)
                 log.info("refused a request from %s: %s", stream.peer, text)
                 info = ErrorInfo(ErrorType.UNAUTHORIZED, text)
@@ -730,8 +759,11 @@ class CopycatServer:
         assert self._loop is not None
         loop = self._loop
         if not getattr(stream, "authenticated", True):
-            # TLS without a certificate (client auth "none"): a client's, never a member's.
-            allowed = CLIENT_REQUESTS
+            # TLS without a certificate (client auth "none"): a client's, never a member's;
+            # its role (a token's, or the anonymous one) says which operator requests it may make.
+            allowed = (
+                CLIENT_REQUESTS + OPERATOR_REQUESTS if self.auth is not None else CLIENT_REQUESTS
+            )
         limiter = trio.Semaphore(MAX_REQUESTS_PER_CONNECTION)
         checked = False
         principal: Principal | None = None
@@ -765,9 +797,7 @@ class CopycatServer:
                             return
                         principal = self._identify(stream)
                         if principal is not None and principal.refusal:
-                            log.warning(
-                                "refusing connection from %s: %s", stream.peer, principal.refusal
-                            )
+                            self._note_refused_client(stream.peer, principal.refusal)
                             await _refuse(stream, principal.refusal)
                             return
                     if isinstance(message, RpcResponse):

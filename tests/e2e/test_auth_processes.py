@@ -1,7 +1,7 @@
 """Roles and tokens with real `serve` processes over TLS on 127.0.0.1 (issue 13, item 3): a
 `write` client puts and gets, but `members remove` is refused UNAUTHORIZED and the member
-stays; an `admin` client removes it; a client with a token and no certificate works; a wrong
-token is refused at once with a clear error."""
+stays; an `admin` client removes it; a client with a token and no certificate works (and, with
+the admin role, changes the membership); a wrong token is refused at once with a clear error."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ pytestmark = pytest.mark.e2e
 
 KV = "copycat_trio.recipes.kv:KeyValueStore"
 TOKEN = "batch-job-token-0123456789"
+ADMIN_TOKEN = "operator-bot-token-9876543210"
 
 
 async def member_ids(address: str) -> set[int]:
@@ -72,13 +73,16 @@ async def test_a_token_client_works_and_a_wrong_token_is_refused(
 ) -> None:
     certs = Certificates(tmp_path)
     tokens = tmp_path / "tokens.txt"
-    tokens.write_text(f'# the batch job\nbatch = "{hash_token(TOKEN)}"\n')
+    tokens.write_text(
+        f'# the batch job\nbatch = "{hash_token(TOKEN)}"\nbot = "{hash_token(ADMIN_TOKEN)}"\n'
+    )
     default_client_tls.set(TlsContexts.for_client(client_context(certs.ca_path, *certs.client)))
 
     def options(member_id: int) -> list[str]:
         return [
             *certs.serve_options(member_id),
             *("--client-auth", "none", "--tokens", str(tokens), "--anonymous-role", "read"),
+            *("--role", "bot=admin"),
         ]
 
     cluster = await start_cluster(state_machine=KV, serve_options=options)
@@ -102,6 +106,20 @@ async def test_a_token_client_works_and_a_wrong_token_is_refused(
     )
     assert code == 1 and "the token is not valid" in err and "refused" in err, out + err
     assert took < 10, took  # refused at once, not retried until the timeout
+    code, out, err, took = await cli(
+        "members", "remove", "2", "--cluster", addresses, "--timeout", "30", env=wrong
+    )
+    assert code == 1 and "the token is not valid" in err, out + err
+    assert took < 10, took
     with trio.fail_after(5):
-        await cluster.wait_for_leader()
+        agreement = await cluster.wait_for_leader()
     cluster.assert_running()
+
+    # A token client with the admin role changes the membership; one with write does not.
+    victim = next(i for i in cluster.ids() if i != agreement.leader)
+    remove = ("members", "remove", str(victim), "--cluster", addresses)
+    code, out, err, _ = await cli(*remove, env=env)
+    assert code == 1 and "client 'batch' has the write role" in err, out + err
+    code, out, err, _ = await cli(*remove, env={**env, "COPYCAT_TOKEN": ADMIN_TOKEN})
+    assert (code, out.strip()) == (0, "ok"), out + err
+    assert victim not in await member_ids(cluster.address(agreement.leader))

@@ -12,7 +12,9 @@ from copycat_trio.protocol.errors import ConfigurationError
 from copycat_trio.protocol.messages import (
     BackupRequest,
     CommandRequest,
+    ConfigureRequest,
     ConnectRequest,
+    InstallRequest,
     JoinRequest,
     KeepAliveRequest,
     LeaveRequest,
@@ -31,6 +33,7 @@ from copycat_trio.server.authz import (
     certificate_identity,
     hash_token,
     identify,
+    is_member_only,
     parse_role_assignment,
     required_role,
     session_of,
@@ -188,3 +191,22 @@ def test_a_client_acts_only_in_its_own_sessions_a_member_in_any() -> None:
     assert "belongs to an anonymous client" in (session_refusal(ops, 7, "") or "")
     member = identify(policy(), MEMBER_CERT, "", MEMBER_HOSTS)
     assert session_refusal(member, 7, "viewer") is None
+
+
+def test_a_members_certificate_is_matched_as_a_dialling_member_would_match_it() -> None:
+    wildcard = certificate("m", ("DNS", "*.db.example"))
+    assert identify(policy(), wildcard, "", ("db1.db.example",)).member
+    assert not identify(policy(), wildcard, "", ("db.example",)).member
+    assert not identify(policy(), wildcard, "", ("a.db1.db.example",)).member
+    ipv6 = certificate("m", ("IP Address", "0:0:0:0:0:0:0:1"))
+    assert identify(policy(), ipv6, "", ("::1",)).member
+    assert identify(policy(), certificate("m", ("DNS", "DB1.Example")), "", ("db1.example",)).member
+
+
+def test_member_traffic_sent_as_requests_is_for_members_only() -> None:
+    assert is_member_only(InstallRequest(term=1, leader=1, index=1, offset=0, data=b""))
+    assert is_member_only(ConfigureRequest(term=1, leader=1, index=1, timestamp=0))
+    assert not is_member_only(LeaveRequest(member=Member(2, "h:2")))
+    ops = identify(policy(), OPS_CERT, "", MEMBER_HOSTS)
+    text = unauthorized_message(ops, ConfigureRequest(term=1, leader=1, index=1, timestamp=0))
+    assert "only members send" in text

@@ -10,7 +10,14 @@ import trio
 import trustme
 
 from copycat_trio.client import open_client
-from copycat_trio.protocol.messages import JoinRequest, Member, RpcRequest
+from copycat_trio.protocol.errors import ErrorType
+from copycat_trio.protocol.messages import (
+    InstallRequest,
+    JoinRequest,
+    Member,
+    RpcRequest,
+    RpcResponse,
+)
 from copycat_trio.recipes.kv import Get, KeyValueStore, Put
 from copycat_trio.server.server import CopycatServer
 from copycat_trio.testing.processes import free_ports
@@ -77,9 +84,16 @@ async def test_with_client_auth_none_a_client_needs_no_certificate_but_cannot_ac
             async with open_client([address], ssl_context=anonymous) as client:
                 await client.submit(Put("k", "v"))
                 assert await client.submit(Get("k")) == "v"
-            # Without a certificate, member requests are refused: the connection closes.
+            # Without a certificate a membership change is beyond the anonymous role (write):
+            # refused UNAUTHORIZED, on a connection that stays open; member traffic closes it.
             stream = await TcpTransport(tls=TlsContexts.for_client(anonymous)).connect(address)
             await stream.send(RpcRequest(1, JoinRequest(member=Member(2, "127.0.0.1:1"))))
+            answer = await stream.receive()
+            assert isinstance(answer, RpcResponse) and answer.body.error is not None
+            assert answer.body.error.type is ErrorType.UNAUTHORIZED
+            assert "an anonymous client has the write role" in answer.body.error.message
+            install = InstallRequest(term=1, leader=1, index=1, offset=0)
+            await stream.send(RpcRequest(2, install))
             with pytest.raises(TransportError, match="closed"):
                 await stream.receive()
         assert {m.id for m in server.status().members} == {1}
