@@ -813,6 +813,7 @@ class CopycatServer:
                     elif isinstance(message, RpcRequest):
                         principal, answer = self._authorize(stream, principal, message)
                         if isinstance(answer, RpcResponse):
+                            count_request(self.request_counts, message.body, answer.body)
                             await stream.send(answer)  # the connection stays open
                             continue
                         await limiter.acquire()
