@@ -10,7 +10,7 @@ import trio
 import trustme
 
 from copycat_trio.client import open_client
-from copycat_trio.protocol.errors import ErrorType
+from copycat_trio.protocol.errors import ConfigurationError, ErrorType
 from copycat_trio.protocol.messages import (
     InstallRequest,
     JoinRequest,
@@ -19,6 +19,7 @@ from copycat_trio.protocol.messages import (
     RpcResponse,
 )
 from copycat_trio.recipes.kv import Get, KeyValueStore, Put
+from copycat_trio.server.authz import AuthPolicy, TokenTable, hash_token
 from copycat_trio.server.server import CopycatServer
 from copycat_trio.testing.processes import free_ports
 from copycat_trio.transport.base import TransportError
@@ -98,3 +99,46 @@ async def test_with_client_auth_none_a_client_needs_no_certificate_but_cannot_ac
                 await stream.receive()
         assert {m.id for m in server.status().members} == {1}
         nursery.cancel_scope.cancel()
+
+
+async def test_open_client_with_a_token_over_tls_opens_a_session_of_its_identity(pki: Pki) -> None:
+    from tests.server.test_authorization import Note, Notebook
+
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    tokens = TokenTable.parse(f'batch = "{hash_token("t0k3n")}"')
+    server = CopycatServer(
+        1,
+        address,
+        state_machine=Notebook,
+        election_timeout=0.3,
+        heartbeat_interval=0.05,
+        session_timeout=1.0,
+        tls=pki.settings(client_auth="none"),
+        auth=AuthPolicy(tokens=tokens),
+    )
+    anonymous = client_context(pki.ca_path)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(10):
+            await nursery.start(server.bootstrap)
+            async with open_client([address], ssl_context=anonymous, token="t0k3n") as client:
+                assert await client.submit(Note("hello")) == "batch"
+            async with open_client([address], ssl_context=anonymous) as client:
+                assert await client.submit(Note("who")) == ""
+            # A client's certificate names it even with a token: alice@example, no common name.
+            mine = client_context(pki.ca_path, *pki.client)
+            async with open_client([address], ssl_context=mine, token="t0k3n") as client:
+                assert await client.submit(Note("both")) == "alice@example"
+            with pytest.raises(RefusedError, match="the token is not valid"):
+                async with open_client([address], ssl_context=anonymous, token="nope"):
+                    pass
+        assert server.state_machine.registered == ["batch", "", "alice@example"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_open_client_sends_a_token_over_tls_only() -> None:
+    with pytest.raises(ConfigurationError, match="over TLS only"):
+        async with open_client(["127.0.0.1:1"], token="t0k3n"):
+            pass
+    with pytest.raises(ValueError, match="token"):
+        async with open_client(["127.0.0.1:1"], token="t0k3n", transport=TcpTransport()):
+            pass
