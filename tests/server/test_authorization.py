@@ -6,6 +6,7 @@ member and after a snapshot."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,11 +21,13 @@ from copycat_trio.protocol.codec import register
 from copycat_trio.protocol.errors import UnauthorizedError
 from copycat_trio.protocol.messages import CommandRequest, LeaveRequest, Member, TransferRequest
 from copycat_trio.protocol.operations import Command, Query
+from copycat_trio.recipes.kv import KeyValueStore, Put
 from copycat_trio.server.authz import AuthPolicy, Role
 from copycat_trio.server.snapshots import _decode_session, _encode_session
 from copycat_trio.state_machine import Commit, ServerSession, StateMachine
 from copycat_trio.testing import open_memory_cluster
 from copycat_trio.testing.cluster import MemoryCluster, fake_certificate
+from copycat_trio.testing.simdisk import SimDisk
 
 
 @register(40800)
@@ -207,3 +210,38 @@ async def test_a_client_cannot_use_a_session_another_identity_opened(autojump_cl
             assert await writer.submit(Note("still mine")) == "writer"
         leader = cluster.servers[cluster.leaders()[0]]
         assert leader.state_machine.notes == [["writer", "mine"], ["writer", "still mine"]]
+
+
+async def test_a_member_restored_from_a_snapshot_knows_who_opened_each_session(
+    autojump_clock: Any,
+) -> None:
+    disks: dict[int, SimDisk] = {}
+
+    def storage(member_id: int) -> SimDisk:
+        return disks.setdefault(member_id, SimDisk(f"m{member_id}", random.Random(member_id)))
+
+    async with open_memory_cluster(
+        3,
+        KeyValueStore,
+        storage=storage,
+        snapshot_every=10,
+        catch_up_entries=0,
+        auth=POLICY,
+        identities={"ops": "ops"},
+    ) as cluster:
+        leader = await cluster.wait_for_leader()
+        behind = next(i for i in cluster.all_ids() if i != leader)
+        cluster.isolate(behind)
+        others = [i for i in cluster.all_ids() if i != behind]
+        async with cluster.client(others, host="ops") as client:
+            for i in range(30):
+                await client.submit(Put(f"k{i}", "v"))
+            target = cluster.servers[leader].status().commit_index
+            cluster.network.heal()
+            follower = cluster.servers[behind]
+            with trio.fail_after(30):
+                while follower.status().applied_index < target:
+                    await trio.sleep(0.01)
+            assert follower._replication is not None and follower._replication.installed == 1
+            assert follower._executor is not None
+            assert follower._executor.handles[client.session_id].identity == "ops"
