@@ -12,14 +12,23 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
+import cbor2
 import pytest
 import trio
 
 from copycat_trio.client.admin import admin_request
 from copycat_trio.core.sessions import Session
-from copycat_trio.protocol.codec import register
+from copycat_trio.protocol.codec import register, registry
 from copycat_trio.protocol.errors import UnauthorizedError
-from copycat_trio.protocol.messages import CommandRequest, LeaveRequest, Member, TransferRequest
+from copycat_trio.protocol.messages import (
+    BUILTIN_TAGS,
+    CommandRequest,
+    Hello,
+    LeaveRequest,
+    Member,
+    RegisterEntry,
+    TransferRequest,
+)
 from copycat_trio.protocol.operations import Command, Query
 from copycat_trio.recipes.kv import KeyValueStore, Put
 from copycat_trio.server.authz import AuthPolicy, Role
@@ -245,3 +254,12 @@ async def test_a_member_restored_from_a_snapshot_knows_who_opened_each_session(
             assert follower._replication is not None and follower._replication.installed == 1
             assert follower._executor is not None
             assert follower._executor.handles[client.session_id].identity == "ops"
+
+
+def test_register_entries_and_hellos_from_before_identities_still_decode() -> None:
+    old_entry = cbor2.dumps(cbor2.CBORTag(BUILTIN_TAGS[RegisterEntry], [3, 7, 1000, "c", 5000]))
+    entry = registry.decode(old_entry)
+    assert entry == RegisterEntry(term=3, index=7, timestamp=1000, client="c", timeout=5000)
+    assert entry.identity == ""
+    old_hello = registry.decode(cbor2.dumps(cbor2.CBORTag(BUILTIN_TAGS[Hello], [1, 1, "x", ""])))
+    assert old_hello.token == ""
