@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from copycat_trio.cli import main, parse_members
-from copycat_trio.server.authz import hash_token
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -90,18 +89,6 @@ def test_version() -> None:
             ["serve", "--id", "1", "--members", "1=127.0.0.1:1", "--election-timeout", "-1"],
             "election timeout must be positive",
         ),
-        (
-            ["serve", "--id", "1", "--members", "1=127.0.0.1:1", "--role", "ops=admin"],
-            "--tokens, --role and --anonymous-role need TLS",
-        ),
-        (
-            [
-                *("serve", "--id", "1", "--members", "1=127.0.0.1:1", "--tls-cert", "c.pem"),
-                *("--tls-key", "k.pem", "--tls-ca", "ca.pem", "--role", "ops=root"),
-            ],
-            "'root' is not a role",
-        ),
-        (["kv", "get", "k", "--cluster", "127.0.0.1:1", "--token", "t"], "sent over TLS only"),
     ],
 )
 def test_usage_errors_exit_2(args: list[str], message: str) -> None:
@@ -213,24 +200,3 @@ def test_status_wait_waits_for_a_member_started_after_it(tmp_path: Path) -> None
         if server is not None:
             server.terminate()
             server.wait(timeout=20)
-
-
-def test_auth_hash_token_prints_the_tokens_file_line_for_a_token_on_stdin() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "copycat_trio", "auth", "hash-token", "batch"],
-        input="s3cret\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f'batch = "{hash_token("s3cret")}"'
-    assert "s3cret" not in result.stdout
-
-
-def test_auth_hash_token_new_makes_a_random_token_given_once_on_stderr() -> None:
-    result = run_cli("auth", "hash-token", "--new", "batch")
-    assert result.returncode == 0, result.stderr
-    token = result.stderr.strip().rpartition(" ")[2]
-    assert len(token) >= 32
-    assert result.stdout.strip() == f'batch = "{hash_token(token)}"'
