@@ -1,5 +1,5 @@
-"""Developer sessions: `nox -s tests`, `lint`, `typecheck`, `demo`, `bench`, `soak`, `simulate`,
-`nemesis`, `mutation`."""
+"""Developer sessions: `nox -s tests`, `lint`, `typecheck`, `docs`, `demo`, `bench`, `soak`,
+`simulate`, `nemesis`, `mutation`."""
 
 from __future__ import annotations
 
@@ -32,6 +32,14 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The API reference from the docstrings (mkdocs.yml, docs/api/) into site/, strictly: a
+    broken reference or a missing module fails it. `-- --site-dir DIR` writes it elsewhere."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """Three local server processes, writes, a SIGKILLed leader, everything read back."""
     session.install(".")
@@ -54,9 +62,14 @@ def bench(session: nox.Session) -> None:
 
     Pass options after `--`, e.g. `nox -s bench -- --seconds 10 --writers 1,16,64`;
     `-- --compare etcd,pysyncobj --reads` runs the same load against a 3-member etcd (the
-    Debian package etcd-server, when `etcd` is on PATH) and PySyncObj, alternating, with ratios.
+    Debian package etcd-server, when `etcd` is on PATH) and PySyncObj, alternating, with ratios;
+    `-- --tls` runs every row with TLS on and on plaintext, `-- --metrics-cost` with metrics on
+    and off, alternating, with ratios; `-- --plots DIR` draws a latency histogram per row.
     """
-    session.install(".")
+    plots = any(a == "--plots" or a.startswith("--plots=") for a in session.posargs)
+    session.install(".[plots]" if plots else ".")
+    if "--tls" in session.posargs:
+        session.install("trustme")  # the run's certificates
     peers = compared_peers(session.posargs)
     if "etcd" in peers:
         session.install("h11")
@@ -94,9 +107,10 @@ def nemesis(session: nox.Session) -> None:
     network namespaces the run creates; as root), checked for linearizability.
 
     `nox -s nemesis` runs 3 seeds of 60 s; `-- --runs 20 --seconds 120 --seed 100` runs more;
-    `-- --no-netns` plays kills and pauses only; see docs/testing.md.
+    `-- --no-netns` plays kills and pauses only; `-- --plots DIR` keeps every run's latency
+    and throughput plots (matplotlib, installed here); see docs/testing.md.
     """
-    session.install("-e", ".")
+    session.install("-e", ".[plots]")
     args = session.posargs or ["--runs", "3", "--seconds", "60"]
     session.run("python", "-m", "copycat_trio.testing.nemesis", *args)
 

@@ -3,6 +3,7 @@
     python benchmarks/bench_cluster.py [--seconds S] [--writers 1,16,64] [--reads] [--json FILE]
         [--storage disk|memory] [--via leader|follower] [--max-ops N] [--profile DIR]
         [--value-bytes 100] [--compare etcd,pysyncobj] [--runs 2] [--metrics]
+        [--tls | --metrics-cost] [--plots DIR]
 
 Starts three `python -m copycat_trio serve` processes on 127.0.0.1 (free ports), waits for a
 leader, then for each task count N runs N concurrent tasks that share ONE client (one pipelined
@@ -30,6 +31,12 @@ a Trio HTTP client in this process) and/or PySyncObj (writes only, its client in
 process), alternating the systems --runs times, and prints each system's medians and the ratio
 copycat_trio/peer of every row (benchmarks/compare.py).
 
+--tls runs the same phases on a cluster with TLS on (certificates made with trustme, mutual TLS
+between members and for the client) and on a plaintext one, alternating --runs times, and prints
+the medians and the ratio tls/plaintext of every row; --metrics-cost does the same with
+`serve --metrics-address` on and off (benchmarks/variants.py). --plots DIR draws a latency
+histogram per row into DIR (needs matplotlib: the extra copycat-trio[plots]).
+
 Exit status: 0 if every phase ran without an unexpected error; 1 if the cluster never elected a
 leader (or a server exited) or any operation failed with anything but OutcomeUnknownError (those
 are counted in their own column: commands whose answer did not come within --op-timeout); 130 on
@@ -44,6 +51,7 @@ import json
 import math
 import os
 import platform
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -61,7 +69,9 @@ from copycat_trio.demo import ELECTION_TIMEOUT, wait_for_leader
 from copycat_trio.protocol.errors import CopycatError, OutcomeUnknownError
 from copycat_trio.protocol.operations import Consistency
 from copycat_trio.recipes.kv import Get, Put
+from copycat_trio.testing.plots import latency_histogram
 from copycat_trio.testing.processes import ProcessCluster
+from copycat_trio.transport.tls import TlsContexts, client_context, default_client_tls
 
 if __name__ == "__main__":  # the comparison modules `import bench_cluster`: let them find this one
     sys.modules.setdefault("bench_cluster", sys.modules["__main__"])
@@ -90,12 +100,47 @@ finally:
 descheduled, e.g. when a send() wakes its peer on a shared core, to whatever was running)."""
 
 
+class BenchCertificates:
+    """A CA made by trustme for one run, one certificate for 127.0.0.1 that every member uses
+    (for both directions of mutual TLS), and the client's, as PEM files in `directory`."""
+
+    def __init__(self, directory: str) -> None:
+        import trustme  # a dev dependency; `nox -s bench -- --tls` installs it
+
+        ca = trustme.CA()
+        self.ca = os.path.join(directory, "ca.pem")
+        ca.cert_pem.write_to_path(self.ca)
+        self.member = self._issue(ca, directory, "member", "127.0.0.1")
+        self.client = self._issue(ca, directory, "client", "bench@example")
+
+    @staticmethod
+    def _issue(ca: Any, directory: str, name: str, identity: str) -> tuple[str, str]:
+        cert = ca.issue_cert(identity)
+        cert_path = os.path.join(directory, f"{name}.pem")
+        key_path = os.path.join(directory, f"{name}.key")
+        cert.cert_chain_pems[0].write_to_path(cert_path)
+        cert.private_key_pem.write_to_path(key_path)
+        return cert_path, key_path
+
+    def serve_options(self, member_id: int) -> list[str]:
+        cert, key = self.member
+        return ["--tls-cert", cert, "--tls-key", key, "--tls-ca", self.ca]
+
+    def client_context(self) -> ssl.SSLContext:
+        return client_context(self.ca, *self.client)
+
+
 class BenchCluster(ProcessCluster):
     """The demo's three servers on free loopback ports, with a chosen storage level, optionally
     each under cProfile (--profile DIR). Disk data lives in the temporary work directory."""
 
     def __init__(
-        self, workdir: str, storage: str, profile_dir: str | None = None, metrics: bool = False
+        self,
+        workdir: str,
+        storage: str,
+        profile_dir: str | None = None,
+        metrics: bool = False,
+        tls: BenchCertificates | None = None,
     ) -> None:
         super().__init__(
             Path(workdir),
@@ -104,6 +149,7 @@ class BenchCluster(ProcessCluster):
             heartbeat_interval=None,  # serve's default, as in the demo
             storage=storage,
             metrics=metrics,
+            serve_options=None if tls is None else tls.serve_options,
         )
         self.profile_dir = profile_dir
 
@@ -222,6 +268,9 @@ class PhaseResult:
     """CPU used during the measured window, as a percentage of one core: the client, the
     leader, each follower, and the whole machine (every process, kernel time included); and
     `leader_waiting`, the share of the window the leader was runnable but had no core."""
+    histogram: list[int] = field(default_factory=list, repr=False)
+    """The window's latencies counted in the fixed log-spaced bins of
+    copycat_trio.testing.plots.HISTOGRAM_EDGES_MS (for --plots; runs add up bin by bin)."""
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -380,6 +429,7 @@ def finish_result(phase: Phase, window: float, cpu: dict[str, float | None]) -> 
         result.p50_ms = percentile(latencies, 0.50) * 1000
         result.p99_ms = percentile(latencies, 0.99) * 1000
         result.max_ms = latencies[-1] * 1000
+    result.histogram = latency_histogram(v * 1000 for v in latencies)
     result.cpu = cpu
     return result
 
@@ -581,6 +631,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="servers serve /metrics and /health (--metrics-address on free ports; not scraped)",
     )
+    side_by_side = p.add_mutually_exclusive_group()
+    side_by_side.add_argument(
+        "--tls",
+        action="store_true",
+        help="run every row with TLS on and on plaintext, alternating --runs times, with the "
+        "ratio tls/plaintext (certificates made with trustme)",
+    )
+    side_by_side.add_argument(
+        "--metrics-cost",
+        action="store_true",
+        help="run every row with `serve --metrics-address` on and off, alternating --runs "
+        "times, with the ratio on/off",
+    )
+    p.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="write a latency histogram per row into DIR (needs matplotlib: copycat-trio[plots])",
+    )
     return p
 
 
@@ -612,15 +680,22 @@ def phase_line(result: PhaseResult) -> str:
 
 
 async def copycat_run(
-    args: argparse.Namespace, facts: dict[str, Any], say: Any = print
+    args: argparse.Namespace, facts: dict[str, Any], say: Any = print, *, tls: bool = False
 ) -> tuple[list[PhaseResult], list[tuple[Any, ...]]]:
     """Start three servers, run every phase of the plan against them with one client, stop
-    them: the phases' results and the members' final status rows. Raises BenchFailed."""
+    them: the phases' results and the members' final status rows. `tls`: the members, the
+    client and the status polls speak mutual TLS (certificates made for this run). Raises
+    BenchFailed."""
     with tempfile.TemporaryDirectory(prefix="copycat-bench-") as workdir:
+        certificates = BenchCertificates(workdir) if tls else None
         cluster = BenchCluster(
-            workdir, args.storage, profile_dir=args.profile, metrics=args.metrics
+            workdir, args.storage, profile_dir=args.profile, metrics=args.metrics, tls=certificates
         )
         results: list[PhaseResult] = []
+        # The status polls (wait_for_cluster, _final_status) use the default client TLS.
+        token = default_client_tls.set(
+            None if certificates is None else TlsContexts.for_client(certificates.client_context())
+        )
         try:
             await cluster.start()
             all_addresses = cluster.addresses()
@@ -642,6 +717,8 @@ async def copycat_run(
                 f"leader: member {leader_id} (term {leader['term']}); "
                 f"client goes first to {addresses[0]} ({args.via}); storage: {args.storage}"
                 + (f" in {workdir}" if args.storage == "disk" else "")
+                + ("; TLS on" if certificates is not None else "")
+                + ("; metrics on" if args.metrics else "")
             )
             facts.update(
                 leader=leader_id,
@@ -649,7 +726,10 @@ async def copycat_run(
                 storage=args.storage,
                 addresses={i: cluster.address(i) for i in cluster.ids()},
             )
-            async with open_client(addresses, timeout=args.op_timeout) as client:
+            ssl_context = None if certificates is None else certificates.client_context()
+            async with open_client(
+                addresses, timeout=args.op_timeout, ssl_context=ssl_context
+            ) as client:
                 if args.reads:
                     await seed_read_keys(client, args.value_bytes, args.read_keys)
                 for op, tasks in phase_plan(args):
@@ -674,6 +754,7 @@ async def copycat_run(
                 f"{type(exc).__name__}: {exc}; logs follow\n{cluster.log_tails()}"
             ) from exc
         finally:
+            default_client_tls.reset(token)
             await cluster.aclose()
     return results, rows
 
@@ -712,12 +793,55 @@ async def bench(args: argparse.Namespace, facts: dict[str, Any]) -> int:
         with open(args.json, "w") as f:
             json.dump({"facts": facts, "results": [asdict(r) for r in results]}, f, indent=2)
         say(f"wrote {args.json}")
+    if args.plots:
+        write_histograms(args.plots, phase_plan(args), {"copycat_trio": [results]}, say)
     if failed:
         say(f"FAILED: unexpected errors in {sum(1 for r in results if r.errors)} phase(s)")
         return 1
     if unknown:
         say("note: some commands timed out with unknown outcome (see the unknown column)")
     return 0
+
+
+def write_histograms(
+    directory: str,
+    plan: list[tuple[str, int]],
+    runs: dict[str, list[list[PhaseResult]]],
+    say: Any = print,
+) -> None:
+    """`--plots`: one latency histogram per row, `DIR/latency-OP-xTASKS.png`, one outline per
+    system (or variant), its runs added up; one line instead where matplotlib is missing."""
+    from copycat_trio.testing.plots import (
+        draw_latency_histogram,
+        matplotlib_missing,
+        merge_histograms,
+    )
+
+    missing = matplotlib_missing()
+    if missing is not None:
+        say(f"plots: skipped: {missing}")
+        return
+    written = []
+    for op, tasks in plan:
+        series = {
+            name: merge_histograms(
+                r.histogram
+                for results in system_runs
+                for r in results
+                if (r.op, r.tasks) == (op, tasks)
+            )
+            for name, system_runs in runs.items()
+        }
+        n = sum(len(v) for v in runs.values())
+        path = draw_latency_histogram(
+            series,
+            Path(directory) / f"latency-{op}-x{tasks}.png",
+            title=f"{op}, {tasks} task{'s' if tasks > 1 else ''}: latency of every operation "
+            f"in the measured windows ({n} run{'s' if n > 1 else ''})",
+        )
+        if path is not None:
+            written.append(path.name)
+    say(f"plots: {len(written)} latency histograms in {directory} ({', '.join(written)})")
 
 
 async def wait_for_cluster(cluster: BenchCluster, addresses: list[str]) -> dict[str, Any] | None:
@@ -750,6 +874,18 @@ def main() -> None:
         raise SystemExit("--read-keys must be at least 1")
     if args.value_bytes < 16:
         raise SystemExit("--value-bytes must be at least 16 (read values carry their key number)")
+    if args.compare and (args.tls or args.metrics_cost):
+        raise SystemExit("--compare runs with neither --tls nor --metrics-cost")
+    if args.metrics_cost and args.metrics:
+        raise SystemExit("--metrics-cost turns metrics on and off itself: drop --metrics")
+    if args.tls:
+        try:
+            import trustme  # noqa: F401
+        except ImportError:
+            raise SystemExit(
+                "--tls makes its certificates with trustme: pip install trustme "
+                "(`nox -s bench -- --tls` installs it)"
+            ) from None
     args.storage = args.storage or "disk"
     if args.profile:
         args.profile = os.path.abspath(args.profile)
@@ -775,6 +911,10 @@ def main() -> None:
             import compare  # beside this file: etcd and PySyncObj, alternating with copycat_trio
 
             code = trio.run(compare.run_comparison, args, facts)
+        elif args.tls or args.metrics_cost:
+            import variants  # beside this file: TLS or metrics on and off, alternating
+
+            code = trio.run(variants.run_variants, args, facts)
         else:
             code = trio.run(bench, args, facts)
     except* KeyboardInterrupt:  # the servers were stopped on the way out (stop_all is shielded)

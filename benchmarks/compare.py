@@ -131,10 +131,12 @@ def ratio(ours: float | None, theirs: float | None) -> float | None:
 
 
 def format_summary(
-    plan: list[tuple[str, int]], runs: dict[str, list[list[bc.PhaseResult]]]
+    plan: list[tuple[str, int]],
+    runs: dict[str, list[list[bc.PhaseResult]]],
+    ours: str = COPYCAT,
 ) -> tuple[str, dict[str, Any]]:
-    """The comparison table (one line per system per row, then one ratio line per peer) and
-    the same figures as data."""
+    """The comparison table (one line per system per row, then one ratio line `ours/peer` per
+    other system) and the same figures as data."""
 
     def num(v: float | None, fmt: str = "{:.0f}") -> str:
         return "-" if v is None else fmt.format(v)
@@ -161,7 +163,7 @@ def format_summary(
     )
     lines: list[tuple[str, ...]] = [header]
     data: dict[str, Any] = {}
-    peers = [name for name in runs if name != COPYCAT]
+    peers = [name for name in runs if name != ours]
     for op, tasks in plan:
         row: dict[str, Any] = {}
         for name, system_runs in runs.items():
@@ -186,23 +188,23 @@ def format_summary(
                     num(s["box"]),
                 )
             )
-        ours = row.get(COPYCAT)
+        mine = row.get(ours)
         for peer in peers:
             theirs = row.get(peer)
-            if ours is None or theirs is None:
+            if mine is None or theirs is None:
                 continue
             r = {
-                "ops_per_s": ratio(ours["ops_per_s"], theirs["ops_per_s"]),
-                "p50_ms": ratio(ours["p50_ms"], theirs["p50_ms"]),
-                "p99_ms": ratio(ours["p99_ms"], theirs["p99_ms"]),
-                "cpu_sum": ratio(ours["cpu_us"].get("sum"), theirs["cpu_us"].get("sum")),
+                "ops_per_s": ratio(mine["ops_per_s"], theirs["ops_per_s"]),
+                "p50_ms": ratio(mine["p50_ms"], theirs["p50_ms"]),
+                "p99_ms": ratio(mine["p99_ms"], theirs["p99_ms"]),
+                "cpu_sum": ratio(mine["cpu_us"].get("sum"), theirs["cpu_us"].get("sum")),
             }
             row[f"ratio/{peer}"] = r
             lines.append(
                 (
                     op,
                     str(tasks),
-                    f"{COPYCAT}/{peer}",
+                    f"{ours}/{peer}",
                     times(r["ops_per_s"]),
                     "",
                     times(r["p50_ms"]),
@@ -288,6 +290,8 @@ async def run_comparison(args: argparse.Namespace, facts: dict[str, Any]) -> int
                 indent=2,
             )
         say(f"wrote {args.json}")
+    if args.plots:
+        bc.write_histograms(args.plots, bc.phase_plan(args), runs, say)
     if failed:
         say("FAILED: unexpected errors (see above)")
         return 1

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK (tab completion: the optional extra `completion`, see _enable_completion)
 """The `copycat-trio` command: run a node, talk to the key-value store, show status, run a demo.
 
 User mistakes print one line and exit non-zero; tracebacks are for bugs.
@@ -1340,8 +1341,21 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     raise SystemExit(code)
 
 
+def _enable_completion(parser: argparse.ArgumentParser) -> None:
+    """Tab completion where the optional extra `completion` (argcomplete) is installed: run by
+    the shell's completion hook, this prints the candidates and exits; otherwise it does
+    nothing."""
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _enable_completion(parser)
+    args = parser.parse_args(argv)
     level = getattr(args, "log_level", None) or (
         "debug" if args.verbose else "info" if args.command == "serve" else "warning"
     )

@@ -116,6 +116,7 @@ class Scheduled:
         return f"Scheduled({self.id}, {name}{tuple(self.args)!r} at {self.due}{every}{state})"
 
     def cancel(self) -> None:
+        """Stop the timer: it does not fire again (nor repeat), on any member."""
         self.cancelled = True
 
 
@@ -155,9 +156,11 @@ class Snapshottable:
     """
 
     def snapshot(self, writer: SnapshotSink) -> None:
+        """Write the whole state to `writer` (not the timers: the server writes those)."""
         raise NotImplementedError
 
     def install(self, reader: SnapshotSource) -> None:
+        """Replace the whole state with what `snapshot` wrote, read back from `reader`."""
         raise NotImplementedError
 
 
@@ -170,6 +173,7 @@ class StateMachineContext:
 
     @property
     def sessions(self) -> dict[int, ServerSession]:
+        """The open sessions by id, the same on every server at the same index."""
         raise NotImplementedError
 
     def schedule(

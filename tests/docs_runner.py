@@ -22,7 +22,8 @@ The rules a doc follows (docs/testing.md, "The documentation's examples", says t
   venv's bin first on PATH, and any server they leave in the background is killed at the end. In
   a block with `$ ` prompts only the prompted lines run.
 - A block right after `<!-- not run: reason -->` is not run; the test reports it, with the
-  reason. ```toml blocks are parsed. Blocks without a language (output, file layouts) are text.
+  reason. ```toml, ```yaml and ```ini blocks (cluster files, alert rules, systemd units) are
+  parsed. Blocks without a language (output, file layouts) are text.
 
 A failure names the markdown file and the block's line: tracebacks point into the markdown file.
 """
@@ -30,6 +31,7 @@ A failure names the markdown file and the block's line: tracebacks point into th
 from __future__ import annotations
 
 import ast
+import configparser
 import contextlib
 import importlib
 import inspect
@@ -49,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-RUN_LANGUAGES = {"python", "sh", "console", "toml"}
+RUN_LANGUAGES = {"python", "sh", "console", "toml", "yaml", "ini"}
 SHELL_LANGUAGES = {"sh", "console"}
 BLOCK_TIMEOUT = 120.0  # seconds (virtual on the MockClock) before a block counts as hung
 _FENCE = re.compile(r"^```(\S*)\s*$")
@@ -115,6 +117,24 @@ def parse(path: str) -> Document:
         else:
             i += 1
     return doc
+
+
+def _parse_yaml(source: str) -> None:
+    import yaml  # PyYAML: installed with mkdocs, in the dev extra
+
+    yaml.safe_load(source)
+
+
+def _parse_ini(source: str) -> None:
+    # systemd's unit syntax: repeated keys, `%i` specifiers, no interpolation.
+    configparser.ConfigParser(strict=False, interpolation=None).read_string(source)
+
+
+PARSERS: dict[str, Callable[[str], object]] = {
+    "toml": tomllib.loads,
+    "yaml": _parse_yaml,
+    "ini": _parse_ini,
+}
 
 
 class Session:
@@ -271,8 +291,8 @@ class Runner:
                 try:
                     if block.language == "python":
                         await self.run_python(block)
-                    elif block.language == "toml":
-                        tomllib.loads(block.source)
+                    elif block.language in PARSERS:
+                        PARSERS[block.language](block.source)
                     else:
                         await trio.to_thread.run_sync(self.run_shell, block)
                 except Exception:

@@ -200,3 +200,25 @@ def test_status_wait_waits_for_a_member_started_after_it(tmp_path: Path) -> None
         if server is not None:
             server.terminate()
             server.wait(timeout=20)
+
+
+def test_tab_completion_offers_the_subcommands_and_their_options(tmp_path: Path) -> None:
+    """With argcomplete (the optional extra `completion`), the shell hook gets candidates."""
+    pytest.importorskip("argcomplete")  # the extra; the README's test command installs it
+    out = tmp_path / "candidates"
+
+    def complete(line: str) -> list[str]:
+        env = dict(
+            os.environ,
+            _ARGCOMPLETE="1",
+            COMP_LINE=line,
+            COMP_POINT=str(len(line)),
+            _ARGCOMPLETE_STDOUT_FILENAME=str(out),
+        )
+        subprocess.run(
+            [sys.executable, "-m", "copycat_trio", "--"], env=env, timeout=60, check=False
+        )
+        return [candidate.strip() for candidate in out.read_text().split("\v")]
+
+    assert complete("copycat-trio sta") == ["status"]
+    assert "--wait" in complete("copycat-trio status --w")

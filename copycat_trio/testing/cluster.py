@@ -94,9 +94,11 @@ class MemoryCluster:
 
     @staticmethod
     def address(member_id: int) -> str:
+        """The in-memory network address of member `member_id`."""
         return f"server{member_id}:5000"
 
     def members(self, ids: list[int]) -> list[Member]:
+        """The members with these ids, at their addresses (for a bootstrap or a join)."""
         return [Member(i, self.address(i)) for i in ids]
 
     def _new_server(self, member_id: int, **overrides: Any) -> CopycatServer:
@@ -216,14 +218,17 @@ class MemoryCluster:
         self.network.isolate(self.address(member_id), [self.address(i) for i in self.all_ids()])
 
     def partition(self, side_a: list[int], side_b: list[int]) -> None:
+        """Cut every link between a server of `side_a` and one of `side_b`, both ways."""
         for a in side_a:
             for b in side_b:
                 self.network.cut(self.address(a), self.address(b))
 
     def all_ids(self) -> list[int]:
+        """The ids of the servers running now, sorted."""
         return sorted(self.servers)
 
     def leaders(self) -> list[int]:
+        """The ids of the servers that think they lead (more than one: across terms)."""
         return [i for i, s in self.servers.items() if s.is_leader]
 
     async def wait_for_leader(self, among: list[int] | None = None, timeout: float = 30.0) -> int:

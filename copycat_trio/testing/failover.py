@@ -84,6 +84,7 @@ class FailoverReport:
 
     @property
     def worst(self) -> float | None:
+        """The longest wait of any client in any trial (None if some client never wrote)."""
         waits = [r.every for r in self.recoveries]
         if not waits or any(w is None for w in waits):
             return None
@@ -91,6 +92,7 @@ class FailoverReport:
 
     @property
     def ok(self) -> bool:
+        """Whether every client wrote again within the goal and none saw an InternalError."""
         worst = self.worst
         return (
             not self.problems
@@ -100,6 +102,7 @@ class FailoverReport:
         )
 
     def format(self) -> str:
+        """The text report: a line per trial, per fault the median and worst, verdict, errors."""
         lines = []
         for number, r in enumerate(self.recoveries, start=1):
             every = "never" if r.every is None else f"{r.every:.2f}s"

@@ -26,7 +26,10 @@ leader and doubled retries all show up there.
 
 `python -m copycat_trio.testing.nemesis --seconds 60 --seed 7` (or `nox -s nemesis`); exit
 status 1 on any failure, with the fault schedule, the check's explanation and the servers' logs
-kept in the work directory.
+kept in the work directory. Beside the text report go two pictures (plots.py, where matplotlib
+is installed: the extra copycat-trio[plots]): every operation's latency over time coloured by
+outcome, and throughput over time, both with the fault windows shaded; into `--plots DIR`, or
+else into the work directory when it is kept (a failed run, --keep, --workdir).
 """
 
 from __future__ import annotations
@@ -54,9 +57,10 @@ from ..protocol.messages import MemberType, ReconfigureRequest, StatusResponse, 
 from ..recipes.kv import Get
 from .availability import FaultRecovery, recovery_after, summarize
 from .faults import LEASE_SAFE_DRIFT
-from .history import History, OpKind, Outcome
+from .history import History, Operation, OpKind, Outcome
 from .linearizability import CheckResult, check
 from .netns import NetworkLab, open_network_lab, unavailable_reason
+from .plots import FaultWindow, matplotlib_missing
 from .processes import ProcessCluster
 from .simulation import Trace
 from .workload import KvWorkload
@@ -145,12 +149,20 @@ class NemesisReport:
     clocks_note: str = "not played"
     recoveries: list[FaultRecovery] = attrs.Factory(list)
     """Per fault: how long until writes were acknowledged again (see availability.py)."""
+    fault_windows: list[FaultWindow] = attrs.Factory(list)
+    """Per fault played: when it began and when it was healed (the plots shade them)."""
+    history: list[Operation] = attrs.field(factory=list, repr=False)
+    """Every operation of the run, by invocation time (the plots draw them)."""
+    unknown_latency: float = 3.0
+    """Where the latency plot draws operations of unknown outcome: the workload's timeout."""
 
     @property
     def ok(self) -> bool:
+        """Whether the history was checked and linearizable, and the watcher saw no problem."""
         return self.check is not None and self.check.ok and not self.problems
 
     def format(self) -> str:
+        """The text report: the verdict, recoveries, the fault schedule, problems, the check."""
         verdict = "ok" if self.ok else "FAILED"
         check = self.check.status.value if self.check else "not run"
         counts = ", ".join(f"{n} {name}" for name, n in sorted(self.outcomes.items()))
@@ -205,6 +217,8 @@ class _Run:
         self._clients = 0
         self.episodes: list[tuple[str, float]] = []
         """(fault, when it began) for every fault played."""
+        self.healed: dict[int, float] = {}
+        """When the fault of each episode (index into `episodes`) was healed."""
         self.libfaketime: str | None = None
         """The library every member runs under, if clocks are played."""
         self.starts: dict[int, int] = {}
@@ -387,7 +401,10 @@ class _Run:
                 return
             fault = rng.choice(faults)
             hold = rng.uniform(*self.config.hold)
+            played = len(self.episodes)
             await self._episode(cluster, fault, hold, rng)
+            if len(self.episodes) > played:  # it began (a membership fault may be skipped)
+                self.healed[played] = self.clock()
 
     def _note(self, text: str) -> None:
         self.schedule.append(f"{self.clock():7.2f}s {text}")
@@ -626,6 +643,10 @@ async def run_nemesis(config: NemesisConfig, workdir: Path) -> NemesisReport:
     outcomes: dict[str, int] = {}
     for op in ops:
         outcomes[op.outcome.value] = outcomes.get(op.outcome.value, 0) + 1
+    ended = run.clock()
+    windows = [
+        FaultWindow(kind, at, run.healed.get(i, ended)) for i, (kind, at) in enumerate(run.episodes)
+    ]
     result = await trio.to_thread.run_sync(lambda: check(ops, max_states=2_000_000))
     acknowledged = [
         (op.process, op.invoked, op.completed)
@@ -649,7 +670,40 @@ async def run_nemesis(config: NemesisConfig, workdir: Path) -> NemesisReport:
             [op.completed for op in ops if op.kind is not OpKind.GET and op.completed is not None]
         ),
         seconds=trio.current_time() - started,
+        fault_windows=windows,
+        history=ops,
+        unknown_latency=run.workload.op_timeout,
     )
+
+
+def plots_directory(plots: Path | None, workdir: Path, kept: bool) -> Path | None:
+    """Where a run's pictures go: `--plots DIR` if given, else its work directory if that is
+    kept; None when it is removed (a passing run in a temporary directory)."""
+    if plots is not None:
+        return plots
+    return workdir if kept else None
+
+
+def write_plots(report: NemesisReport, directory: Path | None) -> str:
+    """Draw the run's latency and throughput plots into `directory`; the one line that says
+    where they are, or why there are none."""
+    if directory is None:
+        return "plots: none (a passing run's work directory is removed; --plots DIR or --keep)"
+    missing = matplotlib_missing()
+    if missing is not None:
+        return f"plots: skipped: {missing}"
+    from .plots import draw_nemesis
+
+    seed = report.config.seed
+    written = draw_nemesis(
+        report.history,
+        report.fault_windows,
+        directory,
+        title=f"nemesis seed {seed}, {report.config.servers} servers",
+        unknown_latency=report.unknown_latency,
+        prefix=f"seed{seed}-",
+    )
+    return "plots: " + ", ".join(str(path) for path in written)
 
 
 def _longest_gap(times: list[float]) -> tuple[float, float]:
@@ -695,6 +749,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="keep logs and data here (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory on success")
     parser.add_argument(
+        "--plots",
+        type=Path,
+        metavar="DIR",
+        help="write each run's latency and throughput plots here (needs matplotlib: "
+        "copycat-trio[plots]; default: the work directory, when it is kept)",
+    )
+    parser.add_argument(
         "--wipe-on-restart",
         action="store_true",
         help="self-check: delete killed members' data before restarting them (should fail)",
@@ -720,6 +781,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         report = trio.run(run_nemesis, config, workdir)
         print(report.format(), flush=True)
+        kept = not report.ok or args.keep or args.workdir is not None
+        print(write_plots(report, plots_directory(args.plots, workdir, kept)), flush=True)
         if report.ok:
             if not args.keep and args.workdir is None:
                 shutil.rmtree(root, ignore_errors=True)

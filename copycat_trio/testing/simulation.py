@@ -23,6 +23,7 @@ From the command line (`nox -s simulate` runs this):
 
     python -m copycat_trio.testing.simulation --seeds 200 --jobs 2
     python -m copycat_trio.testing.simulation --seed 17        # replay one, verbosely
+    python -m copycat_trio.testing.simulation --workload resources --seeds 50  # locks, queue, watch
 
 For your own state machine, `open_simulation` gives the same cluster and faults inside a test;
 see docs/testing.md.
@@ -64,6 +65,8 @@ from .history import History, OpKind, Outcome
 from .invariants import Applied, InvariantChecker, observe
 from .linearizability import CheckResult, check
 from .pipeline_workload import PipelineRecord, PipelineWorkload
+from .resource_machine import ProbedResources, ResourceProbe
+from .resource_workload import ResourceWorkload
 from .sim_machine import SimStore, sim_state
 from .simdisk import FsDisk, SimDisk
 from .workload import KvWorkload
@@ -206,6 +209,11 @@ class SimulationConfig:
     """Pipelining clients beside the key-value workload (pipeline_workload.py); None: none."""
     events: EventWorkload | None = None
     """Event and timer clients beside it (event_workload.py, on the SimStore); None: none."""
+    scenario: str = "kv"
+    """What the run is: "kv", the key-value workload with its pipelining and event clients on
+    the SimStore; or "resources", `resources` alone on the Resources state machine."""
+    resources: ResourceWorkload = attrs.Factory(ResourceWorkload)
+    """The clients of the "resources" scenario (resource_workload.py)."""
     poll_interval: float = 0.005
     """How often (virtual seconds) the invariant checker looks at every member."""
     settle_timeout: float = 60.0
@@ -262,6 +270,7 @@ class SimulationConfig:
         # Its own stream, so that drawing it shifts none of the draws above.
         values["pipeline"] = PipelineWorkload.draw(random.Random(f"pipeline:{seed}"))
         values["events"] = EventWorkload.draw(random.Random(f"events:{seed}"))
+        values["resources"] = ResourceWorkload.draw(random.Random(f"resources:{seed}"))
         values.update(overrides)
         return cls(**values)
 
@@ -276,9 +285,12 @@ class SimulationConfig:
             if self.bit_flips:
                 disk += f", bit flips {self.bit_flips:g}"
             disk += ")"
+        clients = f"{w.clients} clients on {w.keys} key(s)"
+        if self.scenario == "resources":
+            clients = self.resources.describe()
         return (
             f"seed {self.seed}, profile {self.profile}: {self.servers} servers, "
-            f"{w.clients} clients on {w.keys} key(s) for {self.duration:g}s, snapshots "
+            f"{clients} for {self.duration:g}s, snapshots "
             f"{snapshots} (catch-up {self.catch_up_entries}), disk latency "
             f"{self.disk_latency * 1000:g}ms{disk}; faults: {self.faults.describe()}"
         )
@@ -915,6 +927,7 @@ class SimulationResult:
             parts.append("trace:\n" + self.trace.format(limit=None if verbose else 400))
         parts.append(
             f"replay: python -m copycat_trio.testing.simulation --seed {self.config.seed}"
+            + (" --workload resources" if self.config.scenario == "resources" else "")
             + (
                 f" --profile {self.config.profile}"
                 if self.config.profile != _default_profile(self.config.seed)
@@ -1140,12 +1153,20 @@ async def _run_main(config: SimulationConfig, watchdog: _Watchdog, holder: dict[
             with trio.CancelScope() as scope:
                 watchdog.scope = scope
                 with trio.move_on_after(limit) as virtual:
+                    if config.scenario == "resources":
+                        probe = ResourceProbe()
+                        machine: Callable[[], Any] = lambda: ProbedResources(probe)  # noqa: E731
+                    else:
+                        machine = SimStore
                     async with open_simulation(
-                        SimStore, config=config, check_invariants=False
+                        machine, config=config, check_invariants=False
                     ) as sim:
                         holder["sim"] = sim
                         sim.abort_scope = scope
-                        await _kv_run(sim)
+                        if config.scenario == "resources":
+                            await config.resources.scenario(sim, probe, config.duration)
+                        else:
+                            await _kv_run(sim)
                 if virtual.cancelled_caught:
                     holder["stuck"] = f"stopped after {limit:g}s of virtual time (stuck?)"
             if watchdog.fired:
@@ -1261,6 +1282,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=["sim", "fs"],
         help="members' storage: SimDisk, or the real DiskStorage on a simulated file system",
     )
+    parser.add_argument(
+        "--workload",
+        choices=["kv", "resources"],
+        default="kv",
+        help="kv (default): the key-value workload on the SimStore; resources: locks with "
+        "fencing, a queue and a watched map on the Resources state machine",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="processes to run seeds in")
     parser.add_argument("--duration", type=float, help="virtual seconds of workload per seed")
     parser.add_argument(
@@ -1273,6 +1301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["duration"] = args.duration
     if args.disk is not None:
         overrides["disk"] = args.disk
+    if args.workload != "kv":
+        overrides["scenario"] = args.workload
     if args.seed is not None:
         result = run_simulation(args.seed, profile=args.profile, **overrides)
         print(result.report(verbose=True))
