@@ -22,6 +22,7 @@ from .protocol.errors import NoLeaderError as NoLeaderError
 from .protocol.errors import OutcomeUnknownError as OutcomeUnknownError
 from .protocol.errors import ProtocolError as ProtocolError
 from .protocol.errors import QueryError as QueryError
+from .protocol.errors import UnauthorizedError as UnauthorizedError
 from .protocol.errors import UnknownOperationError as UnknownOperationError
 from .protocol.errors import UnknownSessionError as UnknownSessionError
 from .protocol.messages import Member as Member

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -29,7 +30,7 @@ from .backup import BackupHeader, restore_backup, write_backup
 from .client import CopycatClient, open_client
 from .client.admin import admin_request, fetch_status, leader_first
 from .client.diagnosis import ClusterView
-from .config import load_cluster_file
+from .config import ClusterFile, load_cluster_file
 from .logs import LEVELS, MemberContext, configure_logging
 from .protocol.errors import ConfigurationError, CopycatError, NoLeaderError, OutcomeUnknownError
 from .protocol.messages import (
@@ -44,6 +45,14 @@ from .protocol.messages import (
     TransferRequest,
 )
 from .protocol.operations import Consistency, Query
+from .server.authz import (
+    AuthPolicy,
+    Role,
+    TokenTable,
+    hash_token,
+    parse_role,
+    parse_role_assignment,
+)
 from .server.options import ServerOptions
 from .server.server import CopycatServer
 from .state_machine import StateMachine
@@ -160,6 +169,7 @@ async def _serve(args: argparse.Namespace) -> None:
         cluster_file.metrics_address_for(args.id) if cluster_file else None
     )
     tls = _serve_tls(args, cluster_file.tls_for(args.id) if cluster_file else None)
+    auth = _serve_auth(args, cluster_file, tls)
     # Check the settings before anything touches the disk.
     try:
         if tls is not None:
@@ -200,6 +210,7 @@ async def _serve(args: argparse.Namespace) -> None:
         replace_after=cluster_file.replace_after if cluster_file else None,
         metrics_address=metrics_address,
         tls=tls,
+        auth=auth,
     )
 
     def context() -> tuple[int, int, str]:
@@ -277,15 +288,80 @@ def _serve_tls(args: argparse.Namespace, from_file: TlsSettings | None) -> TlsSe
         raise UsageError(str(exc)) from None
 
 
+def _serve_auth(
+    args: argparse.Namespace, cluster_file: ClusterFile | None, tls: TlsSettings | None
+) -> AuthPolicy | None:
+    """A member's roles and tokens: --role over [auth.roles], --tokens over [auth] tokens.
+    They need TLS: without it no client proves who it is, and a token would travel in the
+    clear (a client never sends one so)."""
+    tokens_file = args.tokens or (cluster_file.tokens_file if cluster_file else None)
+    roles = dict(cluster_file.roles if cluster_file else ())
+    try:
+        roles.update(parse_role_assignment(text) for text in args.role)
+        anonymous = (
+            parse_role(args.anonymous_role)
+            if args.anonymous_role
+            else (cluster_file.anonymous_role if cluster_file else None)
+        )
+        if tls is None:
+            if args.tokens or args.role or args.anonymous_role:
+                raise UsageError(
+                    "--tokens, --role and --anonymous-role need TLS (--tls-cert, --tls-key, "
+                    "--tls-ca): without it no client has an identity, and a token could be "
+                    "read on the way"
+                )
+            return None
+        tokens = TokenTable()
+        if tokens_file is not None:
+            try:
+                text = Path(tokens_file).read_text()
+            except OSError as exc:
+                raise UsageError(f"cannot read tokens file {tokens_file}: {exc.strerror}") from None
+            tokens = TokenTable.parse(text, tokens_file)
+        return AuthPolicy(
+            roles=roles,
+            tokens=tokens,
+            anonymous_role=anonymous or Role.WRITE,
+            server_name=tls.server_name,
+        )
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _hash_token(args: argparse.Namespace) -> None:
+    """`auth hash-token NAME`: the tokens-file line for a token read from stdin, or for a new
+    random one (--new, printed on stderr)."""
+    if args.new:
+        token = secrets.token_urlsafe(32)
+        print(
+            f"token for {args.name} (give it to the client; it is not kept): {token}",
+            file=sys.stderr,
+        )
+    else:
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise UsageError("auth hash-token reads the token from stdin; got nothing")
+    print(f'{args.name} = "{hash_token(token)}"')
+
+
 def _set_client_tls(args: argparse.Namespace) -> None:
-    """The client commands' TLS, from --tls-* or COPYCAT_TLS_* (a CA alone: no certificate)."""
+    """The client commands' TLS, from --tls-* or COPYCAT_TLS_* (a CA alone: no certificate),
+    and the token, from --token or COPYCAT_TOKEN (refused without TLS: it would travel in
+    the clear)."""
     cert, key, ca = (_tls_option(args, name) for name in ("cert", "key", "ca"))
+    token = getattr(args, "token", None) or os.environ.get("COPYCAT_TOKEN") or ""
     if not (cert or key or ca):
+        if token:
+            raise UsageError(
+                "a token is sent over TLS only (it could be read on the way): give --tls-ca "
+                "(or COPYCAT_TLS_CA) too"
+            )
         return
     if ca is None:
         raise UsageError("TLS needs --tls-ca (or COPYCAT_TLS_CA): the CA members' certificates")
     try:
-        default_client_tls.set(TlsContexts.for_client(client_context(ca, cert, key)))
+        context = client_context(ca, cert, key)
+        default_client_tls.set(TlsContexts.for_client(context, token=token))
     except ConfigurationError as exc:
         raise UsageError(str(exc)) from None
 
@@ -990,6 +1066,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="with TLS: clients need a certificate signed by the CA (required, the default) "
         "or not (none; members always do)",
     )
+    serve.add_argument(
+        "--tokens",
+        metavar="FILE",
+        help='with TLS: bearer tokens of clients without certificates, NAME = "sha256:..." '
+        "lines (see `auth hash-token`; default: [auth] tokens in --config)",
+    )
+    serve.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        metavar="IDENTITY=ROLE",
+        help="with TLS: a client identity's role, admin, write or read (repeatable; with "
+        "[auth.roles] in --config; an identity not listed: write)",
+    )
+    serve.add_argument(
+        "--anonymous-role",
+        choices=("write", "read"),
+        default=None,
+        help="with --client-auth none: the role of a client with neither certificate nor "
+        "token (default: write)",
+    )
 
     kv_common = _client_options(10.0)
     map_option = argparse.ArgumentParser(add_help=False)
@@ -1171,6 +1268,22 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--id", type=int, required=True, help="this member's id")
     restore.add_argument("--members", required=True, help="ID=HOST:PORT,... the new cluster")
 
+    auth = commands.add_parser(
+        "auth", help="tokens for clients (docs/security.md)", parents=[verbosity]
+    )
+    auth_actions = auth.add_subparsers(dest="action", required=True)
+    hash_token = auth_actions.add_parser(
+        "hash-token",
+        help="print the line of a tokens file for a token (read from stdin, so it stays out "
+        "of the shell's history)",
+    )
+    hash_token.add_argument("name", help="the identity the token stands for")
+    hash_token.add_argument(
+        "--new",
+        action="store_true",
+        help="make a new random token instead (printed once on stderr: give it to the client)",
+    )
+
     demo = commands.add_parser(
         "demo", help="a local three-node cluster with a failover", parents=[verbosity]
     )
@@ -1196,6 +1309,11 @@ def _client_options(timeout: float) -> argparse.ArgumentParser:
         help=f"give up after this long (default: {timeout:g})",
     )
     _add_tls_options(common, suppress=True)
+    common.add_argument(
+        "--token",
+        default=argparse.SUPPRESS,
+        help="a bearer token naming this client, sent over TLS only (default: $COPYCAT_TOKEN)",
+    )
     common.set_defaults(default_timeout=timeout)
     return common
 
@@ -1294,6 +1412,8 @@ def _run_command(args: argparse.Namespace) -> None:
         trio.run(_members, args)
     elif args.command == "snapshot":
         trio.run(_snapshot, args)
+    elif args.command == "auth":
+        _hash_token(args)
     elif args.command == "demo":
         from .demo import run_demo
 

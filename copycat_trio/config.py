@@ -22,6 +22,13 @@
     client_auth = "required"      # or "none": clients need no certificate
     server_name = "copycat"       # optional: the name every member's certificate carries
 
+    [auth]                        # optional, with [tls]: identities and roles
+    tokens = "tokens.txt"         # bearer tokens for clients without certificates (hashed)
+    anonymous = "write"           # the role of a client with neither (--client-auth none)
+
+    [auth.roles]                  # identity (certificate common name, token name) = role
+    ops = "admin"                 # admin | write | read; an identity not listed: write
+
     [[members]]
     id = 1
     address = "127.0.0.1:5001"
@@ -43,6 +50,7 @@ import attrs
 
 from .protocol.errors import ConfigurationError
 from .protocol.messages import Member, MemberType
+from .server.authz import Role, parse_role
 from .transport.base import split_address
 from .transport.tls import TlsSettings
 
@@ -58,6 +66,7 @@ _STORAGE_KEYS = {"level", "directory", "snapshot_every"}
 _METRICS_KEYS = {"address"}
 _TLS_KEYS = {"cert", "key", "ca", "client_auth", "server_name"}
 _MEMBER_KEYS = {"id", "address", "client_address", "type", "priority"}
+_AUTH_KEYS = {"tokens", "anonymous", "roles"}
 
 
 class ClusterFileError(ConfigurationError):
@@ -80,6 +89,12 @@ class ClusterFile:
     """HOST:PORT for metrics and health, "{id}" standing for the member's id; None: off."""
     tls: TlsSettings | None = None
     """The [tls] table, "{id}" in its paths standing for the member's id; None: plaintext."""
+    tokens_file: str | None = None
+    """[auth] tokens: the file of hashed bearer tokens; None: no tokens."""
+    anonymous_role: Role | None = None
+    """[auth] anonymous: the role of clients without certificate or token (None: write)."""
+    roles: tuple[tuple[str, Role], ...] = ()
+    """[auth.roles]: (identity, role) pairs."""
 
     def member(self, member_id: int) -> Member:
         for member in self.members:
@@ -162,7 +177,7 @@ def parse_cluster_file(text: str, path: str = "cluster.toml") -> ClusterFile:
     except tomllib.TOMLDecodeError as exc:
         raise ClusterFileError(f"{path}: not valid TOML: {exc}") from None
     for key in data:
-        if key not in ("cluster", "storage", "members", "metrics", "tls"):
+        if key not in ("cluster", "storage", "members", "metrics", "tls", "auth"):
             raise (
                 where.error(f"unknown table or key {key!r}", f"[{key}]")
                 if isinstance(data[key], dict)
@@ -186,6 +201,17 @@ def parse_cluster_file(text: str, path: str = "cluster.toml") -> ClusterFile:
     settings: dict[str, Any] = {}
     if tls is not None:
         settings["tls"] = _tls_settings(tls, where)
+    auth = data.get("auth")
+    if auth is not None:
+        if not isinstance(auth, dict):
+            raise ClusterFileError(f"{path}: [auth] must be a table")
+        if tls is None:
+            raise where.error(
+                "[auth] needs [tls]: without TLS no client has an identity, and a token could "
+                "be read on the way",
+                "[auth]",
+            )
+        settings.update(_auth_settings(auth, where))
     if "address" in metrics:
         address = metrics["address"]
         try:
@@ -307,6 +333,38 @@ def _tls_settings(table: dict[str, Any], where: _Locator) -> TlsSettings:
         )
     except ConfigurationError as exc:
         raise where.error(str(exc), "[tls]", "client_auth") from None
+
+
+def _auth_settings(table: dict[str, Any], where: _Locator) -> dict[str, Any]:
+    for key in table:
+        if key not in _AUTH_KEYS:
+            raise where.error(f"unknown setting {key!r} in [auth]", "[auth]", key)
+    settings: dict[str, Any] = {}
+    if "tokens" in table:
+        if not isinstance(table["tokens"], str) or not table["tokens"]:
+            raise where.error("tokens must be a file name", "[auth]", "tokens")
+        settings["tokens_file"] = table["tokens"]
+    try:
+        if "anonymous" in table:
+            value = table["anonymous"]
+            role = parse_role(value if isinstance(value, str) else repr(value), "anonymous")
+            if role is Role.ADMIN:
+                raise ConfigurationError("anonymous may be read or write, not admin")
+            settings["anonymous_role"] = role
+    except ConfigurationError as exc:
+        raise where.error(str(exc), "[auth]", "anonymous") from None
+    roles = table.get("roles", {})
+    if not isinstance(roles, dict):
+        raise where.error("roles must be a table: [auth.roles]", "[auth]", "roles")
+    pairs: list[tuple[str, Role]] = []
+    for identity, value in roles.items():
+        try:
+            text = value if isinstance(value, str) else repr(value)
+            pairs.append((identity, parse_role(text, f"role of {identity!r}")))
+        except ConfigurationError as exc:
+            raise where.error(str(exc), "[auth.roles]", identity) from None
+    settings["roles"] = tuple(pairs)
+    return settings
 
 
 def load_cluster_file(path: str | Path) -> ClusterFile:

@@ -56,9 +56,19 @@ class ServerSession:
     the responses to commands before it and before the responses to commands after it.
     """
 
-    def __init__(self, session_id: int, client: str, publisher: Callable[[int, str, Any], None]):
+    def __init__(
+        self,
+        session_id: int,
+        client: str,
+        publisher: Callable[[int, str, Any], None],
+        identity: str = "",
+    ):
         self.id = session_id
         self.client = client
+        self.identity = identity
+        """Who opened the session: its certificate's common name or its token's name, ""
+        for an anonymous client or a cluster without authentication (docs/security.md).
+        Recorded in the log and in snapshots: the same on every server."""
         self.closed = False
         self._publisher = publisher
 

@@ -6,6 +6,7 @@ import pytest
 
 from copycat_trio.config import ClusterFileError, parse_cluster_file
 from copycat_trio.protocol.messages import MemberType
+from copycat_trio.server.authz import Role
 
 GOOD = """\
 [cluster]
@@ -80,3 +81,51 @@ def test_needs_an_active_member() -> None:
     text = '[[members]]\nid = 1\naddress = "127.0.0.1:1"\ntype = "passive"\n'
     with pytest.raises(ClusterFileError, match="at least one member must be active"):
         parse_cluster_file(text)
+
+
+AUTH = """\
+[tls]
+cert = "m{id}.pem"
+key = "m{id}.key"
+ca = "ca.pem"
+client_auth = "none"
+
+[auth]
+tokens = "tokens.txt"
+anonymous = "read"
+
+[auth.roles]
+ops = "admin"
+"CN with spaces" = "read"
+
+"""
+
+
+def test_the_auth_tables_give_tokens_roles_and_the_anonymous_role() -> None:
+    cluster = parse_cluster_file(AUTH + GOOD)
+    assert cluster.tokens_file == "tokens.txt"
+    assert cluster.anonymous_role is Role.READ
+    assert dict(cluster.roles) == {"ops": Role.ADMIN, "CN with spaces": Role.READ}
+
+
+@pytest.mark.parametrize(
+    ("change", "line", "reason"),
+    [
+        (('ops = "admin"', 'ops = "root"'), 12, "'root' is not a role"),
+        (('anonymous = "read"', 'anonymous = "admin"'), 9, "not admin"),
+        (('tokens = "tokens.txt"', "tokenz = 1"), 8, "unknown setting 'tokenz' in [auth]"),
+    ],
+)
+def test_invalid_auth_tables_name_the_line_and_the_reason(
+    change: tuple[str, str], line: int, reason: str
+) -> None:
+    with pytest.raises(ClusterFileError) as info:
+        parse_cluster_file((AUTH + GOOD).replace(*change, 1), "cluster.toml")
+    message = str(info.value)
+    assert f"cluster.toml, line {line}:" in message and reason in message, message
+
+
+def test_auth_without_tls_is_refused() -> None:
+    without_tls = AUTH[AUTH.index("[auth]") :] + GOOD
+    with pytest.raises(ClusterFileError, match=r"\[auth\] needs \[tls\]"):
+        parse_cluster_file(without_tls, "cluster.toml")

@@ -24,6 +24,7 @@ from trio_util import AsyncValue
 
 from .._nursery import open_background_nursery
 from ..protocol.errors import (
+    ConfigurationError,
     CopycatError,
     ErrorInfo,
     ErrorType,
@@ -170,6 +171,8 @@ class CopycatClient:
         self._completed = AsyncValue(0)
         """Highest sequence such that it and every one before it have completed."""
         self._finished: set[int] = set()
+        self._unauthorized: set[int] = set()
+        """Sequences refused UNAUTHORIZED and not yet given back (see `_give_back`)."""
         self._event_index = AsyncValue(0)
         self.last_index = 0
         """The highest log index any answer has shown this client."""
@@ -262,6 +265,7 @@ class CopycatClient:
         self._next_sequence = 1
         self._completed.value = 0
         self._finished.clear()
+        self._unauthorized.clear()
         self._event_index.value = 0
         await self._connect_after_register()
         self.state.value = ClientState.CONNECTED
@@ -616,12 +620,27 @@ class CopycatClient:
                     exc = OutcomeUnknownError(f"an earlier attempt may have applied; then: {exc}")
                 self._pending.discard(submission.sequence)
                 await self._complete(submission, 0, None, exc, generation)
+                if exc.error_type is ErrorType.UNAUTHORIZED:
+                    self._give_back(submission.sequence, generation)
                 return
             self._pending.discard(submission.sequence)  # answered: no longer the one held up
             await self._complete(
                 submission, response.event_index, response.result, None, generation
             )
             return
+
+    def _give_back(self, sequence: int, generation: int) -> None:
+        """A command refused UNAUTHORIZED was refused by the first member it reached, before
+        any sequencing: its number is used again, else the session's later commands and
+        queries would wait for it forever. Given back from the top only (a refused command
+        below a pending one waits until that one is answered too)."""
+        if generation != self._session_generation:
+            return
+        self._unauthorized.add(sequence)
+        while self._next_sequence - 1 in self._unauthorized:
+            self._next_sequence -= 1
+            self._unauthorized.discard(self._next_sequence)
+        self._completed.value = min(self._completed.value, self._next_sequence - 1)
 
     async def _complete(
         self,
@@ -712,13 +731,16 @@ async def open_client(
     transport: Transport | None = None,
     client_id: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    token: str | None = None,
 ) -> AsyncIterator[CopycatClient]:
     """Open a session with the cluster at any of `addresses`; it closes when the block ends.
 
     `timeout` bounds each operation; `request_timeout` each single attempt at one member.
     `ssl_context`: TLS for every connection (see transport/tls.py `client_context` and
     docs/security.md); members' certificates are checked against their address's host. If
-    every member refuses the connection (TLS), raises RefusedError at once.
+    every member refuses the connection (TLS, a wrong token), raises RefusedError at once.
+    `token`: a bearer token naming this client to members with a tokens file; it is sent over
+    TLS only (with `ssl_context` or the CLI's default TLS), so ConfigurationError without.
     """
     if not addresses:
         raise ValueError("open_client needs at least one member address")
@@ -735,7 +757,17 @@ async def open_client(
         raise ValueError("give open_client a transport or an ssl_context, not both")
     if transport is None:
         tls = TlsContexts.for_client(ssl_context) if ssl_context is not None else None
-        transport = TcpTransport(tls=tls or default_client_tls.get())
+        tls = tls or default_client_tls.get()
+        if token:
+            if tls is None:
+                raise ConfigurationError(
+                    "a token is sent over TLS only (it could be read on the way): give "
+                    "open_client an ssl_context too"
+                )
+            tls = TlsContexts.for_client(tls.client, tls.server_name, token=token)
+        transport = TcpTransport(tls=tls)
+    elif token:
+        raise ValueError("a token goes with open_client's own TCP transport, not a transport")
     async with open_background_nursery() as nursery:
         client = CopycatClient(
             addresses,

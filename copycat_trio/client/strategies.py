@@ -111,6 +111,8 @@ _ERROR_SCOPES: dict[ErrorType, ErrorScope] = {
     # The servers' state machine does not know the operation (a command was logged as
     # UnknownOperation and changed nothing): retrying elsewhere cannot help.
     ErrorType.UNKNOWN_OPERATION: ErrorScope.VERDICT,
+    # The client's identity lacks the role: every member has the same roles (docs/security.md).
+    ErrorType.UNAUTHORIZED: ErrorScope.VERDICT,
 }
 
 

@@ -60,6 +60,9 @@ class Session:
     events: deque[EventBatch] = attrs.Factory(deque)
     """Published and not yet acknowledged by the client, oldest first."""
     acknowledged_event_index: int = 0
+    identity: str = ""
+    """Who opened the session (a certificate's common name or a token's name; "" without
+    authentication), from its register entry: state machines authorize by it."""
 
     def events_after(self, index: int) -> Iterator[EventBatch]:
         for batch in self.events:
@@ -109,8 +112,12 @@ class SessionTable:
     def get(self, session_id: int) -> Session | None:
         return self.sessions.get(session_id)
 
-    def register(self, index: int, client: str, timeout: int, now: int) -> Session:
-        session = Session(id=index, client=client, timeout=timeout, last_active=now)
+    def register(
+        self, index: int, client: str, timeout: int, now: int, identity: str = ""
+    ) -> Session:
+        session = Session(
+            id=index, client=client, timeout=timeout, last_active=now, identity=identity
+        )
         self.sessions[index] = session
         return session
 

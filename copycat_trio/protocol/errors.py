@@ -1,6 +1,7 @@
 """Response status, the error types servers report, and the exceptions that carry them.
 
-The eight error types are Copycat's; PROTOCOL is ours, for frames that cannot be decoded.
+The eight error types are Copycat's; PROTOCOL (for frames that cannot be decoded),
+UNKNOWN_OPERATION and UNAUTHORIZED are ours.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class ErrorType(enum.IntEnum):
     """A frame or message was malformed, oversized or of an unknown type."""
     UNKNOWN_OPERATION = 10
     """The servers' state machine does not know the operation's type; it changed nothing."""
+    UNAUTHORIZED = 11
+    """The client's identity lacks the role the request needs; nothing was done."""
 
 
 @attrs.frozen
@@ -148,6 +151,14 @@ class IncompatibleVersionError(ProtocolError):
     """The other side of a connection speaks another major version of the protocol."""
 
 
+class UnauthorizedError(CopycatError):
+    """The client's identity (its certificate's common name, or its token's name) lacks the
+    role the request needs (read, write or admin: docs/security.md); nothing was done, and
+    the connection and the session stay usable for what the role allows."""
+
+    error_type = ErrorType.UNAUTHORIZED
+
+
 class OutcomeUnknownError(CopycatError):
     """The request was sent but no answer came (timeout or lost connection).
 
@@ -170,6 +181,7 @@ _BY_TYPE: dict[ErrorType, type[CopycatError]] = {
         InternalError,
         ConfigurationError,
         ProtocolError,
+        UnauthorizedError,
     )
 }
 

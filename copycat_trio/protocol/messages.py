@@ -89,6 +89,9 @@ class RegisterEntry:
     client: str = ""
     timeout: int = 0
     """Granted session timeout in milliseconds of log time."""
+    identity: str = ""
+    """Who opened the session (see server/authz.py); "" without authentication. Trailing:
+    entries logged before it existed load with ""."""
 
 
 @attrs.frozen(kw_only=True)
@@ -251,6 +254,9 @@ class RegisterRequest:
     client: str
     timeout: int = 0
     """Requested session timeout in milliseconds; 0 for the server's default."""
+    identity: str = ""
+    """Set by the member the client reached, from the connection's certificate or token
+    (whatever a client puts here is replaced); trusted only from another member."""
 
 
 @attrs.frozen(kw_only=True)
@@ -564,9 +570,11 @@ class Hello:
     refusal: str = ""
     """Set by a listener that refuses the connection (say, a TLS port reached in plaintext):
     why, so the other side can say so instead of waiting."""
+    token: str = ""
+    """A client's bearer token (sent over TLS only), naming its identity (server/authz.py)."""
 
 
-PROTOCOL_VERSION = Hello(1, 1)
+PROTOCOL_VERSION = Hello(1, 2)
 """What this build speaks. Bump the minor when a message class gains a trailing field with a
 default (the codec drops or defaults it); bump the major for any other change to the wire."""
 

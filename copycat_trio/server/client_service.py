@@ -206,7 +206,9 @@ class ClientService:
             return await self.forward(request, error)  # type: ignore[no-any-return]
         timeout = clamp_timeout(request.timeout, self.default_session_timeout_ms)
         pending = await self._propose_and_wait(
-            functools.partial(RegisterEntry, client=request.client, timeout=timeout)
+            functools.partial(
+                RegisterEntry, client=request.client, timeout=timeout, identity=request.identity
+            )
         )
         if pending.error is not None:
             return error(pending.error.to_info())

@@ -347,7 +347,8 @@ class Executor:
         for session in self.handles.values():
             session.closed = True
         self.handles = {
-            s.id: ServerSession(s.id, s.client, self._publish) for s in table.sessions.values()
+            s.id: ServerSession(s.id, s.client, self._publish, s.identity)
+            for s in table.sessions.values()
         }
         for _, _, stale in self._timers:
             stale.cancelled = True  # a handle the state machine kept from before never fires
@@ -494,8 +495,12 @@ class Executor:
         return result, _error(error_info) if error_info else None, session.event_index
 
     def _apply_register(self, entry: RegisterEntry) -> int:
-        session = self.sessions.register(entry.index, entry.client, entry.timeout, self.log_time)
-        handle = self.handles[session.id] = ServerSession(session.id, entry.client, self._publish)
+        session = self.sessions.register(
+            entry.index, entry.client, entry.timeout, self.log_time, entry.identity
+        )
+        handle = self.handles[session.id] = ServerSession(
+            session.id, entry.client, self._publish, entry.identity
+        )
         self._listener("on_register", handle)
         self.session_changed.set()
         return session.id

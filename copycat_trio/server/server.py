@@ -79,6 +79,16 @@ from ..transport.base import MessageStream, Transport, TransportError
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
 from ..transport.tcp import TcpTransport
 from ..transport.tls import TlsContexts, TlsSettings
+from .authz import (
+    AuthPolicy,
+    Principal,
+    identify,
+    is_member_only,
+    required_role,
+    session_of,
+    session_refusal,
+    unauthorized_message,
+)
 from .client_service import ClientConnection, ClientService
 from .executor import Executor
 from .log_clock import LogClock
@@ -102,6 +112,15 @@ CLIENT_REQUESTS: tuple[type, ...] = (
     UnregisterRequest,
     StatusRequest,
 )
+
+OPERATOR_REQUESTS: tuple[type, ...] = (
+    JoinRequest,
+    LeaveRequest,
+    ReconfigureRequest,
+    TransferRequest,
+    BackupRequest,
+)
+"""What an operator's tools send (membership, leadership, backups): `admin` role requests."""
 
 
 @attrs.frozen
@@ -153,13 +172,17 @@ class CopycatServer:
         metrics_address: str | None = None,
         tls: TlsSettings | None = None,
         cluster_id: str | None = None,
+        auth: AuthPolicy | None = None,
     ) -> None:
         """`monotonic_clock`: the raft core's clock (default: Trio's); a simulation gives each
         member its own rate. `metrics_address`: HOST:PORT to serve /metrics, /health and /ready
         on over HTTP (None: not served; see docs/operations.md). `tls`: mutual TLS on every
         listener and connection (docs/security.md); needs the default (TCP) transport.
         `cluster_id`: the cluster this member must belong to (None: whichever its data
-        directory says); a data directory of another cluster is refused at start."""
+        directory says); a data directory of another cluster is refused at start. `auth`:
+        the roles and tokens clients are checked against (server/authz.py); with TLS and
+        none given, every authenticated client gets `write`; without TLS and without it,
+        every request is allowed, as before."""
         self.monotonic_clock = monotonic_clock
         self.member_type = member_type
         """The type this member asks for when it joins (bootstrap members are ACTIVE)."""
@@ -192,9 +215,17 @@ class CopycatServer:
         cluster ids until a peer tells it)."""
         self._foreign_peers: set[tuple[str, str]] = set()
         """(host, cluster id) of peers of another cluster already logged."""
+        self._refused_clients: set[tuple[str, str]] = set()
+        """(host, reason) of clients refused (a wrong token) already logged."""
         if tls is not None and transport is not None:
             raise ConfigurationError("tls goes with the default transport (pass one or the other)")
         self._tls = TlsContexts.for_member(tls) if tls is not None else None
+        if auth is None and tls is not None:
+            auth = AuthPolicy()
+        if auth is not None and tls is not None and auth.server_name is None:
+            auth = attrs.evolve(auth, server_name=tls.server_name)
+        self.auth = auth
+        """What clients may do (None: everything, no identities: plaintext without a policy)."""
         self.transport: Transport = transport or TcpTransport(tls=self._tls)
         self.storage: LogStorage = storage or MemoryStorage()
         self.rng = rng or random.Random()
@@ -490,6 +521,86 @@ class CopycatServer:
             log.warning("refusing connection: %s", reason)
         return reason
 
+    def _identify(self, stream: MessageStream, also: str | None = None) -> Principal | None:
+        """Who the connection's peer is (None: no authentication here). `also`: the address
+        of a member asking to join, whose own certificate makes it a member's."""
+        if self.auth is None:
+            return None
+        assert self._loop is not None
+        addresses = [m.address for m in self._loop.core.members] + [self.address]
+        if also is not None:
+            addresses.append(also)
+        hosts = [address.rpartition(":")[0].strip("[]") for address in addresses]
+        hello = getattr(stream, "peer_version", None)
+        certificate = getattr(stream, "peer_certificate", None)
+        return identify(self.auth, certificate, getattr(hello, "token", "") or "", hosts)
+
+    def _note_refused_client(self, peer: str, why: str) -> None:
+        """A warning the first time a host is refused for a reason (a client retrying a
+        wrong token must not flood the log), debug after."""
+        key = (peer.rpartition(":")[0], why)
+        if key in self._refused_clients:
+            log.debug("refusing connection from %s: %s", peer, why)
+            return
+        if len(self._refused_clients) > 1024:
+            self._refused_clients.clear()
+        self._refused_clients.add(key)
+        log.warning("refusing connection from %s: %s", peer, why)
+
+    def _authorize(
+        self, stream: MessageStream, principal: Principal | None, request: RpcRequest
+    ) -> tuple[Principal | None, RpcRequest | RpcResponse]:
+        """The request to answer (a register stamped with the client's identity), or the
+        UNAUTHORIZED answer; and the principal, identified again if the membership changed
+        since (a member that joined meanwhile is one now)."""
+        body = request.body
+        if principal is not None and not principal.member:
+            needed = required_role(body)
+
+            def allowed(principal: Principal) -> bool:
+                if principal.member:
+                    return True
+                role = principal.role
+                return role is not None and role.allows(needed) and not is_member_only(body)
+
+            if not allowed(principal):
+                joining = body.member.address if isinstance(body, JoinRequest) else None
+                principal = self._identify(stream, joining) or principal
+            if not allowed(principal):
+                text = unauthorized_message(principal, body)
+                log.info("refused a request from %s: %s", stream.peer, text)
+                info = ErrorInfo(ErrorType.UNAUTHORIZED, text)
+                return principal, RpcResponse(request.id, ErrorResponse(Status.ERROR, info))
+        if isinstance(body, RegisterRequest) and (principal is None or not principal.member):
+            # Only a member's stamp is trusted (it forwards what it stamped itself).
+            identity = principal.identity if principal is not None else ""
+            request = RpcRequest(request.id, attrs.evolve(body, identity=identity))
+        return principal, request
+
+    async def _session_owner_refusal(
+        self, principal: Principal | None, body: Any
+    ) -> ErrorResponse | None:
+        """UNAUTHORIZED if a client acts in a session another identity opened. The session's
+        id is its register entry's index: a member that has not applied that far waits a
+        little (its register was just answered), then sends the client elsewhere."""
+        session_id = session_of(body)
+        if principal is None or principal.member or not session_id or self._executor is None:
+            return None
+        executor = self._executor
+        with trio.move_on_after(self.options.election_timeout):
+            await executor.applied_index.wait_value(lambda applied: applied >= session_id)
+        if executor.applied_index.value < session_id:
+            text = f"member {self.id} has not applied session {session_id}'s registration yet"
+            return ErrorResponse(Status.ERROR, ErrorInfo(ErrorType.QUERY, text))
+        session = executor.sessions.get(session_id)
+        if session is None:
+            return None  # expired or never registered: the request's handler says which
+        refusal = session_refusal(principal, session_id, session.identity)
+        if refusal is None:
+            return None
+        log.info("refused a request from %s: %s", principal.describe(), refusal)
+        return ErrorResponse(Status.ERROR, ErrorInfo(ErrorType.UNAUTHORIZED, refusal))
+
     async def _no_connection(self, request: Any) -> Any:
         raise IllegalMemberStateError("connect needs a client connection")
 
@@ -648,10 +759,14 @@ class CopycatServer:
         assert self._loop is not None
         loop = self._loop
         if not getattr(stream, "authenticated", True):
-            # TLS without a certificate (client auth "none"): a client's, never a member's.
-            allowed = CLIENT_REQUESTS
+            # TLS without a certificate (client auth "none"): a client's, never a member's;
+            # its role (a token's, or the anonymous one) says which operator requests it may make.
+            allowed = (
+                CLIENT_REQUESTS + OPERATOR_REQUESTS if self.auth is not None else CLIENT_REQUESTS
+            )
         limiter = trio.Semaphore(MAX_REQUESTS_PER_CONNECTION)
         checked = False
+        principal: Principal | None = None
         async with trio.open_nursery() as nursery:
             connection = ClientConnection(stream, nursery)
             try:
@@ -680,6 +795,11 @@ class CopycatServer:
                         if foreign is not None:
                             await _refuse(stream, foreign)
                             return
+                        principal = self._identify(stream)
+                        if principal is not None and principal.refusal:
+                            self._note_refused_client(stream.peer, principal.refusal)
+                            await _refuse(stream, principal.refusal)
+                            return
                     if isinstance(message, RpcResponse):
                         connection.on_response(message)  # a client answering a publish
                     elif isinstance(message, Envelope):
@@ -691,8 +811,13 @@ class CopycatServer:
                         if message.target == self.id:
                             await loop.inbox_send.send(Step(message.source, message.message))
                     elif isinstance(message, RpcRequest):
+                        principal, answer = self._authorize(stream, principal, message)
+                        if isinstance(answer, RpcResponse):
+                            count_request(self.request_counts, message.body, answer.body)
+                            await stream.send(answer)  # the connection stays open
+                            continue
                         await limiter.acquire()
-                        nursery.start_soon(self._answer, connection, message, limiter)
+                        nursery.start_soon(self._answer, connection, answer, limiter, principal)
                     else:
                         raise ProtocolError(f"unexpected {type(message).__name__} on a connection")
             except ProtocolError as exc:
@@ -703,10 +828,16 @@ class CopycatServer:
                 nursery.cancel_scope.cancel()
 
     async def _answer(
-        self, connection: ClientConnection, request: RpcRequest, limiter: trio.Semaphore
+        self,
+        connection: ClientConnection,
+        request: RpcRequest,
+        limiter: trio.Semaphore,
+        principal: Principal | None = None,
     ) -> None:
         try:
-            body = await self._dispatch(request.body, connection)
+            body = await self._session_owner_refusal(principal, request.body)
+            if body is None:
+                body = await self._dispatch(request.body, connection)
             count_request(self.request_counts, request.body, body)
             with contextlib.suppress(TransportError):  # the asker is gone; nobody to tell
                 await connection.stream.send(RpcResponse(request.id, body))

@@ -129,13 +129,16 @@ def _encode_session(session: Session) -> list[Any]:
         session.event_index,
         [[b.index, b.previous_index, list(b.events)] for b in session.events],
         session.acknowledged_event_index,
+        session.identity,
     ]
 
 
 def _decode_session(record: list[Any]) -> Session:
+    # Snapshots written before identities have nine fields; newer ones a tenth.
     (sid, client, timeout, last_active, command_sequence, results, event_index, events, acked) = (
-        record
+        record[:9]
     )
+    identity = record[9] if len(record) > 9 else ""
     return Session(
         id=sid,
         client=client,
@@ -148,6 +151,7 @@ def _decode_session(record: list[Any]) -> Session:
         event_index=event_index,
         events=deque(EventBatch(i, p, list(evs)) for i, p, evs in events),
         acknowledged_event_index=acked,
+        identity=identity,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -114,6 +114,12 @@ class MemoryCluster:
                 made = self.observe_state_machine(member_id, made)
             return made
 
+        if self.server_options.get("auth") is not None:
+            # Members checking roles tell members apart by a certificate for their host.
+            host = address.rpartition(":")[0]
+            self.network.certificates.setdefault(
+                address, fake_certificate(f"member-{member_id}", host)
+            )
         rate = self.clock_rate(member_id) if self.clock_rate is not None else 1.0
         if rate != 1.0:
             overrides = {"monotonic_clock": DriftingClock(rate, trio.current_time()), **overrides}
@@ -259,6 +265,14 @@ class MemoryCluster:
             self.network.cut(host, self.address(member_id))
 
 
+def fake_certificate(common_name: str, *dns_names: str) -> dict[str, Any]:
+    """A certificate as ssl's getpeercert() gives it, for MemoryNetwork.certificates."""
+    return {
+        "subject": ((("commonName", common_name),),),
+        "subjectAltName": tuple(("DNS", name) for name in dns_names),
+    }
+
+
 @asynccontextmanager
 async def open_memory_cluster(
     size: int,
@@ -268,13 +282,19 @@ async def open_memory_cluster(
     election_timeout: float = 1.0,
     heartbeat_interval: float = 0.1,
     storage: Callable[[int], LogStorage] | None = None,
+    identities: Mapping[str, str] | None = None,
     **server_options: Any,
 ) -> AsyncIterator[MemoryCluster]:
-    """Bootstrap `size` servers (ids 1..size) on a fresh in-memory network."""
+    """Bootstrap `size` servers (ids 1..size) on a fresh in-memory network. `identities`:
+    client host -> the common name of the certificate its connections show, as if over TLS
+    (with `auth=AuthPolicy(...)`, members then check roles; docs/security.md)."""
+    network = MemoryNetwork(seed=seed)
+    for host, name in (identities or {}).items():
+        network.certificates[host] = fake_certificate(name)
     async with open_background_nursery() as nursery:
         cluster = MemoryCluster(
             nursery,
-            MemoryNetwork(seed=seed),
+            network,
             state_machine,
             seed=seed,
             election_timeout=election_timeout,

@@ -85,6 +85,9 @@ class MemoryNetwork:
         virtual time from advancing (a livelock)."""
         self.on_storm: Callable[[float, int], None] | None = None
         self._window = (-1, 0)
+        self.certificates: dict[str, dict[str, Any]] = {}
+        """Host address -> the certificate (as ssl's getpeercert() gives it) the other end of
+        its connections sees, as if it spoke TLS: tests of identities and roles."""
 
     def transport(self, own_address: str) -> MemoryTransport:
         return MemoryTransport(self, own_address)
@@ -231,6 +234,8 @@ class MemoryStream:
         self._send = send_channel
         self._receive = receive_channel
         self._decoder = FrameDecoder(DEFAULT_MAX_FRAME_SIZE)
+        self.peer_certificate: dict[str, Any] | None = None
+        """The certificate the network gives the peer (MemoryNetwork.certificates), if any."""
 
     @property
     def peer(self) -> str:
@@ -301,6 +306,8 @@ class MemoryTransport:
         b_send, a_receive = trio.open_memory_channel[bytes](CHANNEL_CAPACITY)
         client = MemoryStream(self.network, self.address, address, a_send, a_receive)
         server = MemoryStream(self.network, address, self.address, b_send, b_receive)
+        server.peer_certificate = self.network.certificates.get(self.address)
+        client.peer_certificate = self.network.certificates.get(address)
 
         async def run_handler() -> None:
             try:

@@ -260,7 +260,12 @@ class TcpTransport:
             await trio.aclose_forcefully(stream)
             why = describe_tls_error(exc)
             raise TlsError(f"TLS with {address} failed: {why}") from exc
-        framed = self._framed(ssl_stream, address)
+        version = self.version
+        if self.tls.token:  # inside TLS only: a token in plaintext could be read on the way
+            version = attrs.evolve(version, token=self.tls.token)
+        framed = FramedStream(
+            ssl_stream, address, max_frame_size=self.max_frame_size, version=version
+        )
         framed.peer_certificate = ssl_stream.getpeercert()
         return framed
 

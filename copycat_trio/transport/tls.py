@@ -111,11 +111,15 @@ class TlsContexts:
         client: ssl.SSLContext,
         settings: TlsSettings | None = None,
         server_name: str | None = None,
+        token: str = "",
     ) -> None:
         self.server = server
         self.client = client
         self.settings = settings
         self.server_name = server_name
+        self.token = token
+        """A client's bearer token, carried in the Hello of its TLS connections only (never
+        in plaintext): its identity for members with a tokens file (docs/security.md)."""
 
     @classmethod
     def for_member(cls, settings: TlsSettings) -> TlsContexts:
@@ -128,9 +132,11 @@ class TlsContexts:
         )
 
     @classmethod
-    def for_client(cls, context: ssl.SSLContext, server_name: str | None = None) -> TlsContexts:
-        """A client's: it only connects."""
-        return cls(server=None, client=context, server_name=server_name)
+    def for_client(
+        cls, context: ssl.SSLContext, server_name: str | None = None, token: str = ""
+    ) -> TlsContexts:
+        """A client's: it only connects, presenting `token` if given."""
+        return cls(server=None, client=context, server_name=server_name, token=token)
 
     def hostname_for(self, host: str) -> str:
         """The name the certificate of the member at `host` must carry."""

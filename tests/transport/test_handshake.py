@@ -151,7 +151,7 @@ async def test_the_first_frame_must_be_a_hello() -> None:
         (cbor2.dumps(cbor2.CBORTag(39999, [1])), "unknown CBOR tag 39999"),
         (b"\xff\xff", "malformed CBOR"),
         (cbor2.dumps(cbor2.CBORTag(32774, ["1", 0])), "Hello.major: expected int, got str"),
-        (cbor2.dumps(cbor2.CBORTag(32774, [1])), "Hello: expected 4 fields, got 1"),
+        (cbor2.dumps(cbor2.CBORTag(32774, [1])), "Hello: expected 5 fields, got 1"),
     ],
 )
 async def test_garbage_as_the_first_frame_gets_the_codec_error(payload: bytes, error: str) -> None:
