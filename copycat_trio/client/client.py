@@ -309,16 +309,28 @@ class CopycatClient:
         if address != self._address or not self.session_id:
             return
         request = ConnectRequest(client=self.client_id, session=self.session_id)
+        connected = False
         try:
             response = await connection.request(request, self.request_timeout)
+            error: ErrorInfo | None = getattr(response, "error", None)
+            if error is not None:
+                log.debug("reconnecting the session at %s: %s", address, error)
+            else:
+                connected = True
+                self._note_cluster(response.leader, response.members)
         except (RequestNotSent, ResponseLost) as exc:
             log.debug("reconnecting the session at %s failed: %s", address, exc)
-            return
-        error: ErrorInfo | None = getattr(response, "error", None)
-        if error is not None:
-            log.debug("reconnecting the session at %s: %s", address, error)
-        else:
-            self._note_cluster(response.leader, response.members)
+        finally:
+            if not connected:  # also when the request that made the connection gave up
+                self._forget_address(address)
+
+    def _forget_address(self, address: str) -> None:
+        """The member no longer pushes our events (a restarted member that has not applied our
+        session yet refuses to connect it): talk through none, so the next request answered
+        connects the session where it was answered. Kept, the client believed it was connected
+        there and got no event again (resource seed 1025: a watch silent for good)."""
+        if self._address == address:
+            self._address = None
 
     async def _keep_alive(self, generation: int) -> None:
         interval = max(0.05, self.session_timeout / 3)

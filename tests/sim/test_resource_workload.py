@@ -360,3 +360,14 @@ def test_seed_144_a_client_learns_its_session_expired_after_a_partition() -> Non
     UNKNOWN_SESSION is not switched to: the verdict is raised at once."""
     result = run_simulation(144, scenario="resources")
     assert result.ok, result.report()
+
+
+def test_seed_1025_a_member_that_restarted_pushes_events_again() -> None:
+    """It failed: the watcher's member restarted; the client's new connection to it sent the
+    session's ConnectRequest, which the member (not yet caught up, no leader) could not accept,
+    and the keep-alive that made the connection gave up first. The client still believed it
+    talked through that member, whose keep-alive answers kept it CONNECTED, so no event came
+    again ("yielded 15 of the 17 changes after its registration"). Now a reconnect that does
+    not succeed leaves the client connected through no member, and the next answer connects it."""
+    result = run_simulation(1025, scenario="resources")
+    assert result.ok, result.report()
