@@ -62,6 +62,7 @@ PROVES_NOT_APPLIED: dict[ErrorType, bool] = {
     ErrorType.CONFIGURATION: True,  # a change rejected
     ErrorType.PROTOCOL: True,  # a request no member could decode
     ErrorType.UNKNOWN_OPERATION: True,  # logged, but its application changed nothing
+    ErrorType.UNAUTHORIZED: True,  # refused by the member it reached, before it was sequenced
 }
 """Per error type: whether the protocol says a request answered with it did not take effect."""
 
