@@ -55,6 +55,17 @@ def test_block_marked_not_run(request: pytest.FixtureRequest, reason: str) -> No
     pytest.skip(f"{where}: not run: {reason}")
 
 
+def run_runner(page: pathlib.Path) -> subprocess.CompletedProcess[str]:
+    """The docs runner on one page, as the tests above run it on each doc."""
+    return subprocess.run(
+        [sys.executable, "-m", "tests.docs_runner", str(page)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_the_runner_names_each_failing_block_and_lists_the_unrun(tmp_path: pathlib.Path) -> None:
     page = tmp_path / "page.md"
     page.write_text(
@@ -63,13 +74,7 @@ def test_the_runner_names_each_failing_block_and_lists_the_unrun(tmp_path: pathl
         "```sh\nexit 3\n```\n\n"  # line 10
         "<!-- not run: too slow -->\n```sh\nsleep 1000\n```\n"  # line 15
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.docs_runner", str(page)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_runner(page)
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"ok   {page}:1 python" in result.stdout
     assert f"FAIL {page}:5: the block above raised:" in result.stdout
@@ -87,13 +92,7 @@ def test_the_runner_parses_yaml_and_ini_blocks(tmp_path: pathlib.Path) -> None:
         "```ini\n[Service]\nExecStart=/bin/true \\\n    --flag\n```\n\n"  # line 10
         "```ini\nno section header\n```\n"  # line 16
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.docs_runner", str(page)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_runner(page)
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"ok   {page}:1 yaml" in result.stdout
     assert f"FAIL {page}:6: the block above raised:" in result.stdout
