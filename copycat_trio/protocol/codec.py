@@ -12,6 +12,7 @@ sender), and one longer than the class has its extra trailing values ignored (a 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import io
 import operator
@@ -24,7 +25,7 @@ import attrs
 import cbor2
 
 from .errors import ConfigurationError, CopycatError, ProtocolError
-from .messages import BUILTIN_TAGS, USER_TAG_MIN
+from .messages import BUILTIN_TAGS, ENTRY_TYPES, USER_TAG_MIN
 
 MAX_DEPTH = 64
 """Deepest nesting of arrays, maps and tags that decode accepts."""
@@ -109,12 +110,44 @@ def _copycat_cause(exc: BaseException) -> CopycatError | None:
     return None
 
 
+ENCODING_CACHE_SIZE = 16384
+"""Log entries whose encodings are kept (see _EncodingCache): a few seconds' worth at full load."""
+
+
+class _EncodingCache:
+    """Encodings of log entries, kept by identity for the newest `capacity` of them: an entry is
+    encoded once, when first measured or sent, and those bytes are spliced into every frame
+    and storage record that carries it (to each peer, to disk). Entries are frozen, and a
+    cached one is held alive, so its id cannot be reused while its bytes are here."""
+
+    __slots__ = ("_items", "capacity")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: dict[int, tuple[Any, bytes]] = {}
+
+    def get(self, value: Any) -> bytes | None:
+        item = self._items.get(id(value))
+        return item[1] if item is not None and item[0] is value else None
+
+    def put(self, value: Any, data: bytes) -> None:
+        items = self._items
+        items[id(value)] = (value, data)
+        if len(items) > self.capacity:
+            with contextlib.suppress(RuntimeError, KeyError, StopIteration):  # a thread raced
+                del items[next(iter(items))]  # the oldest
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
 class _Plan:
     """Precomputed encode and decode steps for one registered class."""
 
     __slots__ = (
         "aliases",
         "any_fields",
+        "cached",
         "checks",
         "cls",
         "compiled",
@@ -140,6 +173,8 @@ class _Plan:
         self.pairs: tuple[tuple[str, frozenset[type] | set[type]], ...] = ()
         self.any_fields: tuple[int, ...] = ()
         self.compiled = False
+        self.cached = False
+        """Whether instances' encodings are kept (log entries: see _EncodingCache)."""
 
     def compile(self) -> None:
         """Resolve the type hints once (deferred to first use if a forward ref is unresolved)."""
@@ -156,6 +191,20 @@ class _Plan:
         self.compiled = True
 
     def encode(self, encoder: cbor2.CBOREncoder, obj: Any) -> None:
+        if self.cached:
+            cache = self.registry._encodings
+            data = cache.get(obj)
+            if data is None:
+                data = cbor2.dumps(self._tagged(obj), default=self.registry._encode_default)
+                cache.put(obj, data)
+            encoder.write(data)  # the same bytes encode_semantic would write
+            return
+        encoder.encode_semantic(self.tag, self._checked_values(obj))
+
+    def _tagged(self, obj: Any) -> cbor2.CBORTag:
+        return cbor2.CBORTag(self.tag, self._checked_values(obj))
+
+    def _checked_values(self, obj: Any) -> tuple[Any, ...]:
         if not self.compiled:
             self.compile()
         values = self.getter(obj)
@@ -165,7 +214,7 @@ class _Plan:
                 self.registry._check_outgoing(
                     value, f"{self.cls.__qualname__}.{self.aliases[index]}"
                 )
-        encoder.encode_semantic(self.tag, values)
+        return values
 
     def decode(self, item: Any, immutable: bool) -> Any:
         if not self.compiled:
@@ -213,7 +262,11 @@ class _Plan:
 class TypeRegistry:
     """The tag table: registered attrs classes to CBOR tags and back, with encode and decode."""
 
-    def __init__(self, *, builtins: bool = False) -> None:
+    def __init__(self, *, builtins: bool = False, cache_entries: bool = True) -> None:
+        """`builtins`: register the library's messages; `cache_entries`: keep log entries'
+        encodings to splice into every frame and record that carries them (see
+        _EncodingCache; the bytes are the same either way)."""
+        self._encodings = _EncodingCache(ENCODING_CACHE_SIZE)
         self._tags: dict[type, int] = {}
         self._plans: dict[type, _Plan] = {}
         self._classes: dict[int, type] = {}
@@ -224,6 +277,8 @@ class TypeRegistry:
         if builtins:
             for cls, tag in BUILTIN_TAGS.items():
                 self.register(cls, tag, builtin=True)
+            for cls in ENTRY_TYPES:
+                self._plans[cls].cached = cache_entries
 
     @property
     def tags(self) -> Mapping[type, int]:
