@@ -14,7 +14,7 @@ import trio
 
 from ..protocol.errors import ProtocolError
 from ..protocol.messages import AppendRequest, Envelope
-from ..transport.base import MessageStream, Transport, TransportError
+from ..transport.base import MessageStream, Transport, TransportError, send_messages
 
 if TYPE_CHECKING:
     from .metrics import ServerMetrics
@@ -126,12 +126,7 @@ class PeerLink:
             connection = self._connection
             written = getattr(connection.stream, "bytes_sent", 0)
             try:
-                send_many = getattr(connection.stream, "send_many", None)
-                if send_many is not None:
-                    await send_many(batch)  # one write for all that queued up
-                else:
-                    for message in batch:
-                        await connection.stream.send(message)
+                await send_messages(connection.stream, batch)  # one write for all queued
                 self.stats.sent += len(batch)
                 self.stats.sent_bytes += getattr(connection.stream, "bytes_sent", 0) - written
                 return

@@ -31,6 +31,17 @@ class MessageStream(Protocol):
     async def aclose(self) -> None: ...
 
 
+async def send_messages(stream: MessageStream, messages: list[Any]) -> None:
+    """Send messages in order: in one write where the stream can (a FramedStream's
+    `send_many`: fewer system calls under load), else one at a time."""
+    send_many = getattr(stream, "send_many", None)
+    if send_many is not None:
+        await send_many(messages)
+    else:
+        for message in messages:
+            await stream.send(message)
+
+
 ConnectionHandler = Callable[[MessageStream], Awaitable[None]]
 
 

@@ -62,8 +62,23 @@ def check_hello(message: Any, own: Hello, peer: str) -> Hello:
     return message
 
 
+class MaybeSentError(TransportError):
+    """A write that held other frames besides the caller's broke part-way: some whole frames
+    of it may have reached the other side, the caller's among them."""
+
+
+class _Queued:
+    """Frames that arrived while a write was running: the writer sends them in one write."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.done = trio.Event()
+        self.error: TransportError | None = None
+
+
 class FramedStream:
-    """Encodes messages into frames on send and decodes whole frames on receive."""
+    """Encodes messages into frames on send and decodes whole frames on receive. Frames sent
+    while a write is running are joined into the next write (fewer system calls under load)."""
 
     def __init__(
         self,
@@ -80,7 +95,8 @@ class FramedStream:
         self._codec = codec
         self._max_frame_size = max_frame_size
         self._decoder = FrameDecoder(max_frame_size)
-        self._send_lock = trio.Lock()
+        self._writing = False
+        self._queued: _Queued | None = None
         self._version = version
         self._hello: bytes | None = encode_frame(codec.encode(version), max_frame_size)
         """Our Hello until it is sent, in front of the first bytes this side sends."""
@@ -110,15 +126,46 @@ class FramedStream:
         await self.send_raw(data)
 
     async def send_raw(self, data: bytes) -> None:
-        """Send bytes that are already a frame (lets a caller encode once for many peers)."""
-        async with self._send_lock:
-            if self._hello is not None:
-                data, self._hello = self._hello + data, None
-            try:
-                await self._stream.send_all(data)
-                self.bytes_sent += len(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise _broke(self._peer, exc) from exc
+        """Send bytes that are already whole frames (lets a caller encode once for many
+        peers). While another task's write runs, the bytes wait for the next write, which
+        carries everything queued meanwhile; it returns once they are written."""
+        if self._writing:
+            queued = self._queued
+            if queued is None:
+                queued = self._queued = _Queued()
+            queued.chunks.append(data)
+            await queued.done.wait()  # if cancelled here, the frames still go out whole
+            if queued.error is not None:
+                raise queued.error
+            return
+        self._writing = True
+        try:
+            await self._write(data)
+            while self._queued is not None:
+                queued, self._queued = self._queued, None
+                try:
+                    await self._write(b"".join(queued.chunks))
+                except BaseException as exc:
+                    error = MaybeSentError(f"connection to {self._peer} broke: {exc!r}")
+                    queued.error = error
+                    raise
+                finally:
+                    queued.done.set()
+        finally:
+            self._writing = False
+            queued, self._queued = self._queued, None
+            if queued is not None:  # this write failed or was cancelled: nothing more goes
+                queued.error = TransportError(f"connection to {self._peer} broke before sending")
+                queued.done.set()
+
+    async def _write(self, data: bytes) -> None:
+        if self._hello is not None:
+            data, self._hello = self._hello + data, None
+        try:
+            await self._stream.send_all(data)
+            self.bytes_sent += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise _broke(self._peer, exc) from exc
 
     async def receive(self) -> Any:
         while True:

@@ -19,6 +19,7 @@ import trio
 from ..protocol.errors import ProtocolError
 from ..protocol.messages import RpcRequest, RpcResponse
 from .base import MessageStream, Transport, TransportError
+from .framed import MaybeSentError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class RpcConnection:
         try:
             try:
                 await self.stream.send(RpcRequest(request_id, body))
+            except MaybeSentError as exc:
+                raise ResponseLost(str(exc)) from exc  # it may have gone out with others
             except TransportError as exc:
                 raise RequestNotSent(str(exc)) from exc
             with trio.move_on_after(timeout):
@@ -140,10 +143,13 @@ class ConnectionPool:
             return connection
 
     async def request(self, address: str, body: Any, timeout: float = math.inf) -> Any:
-        with trio.move_on_after(timeout) as scope:
-            connection = await self.get(address)
-        if scope.cancelled_caught:
-            raise RequestNotSent(f"could not connect to {address} within {timeout:.1f}s")
+        connection: RpcConnection | None = self._connections.get(address)
+        if connection is None or connection.closed:  # else no lock and no scope: the fast path
+            connection = None
+            with trio.move_on_after(timeout):
+                connection = await self.get(address)
+            if connection is None:
+                raise RequestNotSent(f"could not connect to {address} within {timeout:.1f}s")
         return await connection.request(body, timeout)
 
     def drop(self, address: str) -> None:
