@@ -669,12 +669,14 @@ class CopycatClient:
         if generation != self._session_generation:
             submission.finish(result, error)
             return
-        await self._completed.wait_value(lambda done: done >= sequence - 1)
-        if generation != self._session_generation:  # replaced while this one waited
-            submission.finish(result, error)
-            return
-        with trio.move_on_after(self.request_timeout):
-            await self._event_index.wait_value(lambda received: received >= event_index)
+        if self._completed.value < sequence - 1:  # else in order already: no task switch
+            await self._completed.wait_value(lambda done: done >= sequence - 1)
+            if generation != self._session_generation:  # replaced while this one waited
+                submission.finish(result, error)
+                return
+        if self._event_index.value < event_index:
+            with trio.move_on_after(self.request_timeout):
+                await self._event_index.wait_value(lambda received: received >= event_index)
         self._completed.value = max(self._completed.value, sequence)
         submission.finish(result, error)
 

@@ -177,6 +177,8 @@ class ClientService:
         """Whether to handle a leader-only request here; waits until this leader has applied
         everything committed before its term, so its session table is current. A wait that
         spans a new election starts again for the new term."""
+        if self._leading_now():
+            return True  # the common case, decided without a task switch
         core = self.loop.core
         with trio.move_on_after(2 * self.election_timeout):
             while core.role is Role.LEADER:
@@ -190,6 +192,15 @@ class ClientService:
                 if core.role is Role.LEADER and core.term == term:
                     return True
         return False
+
+    def _leading_now(self) -> bool:
+        """`_as_leader` when it needs no wait: this member leads the term its gates are for
+        and has applied everything before the term."""
+        core = self.loop.core
+        if core.role is not Role.LEADER or core.term != self._term:
+            return False
+        start = core.term_start_index
+        return start is not None and self.executor.applied_index.value >= start
 
     async def _propose_and_wait(self, build: Callable[..., Any]) -> Pending:
         pending = await self.loop.propose(build)
@@ -326,12 +337,7 @@ class ClientService:
         session = self.executor.session(request.session)
         if session is None:
             return error(ErrorInfo(ErrorType.UNKNOWN_SESSION, f"unknown session {request.session}"))
-        gate = self._gates.get(request.session)
-        if gate is None:
-            # Everything before this term is applied (_as_leader): the session's applied
-            # sequence is all that is in the log for it so far.
-            sequencer = SessionSequencer(self.loop.core.term, session.command_sequence)
-            gate = self._gates[request.session] = _SessionGate(request.session, sequencer)
+        gate = self._gate(request.session, session.command_sequence)
         kind = gate.sequencer.classify(request.sequence, MAX_QUEUED_COMMANDS)
         if kind is Sequencing.REJECT:
             return error(
@@ -356,8 +362,9 @@ class ClientService:
         # session may follow it at once; the loop appends that one only if this one was
         # appended (_CommandAdmission), and a refusal moves the mark back.
         gate.queue(request.sequence)
+        pending = Pending(0, 0)  # one event for both the append (or refusal) and the apply
         try:
-            item = await self.loop.enqueue(
+            await self.loop.enqueue(
                 functools.partial(
                     CommandEntry,
                     operation=request.operation,
@@ -365,28 +372,51 @@ class ClientService:
                     sequence=request.sequence,
                 ),
                 _CommandAdmission(gate, request.sequence),
+                waiter=pending,
             )
         except BaseException:
             gate.refused()  # never reached the loop (it stopped, or this request was cancelled)
             raise
-        try:
-            pending = await self.loop.wait_appended(item)
-        except CopycatError as exc:
-            return error(exc.to_info())
         await pending.event.wait()
-        if pending.error is not None:
-            return CommandResponse(
-                status=Status.ERROR,
-                error=pending.error.to_info(),
-                index=pending.index,
-                event_index=pending.event_index,
-            )
-        return CommandResponse(
-            status=Status.OK,
-            index=pending.index,
-            event_index=pending.event_index,
-            result=pending.result,
+        return _command_response(pending)
+
+    def command_now(
+        self, request: CommandRequest, answer: Callable[[CommandResponse], None]
+    ) -> bool:
+        """Take a command without a task of its own when nothing needs a wait: this member
+        leads (as `_as_leader` requires), the session is known, the command is the next in
+        its sequence and the raft loop's inbox has room. `answer` is then called once with
+        the response, from the loop (a refusal) or the executor (applied). False: nothing was
+        done; take the usual path (`command`)."""
+        if not isinstance(request.operation, Command | UnknownOperation) or not self._leading_now():
+            return False
+        session = self.executor.session(request.session)
+        if session is None:
+            return False
+        gate = self._gate(request.session, session.command_sequence)
+        if gate.sequencer.classify(request.sequence, MAX_QUEUED_COMMANDS) is not Sequencing.NOW:
+            return False
+        pending = Pending(0, 0, on_resolve=lambda done: answer(_command_response(done)))
+        build = functools.partial(
+            CommandEntry,
+            operation=request.operation,
+            session=request.session,
+            sequence=request.sequence,
         )
+        if not self.loop.enqueue_nowait(build, _CommandAdmission(gate, request.sequence), pending):
+            return False
+        gate.queue(request.sequence)  # before the loop runs: it appends only after a yield
+        return True
+
+    def _gate(self, session: int, applied_sequence: int) -> _SessionGate:
+        """The session's gate for this term, made on its first command in the term."""
+        gate = self._gates.get(session)
+        if gate is None:
+            # Everything before this term is applied (_as_leader): the session's applied
+            # sequence is all that is in the log for it so far.
+            sequencer = SessionSequencer(self.loop.core.term, applied_sequence)
+            gate = self._gates[session] = _SessionGate(session, sequencer)
+        return gate
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -476,3 +506,22 @@ class ClientService:
                     proposed[session.id] = await self.loop.propose(
                         functools.partial(UnregisterEntry, session=session.id, expired=True)
                     )
+
+
+def _command_response(pending: Pending) -> CommandResponse:
+    """The answer to a command from its resolved Pending (index 0: refused, never appended)."""
+    if pending.error is not None and pending.index == 0:
+        return CommandResponse(status=Status.ERROR, error=pending.error.to_info())
+    if pending.error is not None:
+        return CommandResponse(
+            status=Status.ERROR,
+            error=pending.error.to_info(),
+            index=pending.index,
+            event_index=pending.event_index,
+        )
+    return CommandResponse(
+        status=Status.OK,
+        index=pending.index,
+        event_index=pending.event_index,
+        result=pending.result,
+    )

@@ -77,6 +77,8 @@ class Pending:
     result: Any = None
     error: CopycatError | None = None
     event_index: int = 0
+    on_resolve: Callable[[Pending], None] | None = None
+    """Called once when resolved (an answer written without a task waiting for it)."""
 
     def resolve(
         self, result: Any = None, error: CopycatError | None = None, event_index: int = 0
@@ -84,6 +86,8 @@ class Pending:
         if not self.event.is_set():
             self.result, self.error, self.event_index = result, error, event_index
             self.event.set()
+            if self.on_resolve is not None:
+                self.on_resolve(self)
 
 
 def unknown_operation(operation: UnknownOperation, state_machine: object) -> UnknownOperationError:
@@ -181,8 +185,9 @@ class Executor:
         self._queue.extend(entries)
         self._wakeup.set()
 
-    def expect(self, index: int, term: int) -> Pending:
-        """A waiter for the entry this leader just appended at `index` in `term`. A waiter
+    def expect(self, index: int, term: int, waiter: Pending | None = None) -> Pending:
+        """A waiter for the entry this leader just appended at `index` in `term` (`waiter`, if
+        the proposer made one already, so it waits on one event for append and apply). A waiter
         still there from an earlier term lost its entry: this leader's log holds another one
         at that index, so the earlier entry never committed and never will."""
         replaced = self.pending.get(index)
@@ -194,8 +199,12 @@ class Executor:
                     f"{term}; not applied"
                 )
             )
-        pending = self.pending[index] = Pending(index, term)
-        return pending
+        if waiter is None:
+            waiter = Pending(index, term)
+        else:
+            waiter.index, waiter.term = index, term
+        self.pending[index] = waiter
+        return waiter
 
     async def run(self) -> None:
         while True:

@@ -83,6 +83,9 @@ class Propose:
     reply: trio.Event = attrs.Factory(trio.Event)
     pending: Pending | None = None
     error: CopycatError | None = None
+    waiter: Pending | None = None
+    """The proposer's own Pending, if it made one: resolved with the error on refusal, else
+    registered for the entry's apply, so a proposer waits on one event for both."""
 
 
 @attrs.define(eq=False)
@@ -211,11 +214,16 @@ class RaftLoop:
             if isinstance(item, Propose | Reconfigure | ReadIndex | Call):
                 item.error = error
                 item.reply.set()
+            if isinstance(item, Propose) and item.waiter is not None:
+                item.waiter.resolve(error=error)
         self.inbox_receive.close()
 
     async def _put(self, item: Input) -> None:
         try:
-            await self.inbox_send.send(item)
+            try:
+                self.inbox_send.send_nowait(item)  # the common case: no task switch to queue
+            except trio.WouldBlock:
+                await self.inbox_send.send(item)  # full: wait (backpressure on the proposer)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise NoLeaderError(f"member {self.core.id} is stopping") from None
 
@@ -261,7 +269,7 @@ class RaftLoop:
 
             try:
                 index, term = core.propose_entry(build)
-                item.pending = self.executor.expect(index, term)
+                item.pending = self.executor.expect(index, term, item.waiter)
             except NotLeaderError as exc:
                 item.error = NoLeaderError(str(exc))
                 self.executor.proposals_failed += 1
@@ -270,6 +278,8 @@ class RaftLoop:
                 self.executor.proposals_failed += 1
             if admission is not None:
                 admission.settled(item.error is None)
+            if item.error is not None and item.waiter is not None:
+                item.waiter.resolve(error=item.error)
             item.reply.set()
         elif isinstance(item, Reconfigure):
             try:
@@ -355,14 +365,29 @@ class RaftLoop:
         return await self._append(Propose(build))
 
     async def enqueue(
-        self, build: Callable[..., Entry], admission: Admission | None = None
+        self,
+        build: Callable[..., Entry],
+        admission: Admission | None = None,
+        waiter: Pending | None = None,
     ) -> Propose:
         """Queue an entry and return at once: entries are appended in the order enqueued.
-        Await `wait_appended` on the result to learn its Pending (or the error). An
-        `admission` is checked at the moment of appending, and told whether it was."""
-        item = Propose(build, admission)
+        Await `wait_appended` on the result to learn its Pending (or the error), or wait on
+        `waiter`: it resolves with the refusal, or when the entry is applied (its index is 0
+        if the entry was never appended). An `admission` is checked at the moment of
+        appending, and told whether it was."""
+        item = Propose(build, admission, waiter=waiter)
         await self._put(item)
         return item
+
+    def enqueue_nowait(
+        self, build: Callable[..., Entry], admission: Admission | None, waiter: Pending
+    ) -> bool:
+        """`enqueue` without waiting: False if the inbox is full or closed (nothing queued)."""
+        try:
+            self.inbox_send.send_nowait(Propose(build, admission, waiter=waiter))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
 
     @staticmethod
     async def wait_appended(item: Propose) -> Pending:
