@@ -76,7 +76,10 @@ class RaftConfig:
     heartbeat_interval: float = 0.15
     max_append_entries: int = 512
     max_append_bytes: int = 1024 * 1024
-    max_inflight: int = 16
+    max_inflight: int = 2
+    """Appends in flight per follower. Few keeps appends large under load: entries proposed
+    while the pipeline is full go out together in the next one (16 cost about 17% more CPU
+    per put at 64 writers, for no gain in throughput on loopback)."""
     check_quorum: bool = True
     pre_vote: bool = True
     lease_ratio: float = 0.75

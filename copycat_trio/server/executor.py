@@ -213,8 +213,12 @@ class Executor:
             async with self.lock:
                 count = 0
                 while self._queue:
-                    self.apply(self._queue.popleft())
+                    entry = self._queue.popleft()
+                    self._apply(entry)
                     count += 1
+                    if count % 256 == 0 or not self._queue:
+                        # Waiters on the applied index wake once per batch, not once per entry.
+                        self.applied_index.value = entry.index
                     if count % 256 == 0:
                         await trio.lowlevel.checkpoint()
                 if self.snapshot_due():
@@ -400,6 +404,12 @@ class Executor:
     # --- applying --------------------------------------------------------------------------
 
     def apply(self, entry: Entry) -> None:
+        """Apply one committed entry and publish it as applied."""
+        self._apply(entry)
+        self.applied_index.value = entry.index
+
+    def _apply(self, entry: Entry) -> None:
+        """Apply one committed entry; the caller publishes `applied_index` (once per batch)."""
         # Timers due by this entry's time fire under its index: their events then share the
         # index with the entry's own, in one batch. Under the previous entry's index, a client
         # that already held that index dropped them as duplicates (an event lost).
@@ -440,7 +450,6 @@ class Executor:
                     )
                 )
         self.applied_term = entry.term
-        self.applied_index.value = entry.index
 
     def _configure(self, index: int, members: tuple[Member, ...]) -> None:
         self.configuration = (index, members)
