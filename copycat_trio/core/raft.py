@@ -287,8 +287,13 @@ class RaftCore:
             ready.hard_state = self._saved_hard_state = self.hard_state
         return ready
 
-    def persisted(self, index: int) -> None:
-        """The shell made entries up to index durable; the leader may now count itself."""
+    def persisted(self, index: int, term: int | None = None) -> None:
+        """The shell made entries up to index durable; the leader may now count itself.
+        With `term` (the term of the entry at `index` when its write began), a report that a
+        later truncation or snapshot overtook is ignored: what the log now holds there is
+        another entry, not yet durable (writes run while the core goes on)."""
+        if term is not None and self.log.term_at(index) != term:
+            return
         if index > self.persisted_index:
             self.persisted_index = min(index, self.log.last_index)
             if self.role is Role.LEADER:

@@ -7,6 +7,8 @@ after every step (each heartbeat from the leader pushes it back).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,6 +21,7 @@ from ..core.raft import (
     ConfigurationChangeError,
     NotLeaderError,
     RaftCore,
+    Ready,
     Role,
 )
 from ..protocol.errors import ConfigurationError, CopycatError, NoLeaderError, QueryError
@@ -33,6 +36,7 @@ from ..protocol.messages import (
 from ..storage.base import LogStorage
 from .executor import Executor, Pending
 from .peers import PeerLinks
+from .persistence import Persister, QueuedWrite
 
 if TYPE_CHECKING:
     from .metrics import ServerMetrics
@@ -47,6 +51,13 @@ BATCH_LIMIT = 512
 class Step:
     source: int
     message: RaftMessage
+
+
+class _Wake:
+    """Writes became durable (see Persister): the loop collects them on this turn."""
+
+
+_WAKE = _Wake()
 
 
 @attrs.frozen
@@ -116,7 +127,7 @@ class Call:
     error: BaseException | None = None
 
 
-Input = Step | Tick | Propose | Reconfigure | ReadIndex | Call
+Input = Step | Tick | Propose | Reconfigure | ReadIndex | Call | _Wake
 
 
 class MonotonicClock(Protocol):
@@ -173,8 +184,19 @@ class RaftLoop:
         self._learn_addresses(core.members)
         self.leader_changes = 0
         """Times a new leader was seen: a different one, or one after none (as etcd counts)."""
-        self.metrics: ServerMetrics | None = None
+        self._persister = Persister(storage, self._on_durable)
+        self._durable: list[QueuedWrite] = []
+        """Writes the persister reported durable; what follows them is done on the next turn."""
+        self._metrics: ServerMetrics | None = None
+
+    @property
+    def metrics(self) -> ServerMetrics | None:
         """Set when the server serves metrics: round trips and save batches are observed."""
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics: ServerMetrics | None) -> None:
+        self._metrics = self._persister.metrics = metrics
 
     def _learn_addresses(self, members: Sequence[Member]) -> None:
         for member in members:
@@ -184,6 +206,7 @@ class RaftLoop:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._election_timer)
+                nursery.start_soon(self._persister.run)
                 task_status.started()
                 while True:
                     item = await self.inbox_receive.receive()
@@ -205,6 +228,14 @@ class RaftLoop:
         error = NoLeaderError(f"member {self.core.id} is stopping")
         unanswered: list[Input] = list(self._deferred)
         self._deferred.clear()
+        for write in self._durable + self._persister.unwritten():
+            if write.call is not None:
+                unanswered.append(write.call)
+            if write.ready is not None:
+                for context in [c for c, _ in write.ready.reads] + write.ready.failed_reads:
+                    context.error = error
+                    context.reply.set()
+        self._durable.clear()
         while True:
             try:
                 unanswered.append(self.inbox_receive.receive_nowait())
@@ -308,17 +339,25 @@ class RaftLoop:
                 item.error = NoLeaderError(str(exc))
                 item.reply.set()
 
+    def _on_durable(self, writes: list[QueuedWrite]) -> None:
+        """From the persister: these writes are durable. Never blocks: if the inbox is full,
+        the loop is busy and collects them on its next turn anyway."""
+        self._durable.extend(writes)
+        wake_failed = (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError)
+        with contextlib.suppress(*wake_failed):
+            self.inbox_send.send_nowait(_WAKE)
+
     async def _process_ready(self) -> None:
         core = self.core
+        if self._durable:
+            durable, self._durable = self._durable, []
+            for write in durable:
+                self._after_write(write)
         while self._deferred:
-            call = self._deferred[0]  # stays queued until answered (see _close_inbox)
-            assert call.storage_op is not None
-            try:
-                await call.storage_op(self.storage, call.result)
-            except Exception as exc:
-                call.error = exc
-            self._deferred.pop(0)
-            call.reply.set()
+            call = self._deferred.pop(0)  # answered once its storage work is done, in order
+            await self._persister.put(
+                QueuedWrite(operation=functools.partial(_storage_op, call), call=call)
+            )
         while core.has_ready():
             ready = core.ready()
             # A leader may send its new entries before its own write is durable (it counts
@@ -328,35 +367,51 @@ class RaftLoop:
             if early:
                 for envelope in ready.messages:
                     self.peers.send(envelope)
-            if ready.hard_state is not None or ready.entries or ready.truncate_from is not None:
-                await self.storage.save(
-                    hard_state=ready.hard_state,
-                    truncate_from=ready.truncate_from,
-                    entries=ready.entries,
-                )
-                core.persisted(core.log.last_index)
-                if self.metrics is not None and ready.entries:
-                    self.metrics.batch_entries.observe(len(ready.entries))
-            if any(isinstance(e, ConfigurationEntry) for e in ready.entries):
-                self._learn_addresses(core.members)
-            if not early:
-                for envelope in ready.messages:
-                    self.peers.send(envelope)
-            for peer in ready.snapshots:
-                self.on_snapshot_needed(peer)
-            if ready.committed:
-                self.executor.hand_over(ready.committed)
-            for context, index in ready.reads:
-                context.index = index
-                context.reply.set()
-            for context in ready.failed_reads:
-                context.error = QueryError("leadership was lost before the read was confirmed")
-                context.reply.set()
+            write = QueuedWrite(ready=ready, early=early)
+            if write.writes:
+                # The loop goes on while the disk works (Persister); the rest of this Ready
+                # follows once the write is durable, and so does every later Ready's.
+                write.durable_at = (core.log.last_index, core.log.last_term)
+                await self._persister.put(write)
+            elif self._persister.queued:
+                await self._persister.put(write)  # keeps its place behind the writes queued
+            else:
+                self._after_ready(ready, early)
         if core.leader is not None and core.leader != self.leader.value:
             self.leader_changes += 1
         self.leader.value = core.leader
         self.role.value = core.role
         self._timer_scope.deadline = self.to_trio(core.next_deadline())
+
+    def _after_write(self, write: QueuedWrite) -> None:
+        """What follows a write once it (and every earlier one) is durable."""
+        if write.call is not None:
+            call: Call = write.call
+            call.error = write.error
+            call.reply.set()
+            return
+        if write.durable_at is not None:
+            self.core.persisted(*write.durable_at)
+        assert write.ready is not None
+        self._after_ready(write.ready, write.early)
+
+    def _after_ready(self, ready: Ready, early: bool) -> None:
+        """Send, apply and answer what a Ready holds (its writes, if any, are durable)."""
+        if any(isinstance(e, ConfigurationEntry) for e in ready.entries):
+            self._learn_addresses(self.core.members)
+        if not early:
+            for envelope in ready.messages:
+                self.peers.send(envelope)
+        for peer in ready.snapshots:
+            self.on_snapshot_needed(peer)
+        if ready.committed:
+            self.executor.hand_over(ready.committed)
+        for context, index in ready.reads:
+            context.index = index
+            context.reply.set()
+        for context in ready.failed_reads:
+            context.error = QueryError("leadership was lost before the read was confirmed")
+            context.reply.set()
 
     # --- called by request handlers ------------------------------------------------------
 
@@ -452,3 +507,8 @@ class RaftLoop:
     @property
     def is_leader(self) -> bool:
         return self.core.role is Role.LEADER
+
+
+async def _storage_op(call: Call, storage: LogStorage) -> None:
+    assert call.storage_op is not None
+    await call.storage_op(storage, call.result)
