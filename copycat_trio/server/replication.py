@@ -37,11 +37,17 @@ CHUNK_SIZE = 512 * 1024
 async def align_storage(storage: LogStorage, core: RaftCore) -> None:
     """Make the stored log match the core's after a snapshot: drop stored entries the core
     does not hold (leftovers of a replaced log, or a log that ends before the snapshot)."""
+    await align_storage_to(storage, core.log.snapshot_index, core.log.last_index)
+
+
+async def align_storage_to(storage: LogStorage, snapshot_index: int, core_last: int) -> None:
+    """`align_storage` to the core's log as it was when the snapshot was restored: the
+    write runs later, in order with the saves queued before it, and the entries the core
+    appended meanwhile are in the saves queued after it."""
     first = getattr(storage, "first_index", 0)
     last = getattr(storage, "last_index", 0)
     if not last:
         return
-    snapshot_index, core_last = core.log.snapshot_index, core.log.last_index
     if last < snapshot_index:
         cut = first
     elif last > core_last:
@@ -240,11 +246,15 @@ class SnapshotReplication:
     async def _install(self, info: Any) -> None:
         header = await read_header(self.store, info)
         async with self.executor.lock:
-            restored = await self.loop.call(
-                lambda c, _now: c.restore(
+
+            def restore(core: RaftCore, _now: float) -> tuple[bool, int, int]:
+                restored = core.restore(
                     header.index, header.term, header.members, header.configuration_index
-                ),
-                storage_op=lambda storage, _result: align_storage(storage, self.loop.core),
+                )
+                return restored, core.log.snapshot_index, core.log.last_index
+
+            restored, *_ = await self.loop.call(
+                restore, storage_op=lambda storage, marks: align_storage_to(storage, *marks[1:])
             )
             if restored:
                 # The snapshot's configuration may name members this server never heard of
