@@ -347,12 +347,16 @@ class RaftLoop:
         with contextlib.suppress(*wake_failed):
             self.inbox_send.send_nowait(_WAKE)
 
-    async def _process_ready(self) -> None:
-        core = self.core
-        if self._durable:
+    def _collect_durable(self) -> None:
+        """Do what follows the writes reported durable, in order."""
+        while self._durable:
             durable, self._durable = self._durable, []
             for write in durable:
                 self._after_write(write)
+
+    async def _process_ready(self) -> None:
+        core = self.core
+        self._collect_durable()
         while self._deferred:
             call = self._deferred.pop(0)  # answered once its storage work is done, in order
             await self._persister.put(
@@ -373,10 +377,14 @@ class RaftLoop:
                 # follows once the write is durable, and so does every later Ready's.
                 write.durable_at = (core.log.last_index, core.log.last_term)
                 await self._persister.put(write)
-            elif self._persister.queued:
-                await self._persister.put(write)  # keeps its place behind the writes queued
             else:
-                self._after_ready(ready, early)
+                # A report may have come while the loop waited for room in the queue: what
+                # follows earlier writes goes first (applies must stay in log order).
+                self._collect_durable()
+                if self._persister.queued:
+                    await self._persister.put(write)  # keeps its place behind queued writes
+                else:
+                    self._after_ready(ready, early)
         if core.leader is not None and core.leader != self.leader.value:
             self.leader_changes += 1
         self.leader.value = core.leader
