@@ -33,6 +33,9 @@ class Progress:
         self.match_at_heartbeat = 0
         self.read_round = 0
         """The highest heartbeat round this peer has answered in the leader's term."""
+        self.commit_sent = 0
+        """The highest commit index sent to this peer (a commit index no append has carried
+        yet is sent on its own a little later: RaftConfig.commit_notify_delay)."""
 
     def __repr__(self) -> str:
         return (

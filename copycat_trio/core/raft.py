@@ -80,6 +80,10 @@ class RaftConfig:
     """Appends in flight per follower. Few keeps appends large under load: entries proposed
     while the pipeline is full go out together in the next one (16 cost about 17% more CPU
     per put at 64 writers, for no gain in throughput on loopback)."""
+    commit_notify_delay: float = 0.005
+    """Seconds a leader may hold a new commit index that no append carries yet before sending
+    it alone (0: at once). The next append usually carries it first: one round per write
+    instead of two, at the cost of followers applying up to this much later when idle."""
     check_quorum: bool = True
     pre_vote: bool = True
     lease_ratio: float = 0.75
@@ -90,6 +94,8 @@ class RaftConfig:
         validate_timing(self.election_timeout, self.heartbeat_interval)
         if not 0 < self.lease_ratio < 1:
             raise ValueError("lease_ratio must be between 0 and 1")
+        if not 0 <= self.commit_notify_delay < self.heartbeat_interval:
+            raise ValueError("commit_notify_delay must be in [0, heartbeat_interval)")
         for name in ("max_append_entries", "max_append_bytes", "max_inflight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -204,6 +210,8 @@ class RaftCore:
         self._heartbeat_deadline = float("inf")
         self._check_quorum_deadline = float("inf")
         self._broadcast_pending = False
+        self._commit_notify_at = float("inf")
+        """When to send a commit index no append has carried yet (see commit_notify_delay)."""
         self._read_round = 0
         self._round_sent_at: dict[int, float] = {}
         self._lease_expiry = float("-inf")
@@ -270,7 +278,9 @@ class RaftCore:
     def next_deadline(self) -> float:
         """When `tick` next has work to do."""
         if self.role is Role.LEADER:
-            return min(self._heartbeat_deadline, self._check_quorum_deadline)
+            return min(
+                self._heartbeat_deadline, self._check_quorum_deadline, self._commit_notify_at
+            )
         return self._election_deadline
 
     def has_ready(self) -> bool:
@@ -346,10 +356,16 @@ class RaftCore:
                 self._check_quorum(now)
             if self.role is Role.LEADER and now >= self._heartbeat_deadline:
                 self._heartbeat_deadline = now + self.config.heartbeat_interval
+                self._commit_notify_at = float("inf")  # the heartbeats carry it
                 for progress in self.progress.values():
                     progress.heartbeat_due()
                 self._new_round(now)
                 self._broadcast(heartbeat=True)
+            if self.role is Role.LEADER and now >= self._commit_notify_at:
+                self._commit_notify_at = float("inf")
+                for peer, progress in self.progress.items():
+                    if progress.commit_sent < self.commit_index:
+                        self._send_append(peer, progress, heartbeat=True)
         elif now >= self._election_deadline:
             self.campaign(now)
 
@@ -462,6 +478,7 @@ class RaftCore:
         }
         self._heartbeat_deadline = now + self.config.heartbeat_interval
         self._check_quorum_deadline = now + self.config.election_timeout
+        self._commit_notify_at = float("inf")
         self._new_round(now)
         self._term_start_index = self.log.last_index + 1
         self._append(
@@ -876,7 +893,11 @@ class RaftCore:
                 log.info("member %s: no longer a voter; stepping down", self.id)
                 self._become_follower(self._now, self.term, None)
                 return
-            self._broadcast_pending = True
+            if self.config.commit_notify_delay > 0:
+                notify_at = self._now + self.config.commit_notify_delay
+                self._commit_notify_at = min(self._commit_notify_at, notify_at)
+            else:
+                self._broadcast_pending = True
             if self._reads_awaiting_noop:
                 waiting, self._reads_awaiting_noop = self._reads_awaiting_noop, []
                 for context in waiting:
@@ -920,6 +941,8 @@ class RaftCore:
         prev_term = self.log.term_at(prev)
         if prev_term is None:  # a heartbeat at a match point now compacted away
             prev, prev_term = self.log.snapshot_index, self.log.snapshot_term
+        commit = min(self.commit_index, prev + len(entries))
+        progress.commit_sent = max(progress.commit_sent, commit)
         self._send(
             peer,
             AppendRequest(
@@ -928,7 +951,7 @@ class RaftCore:
                 prev_log_index=prev,
                 prev_log_term=prev_term,
                 entries=tuple(entries),
-                commit_index=min(self.commit_index, prev + len(entries)),
+                commit_index=commit,
                 read_round=self._read_round,
             ),
         )

@@ -256,6 +256,9 @@ class RaftLoop:
             except trio.WouldBlock:
                 await self.inbox_send.send(item)  # full: wait (backpressure on the proposer)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The loop stopped; if because this server is being cancelled, the caller is too:
+            # it must see Cancelled (a clean stop), not an error that crashes its nursery.
+            await trio.lowlevel.checkpoint_if_cancelled()
             raise NoLeaderError(f"member {self.core.id} is stopping") from None
 
     async def _election_timer(self) -> None:
