@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import statistics
 from collections.abc import Callable, Sequence
@@ -86,13 +87,38 @@ def spread(values: Sequence[float]) -> float | None:
     return (max(values) - min(values)) / statistics.median(values)
 
 
+def median_interval(
+    values: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float] | None:
+    """The narrowest pair of order statistics (k-th smallest, k-th largest) that holds the true
+    median with at least `confidence`, whatever the distribution (the sign test's interval: the
+    chance that k or more values fall on each side is 1 - 2 P(Binomial(n, 1/2) < k)); None when
+    there are too few values (under six for 95%)."""
+    n = len(values)
+    below = 0.0  # P(Binomial(n, 1/2) < k)
+    best = None
+    for k in range(1, n // 2 + 1):
+        below += math.comb(n, k - 1) / 2**n
+        if 1 - 2 * below < confidence:
+            break
+        best = k
+    if best is None:
+        return None
+    ordered = sorted(values)
+    return ordered[best - 1], ordered[n - best]
+
+
 def describe(values: Sequence[float]) -> str:
-    """Each value, their median, their range and (from four on) their middle half."""
+    """Each value, their median, their range, (from four on) their middle half and (from six
+    on) the 95% interval of their median."""
     text = " ".join(f"{v:.2f}" for v in values) + f"; median {statistics.median(values):.3f}"
     text += f" (range {min(values):.2f}-{max(values):.2f}"
     if len(values) >= 4:
         low, _, high = statistics.quantiles(values, n=4, method="inclusive")
         text += f", middle half {low:.2f}-{high:.2f}"
+    interval = median_interval(values)
+    if interval is not None:
+        text += f", 95% interval of the median {interval[0]:.2f}-{interval[1]:.2f}"
     return text + ")"
 
 

@@ -69,6 +69,16 @@ def test_cpu_per_operation_is_compared_round_by_round_too() -> None:
     assert "middle half 2.00-4.00" in variants.describe([1.0, 2.0, 3.0, 4.0, 5.0])
 
 
+def test_the_median_of_the_rounds_gets_a_distribution_free_interval() -> None:
+    ten = [1.0, 0.9, 1.1, 0.8, 1.2, 0.95, 1.05, 0.85, 1.15, 1.3]
+    # Ten rounds: the 2nd and 9th smallest hold the median with 97.9% (the 3rd and 8th: 89%).
+    assert variants.median_interval(ten) == (0.85, 1.2)
+    assert variants.median_interval(ten[:6]) == (0.8, 1.2)  # 96.9%: the whole range
+    assert variants.median_interval(ten[:5]) is None  # no pair of five reaches 95%
+    assert "95% interval of the median 0.85-1.20" in variants.describe(ten)
+    assert "interval" not in variants.describe(ten[:5])
+
+
 def run_bench(tmp_path: Path, *options: str) -> str:
     plots = tmp_path / "plots"
     completed = subprocess.run(

@@ -99,24 +99,28 @@ def histogram(name: str, doc: str, buckets: Buckets) -> HistogramMetricFamily:
 class RoundTrips:
     """The leader's round trip to each peer, from the heartbeat round (read_round) every
     AppendRequest carries and its AppendResponse echoes: the first request of a round to a peer
-    starts the clock, the first response of that round stops it. Messages to one peer travel in
-    order, so that response answers that request. A response of a later round means the probe's
-    messages were lost: it is dropped, not observed."""
+    starts the clock, the first response of that round stops it, and the round's later requests
+    (one or more per put under load) are not timed again, so most calls are one dictionary look-up
+    and a comparison. Messages to one peer travel in order, so that response answers that
+    request. A response of a later round means the probe's messages were lost: it is dropped,
+    not observed."""
 
     def __init__(self) -> None:
-        self._probes: dict[int, tuple[int, float]] = {}
-        """Peer -> (round, Trio time its first request of that round was handed to the link)."""
+        self._probes: dict[int, tuple[int, float | None]] = {}
+        """Peer -> (round, Trio time its first request of that round was handed to the link),
+        or (round, None) once a response of that round came: no probe until a later round."""
         self.peers: dict[int, Buckets] = {}
 
     def sent(self, peer: int, read_round: int) -> None:
-        if peer not in self._probes:
+        probe = self._probes.get(peer)
+        if probe is None or (probe[1] is None and read_round > probe[0]):
             self._probes[peer] = (read_round, trio.current_time())
 
     def answered(self, peer: int, read_round: int) -> None:
         probe = self._probes.get(peer)
-        if probe is None or read_round < probe[0]:
+        if probe is None or probe[1] is None or read_round < probe[0]:
             return
-        del self._probes[peer]
+        self._probes[peer] = (read_round, None)
         if read_round == probe[0]:
             self.child(peer).observe(trio.current_time() - probe[1])
 

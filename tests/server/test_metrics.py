@@ -10,7 +10,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from copycat_trio.protocol.errors import NoLeaderError
 from copycat_trio.protocol.messages import CommandRequest, KeepAliveRequest, NoOpEntry
 from copycat_trio.recipes.kv import Get, KeyValueStore, Put
-from copycat_trio.server.metrics import Buckets, judge_health, request_type, server_health
+from copycat_trio.server.metrics import (
+    Buckets,
+    RoundTrips,
+    judge_health,
+    request_type,
+    server_health,
+)
 from copycat_trio.server.server import CopycatServer
 from copycat_trio.testing import open_memory_cluster
 
@@ -230,6 +236,40 @@ def test_buckets_count_as_prometheus_histograms_do() -> None:
         buckets.observe(observation)
     assert buckets.cumulative() == [("1.0", 2.0), ("2.0", 3.0), ("4.0", 4.0), ("+Inf", 5.0)]
     assert buckets.sum == 16.0
+
+
+async def test_one_round_trip_sample_per_peer_per_heartbeat_round(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The first AppendRequest of a round to a peer starts the clock and its answer stops it;
+    the round's later requests (one per put under load) are not timed again."""
+    trips = RoundTrips()
+
+    def samples() -> int:
+        return sum(trips.child(2).counts)
+
+    trips.sent(2, 1)
+    await trio.sleep(0.003)
+    trips.sent(2, 1)  # pipelined behind the first: not timed
+    trips.answered(2, 1)
+    assert samples() == 1 and abs(trips.child(2).sum - 0.003) < 1e-9
+    for _ in range(3):  # more puts in the same round
+        trips.sent(2, 1)
+        await trio.sleep(0.001)
+        trips.answered(2, 1)
+    assert samples() == 1
+    trips.sent(2, 2)  # the next heartbeat round is timed
+    await trio.sleep(0.002)
+    trips.answered(2, 2)
+    assert samples() == 2 and abs(trips.child(2).sum - 0.005) < 1e-9
+    trips.sent(2, 3)  # lost: the answer comes from a later round, nothing is observed
+    trips.answered(2, 5)
+    trips.sent(2, 5)  # round 5 has been answered already
+    trips.answered(2, 5)
+    assert samples() == 2
+    trips.sent(2, 6)
+    trips.answered(2, 6)
+    assert samples() == 3
 
 
 async def test_a_removed_member_is_unhealthy(autojump_clock: trio.abc.Clock) -> None:
