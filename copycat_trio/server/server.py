@@ -844,10 +844,12 @@ class CopycatServer:
     ) -> bool:
         """The hot path: a command the leader can take at once (ClientService.command_now) is
         handed to the raft loop from here, with no task of its own; its answer is queued on
-        the connection's writer when applied. False: it takes the usual path (`_answer`)."""
+        the connection's writer when applied. A query that needs no wait is answered here
+        (ClientService.query_now). False: it takes the usual path (`_answer`)."""
         body = request.body
         service = self._service
-        if type(body) is not CommandRequest or service is None or self._removal is not None:
+        kind = type(body)
+        if kind not in (CommandRequest, QueryRequest) or service is None or self._removal:
             return False
         if (
             principal is not None
@@ -855,6 +857,20 @@ class CopycatServer:
             and not self._owns_session(principal, body.session)
         ):
             return False  # `_session_owner_refusal` waits or refuses, on the usual path
+        if kind is QueryRequest:
+            if self._reserve():
+                return False  # refused on the usual path
+            try:
+                limiter.acquire_nowait()  # released by the writer once the answer is written
+            except trio.WouldBlock:
+                return False
+            response = service.query_now(body)
+            if response is None:
+                limiter.release()
+                return False
+            count_request(self.request_counts, body, response)
+            responses.put(RpcResponse(request.id, response))
+            return True
         try:
             limiter.acquire_nowait()  # released by the writer once the answer is written
         except trio.WouldBlock:
@@ -869,6 +885,11 @@ class CopycatServer:
             return True
         limiter.release()
         return False
+
+    def _reserve(self) -> bool:
+        """Whether this member is RESERVE (it serves no clients)."""
+        me = self._loop.core.member(self.id) if self._loop is not None else None
+        return me is not None and me.type is MemberType.RESERVE
 
     def _owns_session(self, principal: Principal, session_id: int) -> bool:
         """Whether `principal` may act in the session, decided without waiting (False when
