@@ -99,6 +99,8 @@ class Persister:
         self._send, self._receive = trio.open_memory_channel[QueuedWrite](WRITE_QUEUE)
         self.queued = 0
         """Items queued and not yet reported durable."""
+        self._writing: list[QueuedWrite] = []
+        """The batch being written now."""
 
     async def put(self, item: QueuedWrite) -> None:
         """Queue a write; waits only when WRITE_QUEUE of them are queued already."""
@@ -116,8 +118,10 @@ class Persister:
                     batch.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
+            self._writing = batch
             for step in plan_saves(batch):
                 await self._do(step)
+            self._writing = []
             self.queued -= len(batch)
             self.on_durable(batch)
 
@@ -136,8 +140,9 @@ class Persister:
             self.metrics.batch_entries.observe(len(step.entries))
 
     def unwritten(self) -> list[QueuedWrite]:
-        """What is still queued (the loop is stopping: it fails their waiters)."""
-        left: list[QueuedWrite] = []
+        """What is being written or still queued (the loop is stopping: it fails their
+        waiters, who must not wait for a write that will not be reported)."""
+        left, self._writing = self._writing, []
         while True:
             try:
                 left.append(self._receive.receive_nowait())

@@ -245,24 +245,29 @@ class SnapshotReplication:
 
     async def _install(self, info: Any) -> None:
         header = await read_header(self.store, info)
-        async with self.executor.lock:
 
-            def restore(core: RaftCore, _now: float) -> tuple[bool, int, int]:
-                restored = core.restore(
-                    header.index, header.term, header.members, header.configuration_index
-                )
-                return restored, core.log.snapshot_index, core.log.last_index
-
-            restored, *_ = await self.loop.call(
-                restore, storage_op=lambda storage, marks: align_storage_to(storage, *marks[1:])
+        def restore(core: RaftCore, _now: float) -> tuple[bool, int, int]:
+            restored = core.restore(
+                header.index, header.term, header.members, header.configuration_index
             )
-            if restored:
-                # The snapshot's configuration may name members this server never heard of
-                # (one that joined while it was away): it must be able to reach them.
-                for member in self.loop.core.members:
-                    self.loop.peers.learn(member.id, member.address)
-                await self.executor.install_snapshot(info)
-                self.installed += 1
+            return restored, core.log.snapshot_index, core.log.last_index
+
+        # Shielded: once the core has adopted the snapshot, the state machine must too. A
+        # cancelled install (its stream timed out while the call waited behind a slow write)
+        # left the core past entries the executor never got: it applied after a gap.
+        async with self.executor.lock:
+            with trio.CancelScope(shield=True):
+                restored, *_ = await self.loop.call(
+                    restore,
+                    storage_op=lambda storage, marks: align_storage_to(storage, *marks[1:]),
+                )
+                if restored:
+                    # The snapshot's configuration may name members this server never heard
+                    # of (one that joined while it was away): it must be able to reach them.
+                    for member in self.loop.core.members:
+                        self.loop.peers.learn(member.id, member.address)
+                    await self.executor.install_snapshot(info)
+                    self.installed += 1
                 log.info("installed snapshot %s from the leader", header.index)
 
 

@@ -32,7 +32,7 @@ def test_the_disk_profile_replays_exactly() -> None:
     ("seed", "struck"),
     [
         (3, ["fs_names_lost", "fs_eio", "storage_failures"]),
-        (26, ["fs_torn_files", "fs_sectors_lost", "torn_saves", "fs_eio"]),
+        (30, ["fs_torn_files", "fs_sectors_lost", "torn_saves", "fs_eio"]),
     ],
 )
 def test_faults_within_the_model_strike_and_break_nothing(seed: int, struck: list[str]) -> None:
