@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
@@ -39,46 +40,51 @@ ELECTION_TIMEOUT = 0.5
 """T: the servers' election timeout; a follower's own is drawn from [T, 2T)."""
 
 
-async def start(start_cluster: StartCluster) -> ProcessCluster:
-    return await start_cluster(
+@attrs.frozen
+class KilledHolder:
+    """A cluster whose `leader` led when the lock holder was SIGKILLed, at `killed_at`, and the
+    waiter for the lock, which writes when it got it to `out` and exits."""
+
+    cluster: ProcessCluster
+    leader: int
+    killed_at: float
+    waiter: trio.Process
+    out: Path
+
+    async def granted_at(self) -> float:
+        """When the waiter got the lock (time.time())."""
+        with trio.fail_after(30):
+            assert await self.waiter.wait() == 0
+        return float(json.loads(self.out.read_text())["granted_at"])
+
+
+@asynccontextmanager
+async def killed_holder(start_cluster: StartCluster, tmp_path: Path) -> AsyncIterator[KilledHolder]:
+    """A cluster, a client process holding lock "held", and another one waiting for it; the
+    holder is SIGKILLed before this yields."""
+    cluster = await start_cluster(
         state_machine=RESOURCES,
         election_timeout=ELECTION_TIMEOUT,
         serve_options=lambda _: JSON_LOGS,
     )
-
-
-@asynccontextmanager
-async def holder_and_waiter(
-    cluster: ProcessCluster, tmp_path: Path
-) -> AsyncIterator[tuple[trio.Process, trio.Process, Path]]:
-    """A client process holding lock "held", and another one waiting for it (whose result,
-    with the time it was granted, goes to the path)."""
+    leader = (await cluster.wait_for_leader()).leader
     addresses, out = cluster.addresses(), tmp_path / "waiter.json"
     holding = client_process("holder", addresses, tmp_path / "holder.json", 0, SESSION_TIMEOUT)
     async with holding as (holder, held):
         assert await held.next(timeout=20) == "ready"
         async with client_process("waiter", addresses, out, 0, SESSION_TIMEOUT) as waiting:
             assert await waiting[1].next(timeout=20) == "ready"
-            yield holder, waiting[0], out
-
-
-async def granted_at(waiter: trio.Process, out: Path) -> float:
-    """When the waiter got the lock (it exits once it has)."""
-    with trio.fail_after(30):
-        assert await waiter.wait() == 0
-    return float(json.loads(out.read_text())["granted_at"])
+            holder.kill()
+            yield KilledHolder(cluster, leader, time.time(), waiting[0], out)
 
 
 async def test_a_killed_holders_lock_passes_on_within_its_session_timeout(
     start_cluster: StartCluster, tmp_path: Path
 ) -> None:
-    cluster = await start(start_cluster)
-    leader = (await cluster.wait_for_leader()).leader
-    async with holder_and_waiter(cluster, tmp_path) as (holder, waiter, out):
-        holder.kill()
-        killed_at = time.time()
-        passed = await granted_at(waiter, out) - killed_at
-    expired = first_logged(cluster, leader, EXPIRED, killed_at) - killed_at
+    async with killed_holder(start_cluster, tmp_path) as killed:
+        passed = await killed.granted_at() - killed.killed_at
+    cluster, leader = killed.cluster, killed.leader
+    expired = first_logged(cluster, leader, EXPIRED, killed.killed_at) - killed.killed_at
     assert (await cluster.wait_for_leader()).leader == leader  # it led throughout
     print(f"holder killed: expired after {expired:.3f}s, lock passed on after {passed:.3f}s")
     # The holder's last keep-alive (they go every S/3) came at most S/3 before the kill, so its
@@ -90,15 +96,13 @@ async def test_a_killed_holders_lock_passes_on_within_its_session_timeout(
 async def test_a_holder_killed_with_the_leader_loses_its_lock_a_session_timeout_after_takeover(
     start_cluster: StartCluster, tmp_path: Path
 ) -> None:
-    cluster = await start(start_cluster)
-    leader = (await cluster.wait_for_leader()).leader
-    async with holder_and_waiter(cluster, tmp_path) as (holder, waiter, out):
-        holder.kill()
-        killed_at = time.time()
-        await cluster.kill(leader)
-        granted = await granted_at(waiter, out)
+    async with killed_holder(start_cluster, tmp_path) as killed:
+        await killed.cluster.kill(killed.leader)
+        granted = await killed.granted_at()
     # Under 2T + S, plus round trips (each part checked: see the function).
-    pass_on = await check_pass_on_after_a_leader_kill(cluster, killed_at, granted, SESSION_TIMEOUT)
+    pass_on = await check_pass_on_after_a_leader_kill(
+        killed.cluster, killed.killed_at, granted, SESSION_TIMEOUT
+    )
     # With the leader polling for expiry every 0.5 s from its takeover (before the expiry
     # followed the deadline) it came 1.5 s after the takeover, not S = 1.1 s.
     assert pass_on.expiry < 1.4, pass_on
