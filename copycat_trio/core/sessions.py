@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from typing import Any
 
 import attrs
@@ -63,6 +63,12 @@ class Session:
     identity: str = ""
     """Who opened the session (a certificate's common name or a token's name; "" without
     authentication), from its register entry: state machines authorize by it."""
+
+    @property
+    def expires_at(self) -> int:
+        """The first log time at which the session has been silent for longer than its
+        timeout: the leader proposes its expiry then, and every server refuses it before."""
+        return self.last_active + self.timeout + 1
 
     def events_after(self, index: int) -> Iterator[EventBatch]:
         for batch in self.events:
@@ -147,7 +153,14 @@ class SessionTable:
 
     def expired(self, now: int) -> list[Session]:
         """Sessions whose last activity is more than their timeout before `now` (log time)."""
-        return [s for s in self.sessions.values() if now - s.last_active > s.timeout]
+        return [s for s in self.sessions.values() if now >= s.expires_at]
+
+    def next_expiry(self, excluding: Container[int] = ()) -> int | None:
+        """The earliest log time at which a session not in `excluding` expires, if nothing
+        keeps it alive first (None without such sessions): when the leader looks next."""
+        return min(
+            (s.expires_at for s in self.sessions.values() if s.id not in excluding), default=None
+        )
 
     def decide(self, session_id: int, sequence: int) -> CommandDecision:
         session = self.sessions.get(session_id)

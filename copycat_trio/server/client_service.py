@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -57,6 +58,7 @@ from ..protocol.messages import (
 from ..protocol.operations import Command, Consistency, Query
 from ..transport.base import MessageStream, TransportError
 from .executor import Executor, Pending, unknown_operation
+from .log_clock import LogClock
 from .loop import RaftLoop
 
 log = logging.getLogger(__name__)
@@ -153,7 +155,7 @@ class ClientService:
         default_session_timeout_ms: int,
         request_timeout: float,
         election_timeout: float,
-        log_clock: Callable[[], int],
+        log_clock: LogClock,
     ) -> None:
         self.loop = loop
         self.executor = executor
@@ -510,20 +512,27 @@ class ClientService:
 
     # --- expiry (the leader's duty) ----------------------------------------------------------
 
-    async def expire_sessions(self, check_interval: float) -> None:
-        """Commit the expiry of sessions silent for longer than their timeout, by log time.
+    async def expire_sessions(self) -> None:
+        """Commit the expiry of each session silent for longer than its timeout, by log time,
+        when its deadline comes.
 
-        Runs only on the leader, in the leader's nursery; every server applies the same entry and
-        re-checks the timeout against log time, so a keep-alive that raced in wins.
+        Runs only on the leader, in the leader's nursery, from the moment it has applied its
+        term's first entry (which gave every session a fresh timeout). It sleeps until log
+        time can reach the earliest deadline (`SessionTable.next_expiry`), or until a session
+        is added or removed or an expiry refused (`Executor.notify_expiry_change`), then
+        proposes what is due and looks again. Keep-alives only move deadlines later: waking
+        at the old one finds nothing due and sleeps until the next. Every server applies the
+        same entry and re-checks the timeout against log time, so a keep-alive that raced in
+        wins.
         """
         proposed: dict[int, Pending] = {}
         while True:
-            await trio.sleep(check_interval)
             if not await self._as_leader():
+                await trio.sleep(self.election_timeout / 4)  # stepping down, or far behind
                 continue
+            changed = self.executor.notify_expiry_change()
             proposed = {i: p for i, p in proposed.items() if not p.event.is_set()}
-            now = self.log_clock()
-            for session in self.executor.sessions.expired(now):
+            for session in self.executor.sessions.expired(self.log_clock()):
                 if session.id in proposed:
                     continue
                 log.debug(
@@ -533,6 +542,10 @@ class ClientService:
                     proposed[session.id] = await self.loop.propose(
                         functools.partial(UnregisterEntry, session=session.id, expired=True)
                     )
+            due = self.executor.sessions.next_expiry(excluding=proposed)
+            delay = math.inf if due is None else self.log_clock.seconds_until(due, self.log_clock())
+            with trio.move_on_after(delay):
+                await changed.wait()
 
 
 def _command_response(pending: Pending) -> CommandResponse:

@@ -169,6 +169,11 @@ class Executor:
         self._installing = False
         self.session_changed = trio.Event()
         """Set (and replaced) whenever sessions or their events change: wakes event pushers."""
+        self.expiry_changed = trio.Event()
+        """Set (and replaced) when a session is added or removed, or an expiry refused: the
+        earliest session deadline may have moved earlier (or its session gone), so the
+        leader's expiry task looks again. Keep-alives do not set it: they only move deadlines
+        later, and the task finds that out when the earlier one comes."""
         self.applied_commands = 0
         self.application_errors = 0
         self.proposals_committed = 0
@@ -303,6 +308,7 @@ class Executor:
             )
         self.applied_index.value = max(self.applied_index.value, header.index)
         self.session_changed.set()
+        self.expiry_changed.set()
         return header
 
     # --- scheduling ------------------------------------------------------------------------
@@ -432,6 +438,7 @@ class Executor:
             self.session_changed.set()
         elif isinstance(entry, UnregisterEntry):
             error = self._apply_unregister(entry)
+            self.expiry_changed.set()  # gone, or an expiry refused: its next deadline counts
         elif isinstance(entry, ConfigurationEntry):
             self._configure(entry.index, entry.members)
         elif isinstance(entry, NoOpEntry):
@@ -521,13 +528,14 @@ class Executor:
         )
         self._listener("on_register", handle)
         self.session_changed.set()
+        self.expiry_changed.set()
         return session.id
 
     def _apply_unregister(self, entry: UnregisterEntry) -> CopycatError | None:
         session = self.sessions.get(entry.session)
         if session is None:
             return UnknownSessionError(f"unknown session {entry.session}")
-        if entry.expired and self.log_time - session.last_active <= session.timeout:
+        if entry.expired and self.log_time < session.expires_at:
             return CommandError(f"session {entry.session} was kept alive; not expired")
         self.sessions.remove(session.id)
         if entry.expired:
@@ -558,6 +566,12 @@ class Executor:
         if self.session_changed.is_set():
             self.session_changed = trio.Event()
         return self.session_changed
+
+    def notify_expiry_change(self) -> trio.Event:
+        """The event to wait on for the next session added or removed (or expiry refused)."""
+        if self.expiry_changed.is_set():
+            self.expiry_changed = trio.Event()
+        return self.expiry_changed
 
     # --- reading ---------------------------------------------------------------------------
 

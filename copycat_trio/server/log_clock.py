@@ -55,3 +55,11 @@ class LogClock:
         self._last_ms = stamp
         self._last_monotonic = now
         return stamp
+
+    def seconds_until(self, log_ms: int, now_ms: int) -> float:
+        """The monotonic seconds that must pass, at the least, before this clock can read
+        `log_ms` after reading `now_ms` (0 if it has): it runs at most 1 + max_slew as fast.
+        Waiting that long and reading again reaches a log-time deadline without overshooting
+        it, in a few wake-ups: each leaves at most 2 max_slew / (1 + max_slew) of what was
+        left (under a fifth), and none at all when log time runs at full slew."""
+        return max(0, log_ms - now_ms) / 1000 / (1 + self.max_slew)

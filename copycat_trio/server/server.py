@@ -649,11 +649,10 @@ class CopycatServer:
         assert self._loop is not None and self._service is not None
         assert self._membership is not None
         loop, service, membership = self._loop, self._service, self._membership
-        check_interval = min(self.options.session_timeout / 4, self.options.election_timeout)
         while True:
             await loop.role.wait_value(lambda role: role is Role.LEADER)
             async with trio.open_nursery() as leader_nursery:
-                leader_nursery.start_soon(service.expire_sessions, check_interval)
+                leader_nursery.start_soon(service.expire_sessions)
                 leader_nursery.start_soon(membership.push_configuration)
                 leader_nursery.start_soon(membership.replace_failed)
                 await loop.role.wait_value(lambda role: role is not Role.LEADER)

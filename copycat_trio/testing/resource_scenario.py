@@ -127,8 +127,13 @@ def check_run(sim: ResourceHost, record: ResourceRecord, probe: ResourceProbe, t
 
 
 def _truth(sim: ResourceHost) -> dict[str, Any]:
-    """The watched map's history and contents and the queue's items, on a converged member."""
-    server = next(s for s in sim.cluster.servers.values() if s._executor is not None)
+    """The watched map's history and contents and the queue's items, on the member that
+    applied the most: the members that take part have converged, but one demoted to RESERVE
+    receives no entries and may be far behind (seed 71005)."""
+    server = max(
+        (s for s in sim.cluster.servers.values() if s._executor is not None),
+        key=lambda s: s._executor.applied_index.value if s._executor is not None else -1,
+    )
     resources = server.state_machine.resources
     watched = resources.get(("map", WATCHED))
     queue = resources.get(("queue", QUEUE))

@@ -101,6 +101,37 @@ def test_expiry_by_log_time(keepalives: list[tuple[int, int]]) -> None:
     assert table.expired(now) == []
 
 
+@given(
+    st.lists(st.tuples(st.integers(100, 3000), st.integers(0, 5000)), min_size=1, max_size=20),
+    st.sets(st.integers(1, 20)),
+)
+def test_next_expiry_is_the_first_log_time_a_session_expires(
+    sessions: list[tuple[int, int]], excluding: set[int]
+) -> None:
+    """What the leader sleeps until: nothing outside `excluding` has expired a millisecond
+    before it, something has at it; a keep-alive only moves it later."""
+    table = SessionTable()
+    for i, (timeout, registered) in enumerate(sessions, start=1):
+        table.register(index=i, client=str(i), timeout=timeout, now=registered)
+    due = table.next_expiry(excluding)
+    if due is None:
+        assert set(range(1, len(sessions) + 1)) <= excluding
+        return
+
+    def expired_at(now: int) -> set[int]:
+        return {s.id for s in table.expired(now)} - excluding
+
+    assert expired_at(due - 1) == set() and expired_at(due) != set()
+    first = next(s for s in table.sessions.values() if s.expires_at == due)
+    table.keep_alive(first.id, 0, 0, due - 1)
+    later = table.next_expiry(excluding)
+    assert later is not None and later >= due
+
+
+def test_next_expiry_without_sessions() -> None:
+    assert SessionTable().next_expiry() is None
+
+
 def test_timeout_clamped() -> None:
     assert clamp_timeout(0, 5000) == 5000
     assert clamp_timeout(1, 5000) == 100

@@ -1,7 +1,7 @@
 """A client process of tests/e2e/test_resources_processes.py: one role against the resources of
 one cluster, its acknowledged results written as JSON to OUT when it is done.
 
-    python resource_client.py ROLE ADDRESSES OUT COUNT
+    python resource_client.py ROLE ADDRESSES OUT COUNT [SESSION_TIMEOUT]
 
 It prints "ready" once it is set up (a watch registered, a lock taken), "progress" half-way.
 """
@@ -136,8 +136,11 @@ ROLES = {
 }
 
 
-async def main(role: str, addresses: list[str], out: str, count: int) -> None:
-    session_timeout = 1.5 if role in ("holder", "waiter") else 5.0
+async def main(
+    role: str, addresses: list[str], out: str, count: int, session_timeout: float | None
+) -> None:
+    if session_timeout is None:
+        session_timeout = 1.5 if role in ("holder", "waiter") else 5.0
     async with open_client(addresses, session_timeout=session_timeout) as client:
         result = await ROLES[role](client, count)
     with open(out, "w") as file:
@@ -145,4 +148,5 @@ async def main(role: str, addresses: list[str], out: str, count: int) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1], sys.argv[2].split(","), sys.argv[3], int(sys.argv[4]))
+    timeout = float(sys.argv[5]) if len(sys.argv) > 5 else None
+    trio.run(main, sys.argv[1], sys.argv[2].split(","), sys.argv[3], int(sys.argv[4]), timeout)

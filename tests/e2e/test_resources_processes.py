@@ -20,33 +20,16 @@ import trio
 from copycat_trio import open_client
 from copycat_trio.recipes.resources import Counter, Group, Map
 from tests.e2e.conftest import StartCluster
+from tests.e2e.resource_procs import (
+    JSON_LOGS,
+    RESOURCES,
+    Lines,
+    check_pass_on_after_a_leader_kill,
+    client_process,
+)
 from tests.e2e.test_cli_processes import cli
 
 pytestmark = pytest.mark.e2e
-
-RESOURCES = "copycat_trio.recipes:Resources"
-HERE = Path(__file__).parent
-
-
-class Lines:
-    """A child process's stdout, line by line, each wait bounded."""
-
-    def __init__(self, process: trio.Process) -> None:
-        assert process.stdout is not None
-        self.stream = process.stdout
-        self.buffer = b""
-        self.seen: list[str] = []
-
-    async def next(self, timeout: float = 15.0) -> str:
-        with trio.fail_after(timeout):
-            while b"\n" not in self.buffer:
-                data = await self.stream.receive_some()
-                if not data:
-                    raise EOFError(f"the process ended; it printed {self.seen}")
-                self.buffer += data
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        self.seen.append(line.decode())
-        return self.seen[-1]
 
 
 @asynccontextmanager
@@ -180,34 +163,18 @@ async def test_resources_from_the_command_line(start_cluster: StartCluster) -> N
         assert code == 0 and [m["member"] for m in json.loads(out)] == ["w1", "w2"], err
 
 
-CLIENT = HERE / "resource_client.py"
 ELECTION_TIMEOUT = 0.5
 HOLDER_SESSION_TIMEOUT = 1.5  # resource_client.py's for the holder
-
-
-@asynccontextmanager
-async def client_process(
-    role: str, addresses: list[str], out: Path, count: int
-) -> AsyncIterator[tuple[trio.Process, Lines]]:
-    """A resource_client.py process in `role`, its stdout as lines; killed if still running."""
-    process = await trio.lowlevel.open_process(
-        [sys.executable, str(CLIENT), role, ",".join(addresses), str(out), str(count)],
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(HERE.parents[1])},
-    )
-    try:
-        yield process, Lines(process)
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.CancelScope(shield=True):
-            await process.wait()
 
 
 async def test_every_kind_at_once_through_a_leader_kill(
     start_cluster: StartCluster, tmp_path: Path
 ) -> None:
-    cluster = await start_cluster(state_machine=RESOURCES, election_timeout=ELECTION_TIMEOUT)
+    cluster = await start_cluster(
+        state_machine=RESOURCES,
+        election_timeout=ELECTION_TIMEOUT,
+        serve_options=lambda _: JSON_LOGS,
+    )
     addresses = cluster.addresses()
     roles = [
         ("watcher", 40),
@@ -291,10 +258,10 @@ async def test_every_kind_at_once_through_a_leader_kill(
         assert elector["terms"] == sorted(elector["terms"])
     # Groups: each member saw itself, left, and nobody is left over.
     assert all(g["present"] and g["left"] for g in by_role["grouper"]) and members == {}
-    # The dead holder's lock passed on within its session timeout and an election: the new
-    # leader draws its election timeout from [T, 2T), and gives sessions a fresh timeout when
-    # it takes over; 0.5 s more for the vote and the grant's delivery on a loaded machine.
+    # The dead holder's lock passed on within its session timeout after the new leader's
+    # election (which gave every session a fresh timeout), and that within [T, 2T) of the
+    # kills unless a vote split: each part checked against the design.
     (waiter,) = by_role["waiter"]
-    passed = waiter["granted_at"] - killed_at
-    print(f"the dead holder's lock passed on after {passed:.2f}s")
-    assert passed < HOLDER_SESSION_TIMEOUT + 2 * ELECTION_TIMEOUT + 0.5, passed
+    await check_pass_on_after_a_leader_kill(
+        cluster, killed_at, waiter["granted_at"], HOLDER_SESSION_TIMEOUT
+    )

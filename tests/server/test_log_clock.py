@@ -80,3 +80,22 @@ def test_readings_without_time_passing_agree() -> None:
 def test_slew_is_checked() -> None:
     with pytest.raises(ValueError):
         Clocks().log_clock(max_slew=1.0)
+
+
+@pytest.mark.parametrize("step_ms", [0, 60_000, -60_000])  # slewing fast, not at all, slow
+def test_waking_after_seconds_until_reaches_a_deadline_without_passing_it(step_ms: int) -> None:
+    """The leader sleeps `seconds_until` a session's deadline and reads again: it never reads
+    past the deadline by more than a millisecond, however log time slews, and gets there in a
+    few wake-ups."""
+    clocks = Clocks()
+    clock = clocks.log_clock()
+    clock()
+    clocks.wall_ms += step_ms
+    deadline = clock() + 1_500
+    wakeups, now = 0, clock()
+    while now < deadline:
+        clocks.advance(max(clock.seconds_until(deadline, now), 0.001))
+        now = clock()
+        wakeups += 1
+    assert deadline <= now <= deadline + 1 and wakeups <= 6, (now - deadline, wakeups)
+    assert clock.seconds_until(deadline, deadline + 5) == 0

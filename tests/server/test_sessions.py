@@ -203,6 +203,64 @@ async def test_silent_client_session_expires_by_log_time(autojump_clock) -> None
             assert server.state_machine.expired == ids
 
 
+class ExpiryClock(Journal):
+    """A Journal that notes the log time of each expiry and says when `wanted` have come."""
+
+    def __init__(self, wanted: int) -> None:
+        super().__init__()
+        self.expired_at: dict[int, int] = {}
+        self.wanted = wanted
+        self.all_expired = trio.Event()
+
+    def on_expire(self, session: ServerSession) -> None:
+        super().on_expire(session)
+        self.expired_at[session.id] = self.context.time
+        if len(self.expired_at) == self.wanted:
+            self.all_expired.set()
+
+
+async def test_a_silent_session_expires_at_its_deadline_not_a_polling_interval_later(
+    autojump_clock,
+) -> None:
+    # The leader proposes an expiry when the earliest session deadline comes, by log time: it
+    # used to look every min(session timeout / 4, election timeout), 1 s here, so a session
+    # expired up to that much after its timeout. Four sessions fall silent at four phases of
+    # that interval; each must expire within a few milliseconds of log time of its deadline.
+    count = 4
+    async with open_memory_cluster(3, lambda: ExpiryClock(count)) as cluster:
+        leader = await cluster.wait_for_leader()
+        executor = cluster.servers[leader]._executor
+        assert executor is not None
+        sessions = []
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                ready = trio.Event()
+
+                async def doomed(host: str, ready: trio.Event) -> None:
+                    async with cluster.client(host=host, session_timeout=2.0) as client:
+                        await client.submit(Record(host))
+                        sessions.append(executor.session(client.session_id))
+                        ready.set()
+                        await trio.sleep_forever()
+
+                nursery.start_soon(doomed, f"doomed-{i}", ready)
+                await ready.wait()
+                cluster.cut_off_host(f"doomed-{i}")  # its process "dies"
+                await trio.sleep(0.29)  # the next one falls silent at another phase
+            state_machine = cluster.servers[leader].state_machine
+            with trio.fail_after(30):
+                await state_machine.all_expired.wait()
+            nursery.cancel_scope.cancel()
+        assert await cluster.wait_for_leader() == leader
+        lags = {}
+        for session in sessions:
+            assert session is not None
+            # The last keep-alive's log time is final: the session is gone from the table.
+            deadline = session.last_active + session.timeout
+            lags[session.id] = state_machine.expired_at[session.id] - deadline
+        assert all(0 < lag <= 20 for lag in lags.values()), lags
+
+
 async def test_stepping_the_leaders_wall_clock_expires_no_session(autojump_clock) -> None:
     # Log time follows the leader's monotonic clock and only slews toward its wall clock, so an
     # operator (or NTP) stepping the leader's clock a minute ahead expires nobody, not even a
@@ -372,7 +430,9 @@ async def test_lock_is_released_when_holder_session_expires(autojump_clock) -> N
                 with trio.fail_after(30):
                     await waiter_lock.acquire()
                 waited = trio.current_time() - started
-                assert waited >= 2.0  # not before the holder's session timed out
+                # Not before the holder's session timed out: 2 s after its last keep-alive,
+                # which came at most a third of that before the cut.
+                assert waited >= 2.0 * 2 / 3
                 assert await client.submit(Holder("job")) == client.session_id
                 assert await waiter_lock.release()
             nursery.cancel_scope.cancel()

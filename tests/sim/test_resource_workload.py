@@ -371,3 +371,12 @@ def test_seed_1025_a_member_that_restarted_pushes_events_again() -> None:
     not succeed leaves the client connected through no member, and the next answer connects it."""
     result = run_simulation(1025, scenario="resources")
     assert result.ok, result.report()
+
+
+def test_seed_71005_the_final_queue_is_read_on_a_member_that_applied_everything() -> None:
+    """It failed: member 3, demoted to RESERVE near the end, receives no more entries, and the
+    check read the queue's final items on it (the first member in the cluster's table) at index
+    921 while the others had applied 1109; every item polled after 921 was then "2 places at
+    once". Now the final state is read on the member that applied the most."""
+    result = run_simulation(71005, scenario="resources")
+    assert result.ok, result.report()

@@ -115,6 +115,15 @@ MUTANTS: tuple[Mutant, ...] = (
         aimed_at=["retry-applies-once"],
     ),
     mutant(
+        "expiry-not-rechecked",
+        "applying an expiry re-checks the session's timeout against log time, so a keep-alive "
+        "logged before it wins",
+        "copycat_trio.server.executor:Executor._apply_unregister",
+        "if entry.expired and self.log_time < session.expires_at:",
+        "if False:",
+        aimed_at=["keep-alive-beats-expiry"],
+    ),
+    mutant(
         "read-index-before-first-commit",
         "a read index is taken only once the leader's term has committed an entry",
         f"{RAFT}.read_index",

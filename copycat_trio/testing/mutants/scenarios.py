@@ -457,6 +457,23 @@ def each_session_command_applies_once() -> None:
     assert applied == [1, 2, 3], f"applied {applied}"
 
 
+def a_keep_alive_that_raced_in_refuses_the_expiry() -> None:
+    """The leader proposed a session's expiry, but a keep-alive was logged before it: applying
+    the expiry re-checks the timeout against log time and refuses it (on every server alike);
+    the next expiry, once the session has been silent for longer than its timeout, applies."""
+    from ...protocol.messages import KeepAliveEntry, RegisterEntry, UnregisterEntry
+    from ...recipes.counter import Counter
+    from ...server.executor import Executor
+
+    executor = Executor(Counter())
+    executor.apply(RegisterEntry(term=1, index=1, timestamp=0, client="c", timeout=1000))
+    executor.apply(KeepAliveEntry(term=1, index=2, timestamp=900, session=1))
+    executor.apply(UnregisterEntry(term=1, index=3, timestamp=1001, session=1, expired=True))
+    assert executor.session(1) is not None, "a session kept alive 101 ms before was expired"
+    executor.apply(UnregisterEntry(term=1, index=4, timestamp=1901, session=1, expired=True))
+    assert executor.session(1) is None, "a session silent for longer than its timeout stayed"
+
+
 def _on_a_cluster(body: Callable[[Any, Callable[[int, Any], Any]], Any]) -> None:
     """Run `body(cluster, request)` on three in-memory servers of the Counter recipe under a
     MockClock; `request(sequence, operation)` sends a raw CommandRequest of one session to
@@ -595,6 +612,11 @@ SCENARIOS: tuple[Scenario, ...] = (
         "retry-applies-once",
         a_retried_command_applies_once,
         "a retried command (same session and sequence) applies once",
+    ),
+    Scenario(
+        "keep-alive-beats-expiry",
+        a_keep_alive_that_raced_in_refuses_the_expiry,
+        "an expiry is re-checked against log time when applied: a keep-alive before it wins",
     ),
     Scenario(
         "early-command-waits",
