@@ -93,11 +93,12 @@ def compared_peers(args: list[str]) -> set[str]:
 def simulate(session: nox.Session) -> None:
     """Deterministic simulation under faults, checked for linearizability and Raft invariants.
 
-    `nox -s simulate` runs 20 seeds; `-- --seeds 500 --jobs 2` runs more; `-- --seed 17`
-    replays one seed verbosely (its fault schedule, trace and history); see docs/testing.md.
+    `nox -s simulate` runs 24 seeds (0 to 23: three per profile, the default test run's eight
+    among them); `-- --seeds 500 --jobs 2` runs more; `-- --seed 17` replays one seed verbosely
+    (its fault schedule, trace and history); see docs/testing.md.
     """
     session.install("-e", ".")
-    args = session.posargs or ["--seeds", "20"]
+    args = session.posargs or ["--seeds", "24"]
     session.run("python", "-m", "copycat_trio.testing.simulation", *args)
 
 

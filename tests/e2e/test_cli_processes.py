@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from tests.e2e.conftest import StartCluster
+from tests.e2e.procs import ProcessCluster
 
 pytestmark = pytest.mark.e2e
 
@@ -41,6 +42,9 @@ async def cli(
 
 
 async def test_a_healthy_cluster_from_the_command_line(start_cluster: StartCluster) -> None:
+    """One cluster, the operator's everyday commands in turn: the key-value commands, status
+    and members list; then the same cluster with a frozen member first in the list; `members
+    add` of a member that never runs; `members remove` of a live member, which exits."""
     cluster = await start_cluster(state_machine=KV)
     addresses = ",".join(cluster.addresses())
     # Options after the subcommand, and the cluster from the environment.
@@ -69,27 +73,12 @@ async def test_a_healthy_cluster_from_the_command_line(start_cluster: StartClust
     code, out, err, _ = await cli("members", "list", "--cluster", addresses)
     assert code == 0 and out.count("available") == 3, out + err
 
-
-async def test_a_lost_quorum_exits_1_within_the_timeout(start_cluster: StartCluster) -> None:
-    cluster = await start_cluster(state_machine=KV)
-    agreement = await cluster.wait_for_leader()
-    addresses = ",".join(cluster.addresses())
-    followers = [i for i in cluster.ids() if i != agreement.leader]
-    for member_id in followers:  # the leader alone is left: it still says "leader" for a while
-        await cluster.kill(member_id)
-    for command in (["members", "list"], ["status"], ["kv", "put", "k", "v"]):
-        code, out, err, took = await cli(*command, "--cluster", addresses, "--timeout", "3")
-        assert code == 1, f"{command}: exit {code}\n{out}{err}"
-        assert "no quorum" in err or "could not be reached" in err, f"{command}: {err}"
-        assert took < 3 + 5, f"{command} took {took:.1f}s"  # + interpreter start on a busy box
-    code, out, err, _ = await cli("members", "list", "--cluster", addresses, "--timeout", "3")
-    assert "unknown" in out and "available" not in out, out  # never "available" for the dead
+    await a_frozen_first_member_costs_an_operation_little(cluster)
+    await members_add_says_the_member_is_promoted_by_itself(cluster)
+    await a_removed_member_exits(cluster)
 
 
-async def test_a_frozen_first_member_costs_an_operation_little(
-    start_cluster: StartCluster,
-) -> None:
-    cluster = await start_cluster(state_machine=KV)
+async def a_frozen_first_member_costs_an_operation_little(cluster: ProcessCluster) -> None:
     agreement = await cluster.wait_for_leader()
     frozen = next(i for i in cluster.ids() if i != agreement.leader)
     others = [a for i, a in zip(cluster.ids(), cluster.addresses(), strict=True) if i != frozen]
@@ -107,8 +96,22 @@ async def test_a_frozen_first_member_costs_an_operation_little(
         cluster.resume(frozen)
 
 
-async def test_a_removed_member_exits(start_cluster: StartCluster) -> None:
-    cluster = await start_cluster(state_machine=KV)
+async def members_add_says_the_member_is_promoted_by_itself(cluster: ProcessCluster) -> None:
+    """It told the operator to promote the new member, which the leader then did by itself."""
+    await cluster.wait_for_leader()
+    addresses = ",".join(cluster.addresses())
+    code, out, err, _ = await cli("members", "add", "4", "127.0.0.1:1", "--cluster", addresses)
+    assert code == 0, out + err
+    assert "becomes ACTIVE by itself once its log has caught up" in out, out
+    assert "promote" not in out, out
+    code, out, err, _ = await cli("members", "list", "--cluster", addresses, "--json")
+    assert code == 0, out + err
+    (added,) = [m for m in json.loads(out) if m["id"] == 4]
+    # Not running, so never caught up: it stays PASSIVE and counts toward no quorum.
+    assert added["type"] == "passive", added
+
+
+async def a_removed_member_exits(cluster: ProcessCluster) -> None:
     agreement = await cluster.wait_for_leader()
     gone = next(i for i in cluster.ids() if i != agreement.leader)
     addresses = ",".join(cluster.addresses())
@@ -125,15 +128,25 @@ async def test_a_removed_member_exits(start_cluster: StartCluster) -> None:
     assert code == 0, err
 
 
-async def test_health_from_the_command_line(start_cluster: StartCluster) -> None:
+async def test_health_and_a_lost_quorum_from_the_command_line(start_cluster: StartCluster) -> None:
+    """`health` of a healthy cluster; then both followers SIGKILLed: every command exits 1
+    within its timeout (the leader alone still says "leader" for a while), and `health` says
+    every member is unhealthy or unreachable."""
     cluster = await start_cluster(state_machine=KV)
     agreement = await cluster.wait_for_leader()
     addresses = ",".join(cluster.addresses())
     code, out, err, _ = await cli("health", "--cluster", addresses)
     assert code == 0 and out.count("healthy") == 3, out + err
-    for member_id in cluster.ids():
-        if member_id != agreement.leader:
-            await cluster.kill(member_id)
+    followers = [i for i in cluster.ids() if i != agreement.leader]
+    for member_id in followers:  # the leader alone is left: it still says "leader" for a while
+        await cluster.kill(member_id)
+    for command in (["members", "list"], ["status"], ["kv", "put", "k", "v"]):
+        code, out, err, took = await cli(*command, "--cluster", addresses, "--timeout", "3")
+        assert code == 1, f"{command}: exit {code}\n{out}{err}"
+        assert "no quorum" in err or "could not be reached" in err, f"{command}: {err}"
+        assert took < 3 + 5, f"{command} took {took:.1f}s"  # + interpreter start on a busy box
+    code, out, err, _ = await cli("members", "list", "--cluster", addresses, "--timeout", "3")
+    assert "unknown" in out and "available" not in out, out  # never "available" for the dead
     await trio.sleep(1.0)  # an election timeout (0.5 s) without a quorum: the leader says so
     code, out, err, _ = await cli("health", "--cluster", addresses, "--timeout", "3")
     assert code == 1 and "3 of 3 members unhealthy or unreachable" in err, out + err
@@ -143,21 +156,3 @@ async def test_health_from_the_command_line(start_cluster: StartCluster) -> None
     # Still leading without a quorum, or already stepped down (check quorum): unhealthy both.
     reasons = ("UNHEALTHY: leader without a quorum", "UNHEALTHY: no leader known")
     assert any(reason in survivor for reason in reasons), out
-
-
-async def test_members_add_says_the_member_is_promoted_by_itself(
-    start_cluster: StartCluster,
-) -> None:
-    """It told the operator to promote the new member, which the leader then did by itself."""
-    cluster = await start_cluster(state_machine=KV)
-    await cluster.wait_for_leader()
-    addresses = ",".join(cluster.addresses())
-    code, out, err, _ = await cli("members", "add", "4", "127.0.0.1:1", "--cluster", addresses)
-    assert code == 0, out + err
-    assert "becomes ACTIVE by itself once its log has caught up" in out, out
-    assert "promote" not in out, out
-    code, out, err, _ = await cli("members", "list", "--cluster", addresses, "--json")
-    assert code == 0, out + err
-    (added,) = [m for m in json.loads(out) if m["id"] == 4]
-    # Not running, so never caught up: it stays PASSIVE and counts toward no quorum.
-    assert added["type"] == "passive", added

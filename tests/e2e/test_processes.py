@@ -57,7 +57,11 @@ async def replicas(cluster: ProcessCluster, ids: list[int], seen_index: int) -> 
     return lists
 
 
-async def test_three_processes_elect_exactly_one_leader(cluster: ProcessCluster) -> None:
+async def test_one_leader_is_elected_and_writes_through_every_member_apply_in_order(
+    cluster: ProcessCluster,
+) -> None:
+    """Exactly one leader, which a healthy cluster keeps; then writes through every member (the
+    followers forward) apply at the positions acknowledged, in the same order on every member."""
     with trio.fail_after(20):
         agreement = await cluster.wait_for_leader()
         rows = agreement.rows
@@ -74,10 +78,6 @@ async def test_three_processes_elect_exactly_one_leader(cluster: ProcessCluster)
             await trio.sleep(0.1)
         cluster.assert_running()
 
-
-async def test_writes_through_every_member_apply_in_the_same_order(
-    cluster: ProcessCluster,
-) -> None:
     count = 60
     with trio.fail_after(30):
         acknowledged: list[str] = []

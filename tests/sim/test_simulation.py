@@ -7,6 +7,8 @@ A failing seed prints its report: configuration, fault schedule, failures, histo
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 import pytest
 import trio
@@ -20,6 +22,7 @@ from copycat_trio.testing.faults import FaultMix
 from copycat_trio.testing.simulation import (
     SimulationConfig,
     SimulationFailure,
+    SimulationResult,
     open_simulation,
     run_simulation,
 )
@@ -28,8 +31,16 @@ from copycat_trio.transport.memory import LinkFaults
 from .seeds import KNOWN_FAILURES, REGRESSIONS, SAMPLE, Seed
 
 
+@functools.cache
+def _run(seed: int, profile: str | None) -> SimulationResult:
+    """The run of a seed, made once per test process: a seed gives the same run every time (the
+    replay test below runs one afresh and compares), so the tests that only read a seed's result
+    share it instead of running it again."""
+    return run_simulation(seed, profile=profile)
+
+
 def _check(seed: int, profile: str | None = None) -> None:
-    result = run_simulation(seed, profile=profile)
+    result = _run(seed, profile)
     assert result.ok, result.report()
     assert result.stats["ok"] > 0, result.report()
 
@@ -57,8 +68,9 @@ def test_known_failures_still_fail() -> None:
 
 
 def test_a_seed_replays_exactly() -> None:
-    first = run_simulation(7)
+    first = _run(7, None)  # test_seed[7]'s run
     second = run_simulation(7)
+    assert first is not second
     assert first.stats["episodes"] > 0
     assert first.digest == second.digest
     assert first.trace.lines() == second.trace.lines()
@@ -66,7 +78,10 @@ def test_a_seed_replays_exactly() -> None:
 
 
 def test_another_seed_gives_another_run() -> None:
-    assert run_simulation(7).digest != run_simulation(15).digest
+    """Two seeds of one profile (7 and 55 are both `mixed`): the seed, not only the profile,
+    makes the run (both runs are test_seed[7]'s and test_regression_seed[55-mixed]'s)."""
+    assert _run(7, None).config.profile == _run(55, "mixed").config.profile == "mixed"
+    assert _run(7, None).digest != _run(55, "mixed").digest
 
 
 def test_every_profile_injects_its_faults() -> None:

@@ -6,6 +6,8 @@ Each run is 8 virtual seconds of one seed (a few real seconds)."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from copycat_trio.storage.segments import SegmentedLog
@@ -19,8 +21,15 @@ def disk_run(seed: int, profile: str = "disk", **overrides: object) -> Simulatio
     return run_simulation(seed, profile=profile, duration=DURATION, **overrides)
 
 
+@functools.cache
+def shared_run(seed: int, profile: str) -> SimulationResult:
+    """An unpatched run, made once per test process for the tests that only read it (a seed
+    replays exactly: the first test checks it). Tests that patch the storage run their own."""
+    return disk_run(seed, profile)
+
+
 def test_the_disk_profile_replays_exactly() -> None:
-    first = disk_run(3)
+    first = shared_run(3, "disk")
     second = disk_run(3)
     assert first.ok, first.report()
     assert first.stats["fs_fsyncs"] > 0  # the real disk ran
@@ -38,7 +47,7 @@ def test_the_disk_profile_replays_exactly() -> None:
 def test_faults_within_the_model_strike_and_break_nothing(seed: int, struck: list[str]) -> None:
     """Power losses that tear unsynced writes out of order or undo unsynced directory changes,
     and fsyncs that fail with EIO (the server stops; the run restarts it): every check holds."""
-    result = disk_run(seed)
+    result = shared_run(seed, "disk")
     assert result.ok, result.report()
     for counter in struck:
         assert result.stats[counter] > 0, (counter, result.report())
