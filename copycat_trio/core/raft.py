@@ -943,6 +943,10 @@ class RaftCore:
             prev, prev_term = self.log.snapshot_index, self.log.snapshot_term
         commit = min(self.commit_index, prev + len(entries))
         progress.commit_sent = max(progress.commit_sent, commit)
+        if self._commit_notify_at != float("inf") and all(
+            p.commit_sent >= self.commit_index for p in self.progress.values()
+        ):
+            self._commit_notify_at = float("inf")  # every peer has it: no round of its own
         self._send(
             peer,
             AppendRequest(

@@ -87,3 +87,17 @@ def test_the_delay_must_be_shorter_than_a_heartbeat() -> None:
 
     with pytest.raises(ValueError, match="commit_notify_delay"):
         RaftConfig(heartbeat_interval=0.1, election_timeout=1.0, commit_notify_delay=0.1)
+
+
+def test_once_the_next_append_carried_it_no_timer_is_left() -> None:
+    """An idle leader must not wake up for a commit index every peer was already sent."""
+    cluster = Cluster(3)
+    cluster.elect(1)
+    leader = cluster.core(1)
+    while leader.next_deadline() - cluster.now < 0.02:  # just after a heartbeat
+        cluster.advance(0.01, step=0.01)
+    committed_write(cluster)
+    assert leader.next_deadline() <= cluster.now + CONFIG.commit_notify_delay
+    cluster.propose(1, ["y"])
+    cluster.process(1)
+    assert leader.next_deadline() > cluster.now + CONFIG.commit_notify_delay  # the heartbeat's
