@@ -11,7 +11,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import attrs
 import trio
@@ -459,7 +459,7 @@ class RaftLoop:
     async def wait_appended(item: Propose) -> Pending:
         await item.reply.wait()
         if item.error is not None:
-            raise item.error
+            await _fail(item.error)
         assert item.pending is not None
         return item.pending
 
@@ -471,7 +471,7 @@ class RaftLoop:
         await self._put(request)
         await request.reply.wait()
         if request.error is not None:
-            raise request.error
+            await _fail(request.error)
         assert request.pending is not None
         return request.pending
 
@@ -486,7 +486,7 @@ class RaftLoop:
         await self._put(item)
         await item.reply.wait()
         if item.error is not None:
-            raise item.error
+            await _fail(item.error)
         return item.result
 
     def heard_from(self, member_id: int) -> None:
@@ -511,7 +511,7 @@ class RaftLoop:
         await self._put(request)
         await request.reply.wait()
         if request.error is not None:
-            raise request.error
+            await _fail(request.error)
         assert request.index is not None
         return request.index
 
@@ -523,3 +523,11 @@ class RaftLoop:
 async def _storage_op(call: Call, storage: LogStorage) -> None:
     assert call.storage_op is not None
     await call.storage_op(storage, call.result)
+
+
+async def _fail(error: BaseException) -> NoReturn:
+    """Raise a request's error; but a caller cancelled meanwhile (its server is stopping:
+    the loop failed what it held as it stopped) sees Cancelled, a clean stop, not an error
+    that would crash its nursery beside the real cause."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    raise error

@@ -97,6 +97,16 @@ REGRESSIONS: tuple[Seed, ...] = (
         "shielded call is bounded). The harness now ends a deadlocked run with a task dump "
         "(_deadlock_sentinel). Scenario: test_a_stopped_raft_loop_answers_shielded_callers.",
     ),
+    Seed(
+        90038,
+        "snapshots",
+        "A storage failure reported twice: an fsync failed with EIO in the persister (storage "
+        "writes had just left the raft loop), the loop stopped and failed the compaction call "
+        "the executor was waiting on, and the executor, woken before its own cancellation, "
+        "raised NoLeaderError beside the real StorageFailedError, so the run ended in an error "
+        "rather than a clean fail-stop. Fixed in server/loop.py: a caller cancelled meanwhile "
+        "sees Cancelled (_fail). Scenario: the same seed; the disk-fault tests cover the rest.",
+    ),
 )
 """Seeds that found a bug (now fixed); each runs in the default test run."""
 
