@@ -37,22 +37,32 @@ def test_the_disk_profile_replays_exactly() -> None:
     assert first.trace.lines() == second.trace.lines()
 
 
+STRIKING_SEEDS = (3, 26, 30, 39)
+"""Seeds of `disk` among which every fault of the model strikes. Which seed strikes which fault
+moves with the timing of the code under test, so the check is over the set, not per seed."""
+
+
 @pytest.mark.parametrize(
-    ("seed", "struck"),
+    "counter",
     [
-        (3, ["fs_names_lost", "fs_eio", "storage_failures"]),
-        (30, ["fs_torn_files", "fs_sectors_lost", "torn_saves", "fs_eio"]),
+        "fs_torn_files",
+        "fs_sectors_lost",
+        "torn_saves",
+        "fs_names_lost",
+        "fs_eio",
+        "storage_failures",
     ],
 )
-def test_faults_within_the_model_strike_and_break_nothing(seed: int, struck: list[str]) -> None:
+def test_faults_within_the_model_strike_and_break_nothing(counter: str) -> None:
     """Power losses that tear unsynced writes out of order or undo unsynced directory changes,
     and fsyncs that fail with EIO (the server stops; the run restarts it): every check holds."""
-    result = shared_run(seed, "disk")
-    assert result.ok, result.report()
-    for counter in struck:
-        assert result.stats[counter] > 0, (counter, result.report())
-    assert result.stats["refused_corrupt"] == 0
-    assert "stopped: storage failed" in result.trace.format(["disk"])
+    results = [shared_run(seed, "disk") for seed in STRIKING_SEEDS]
+    for result in results:
+        assert result.ok, result.report()
+        assert result.stats["refused_corrupt"] == 0
+    struck = [result.stats[counter] for result in results]
+    assert any(struck), (counter, dict(zip(STRIKING_SEEDS, struck, strict=True)))
+    assert any("stopped: storage failed" in r.trace.format(["disk"]) for r in results)
 
 
 def test_a_bit_flipped_at_rest_is_refused_and_the_rest_goes_on() -> None:
