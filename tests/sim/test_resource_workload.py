@@ -373,6 +373,15 @@ def test_seed_1025_a_member_that_restarted_pushes_events_again() -> None:
     assert result.ok, result.report()
 
 
+def test_seed_94079_a_refused_expiry_does_not_spin() -> None:
+    """It failed ("stopped after 300s of CPU time (spinning?)"): the leader's session-expiry
+    task, made deadline-driven, proposed a due session's expiry during a leadership transfer,
+    which refuses proposals; it looked again at once, and again, so virtual time never reached
+    the transfer's timeout. Now a refused proposal waits a quarter election timeout."""
+    result = run_simulation(94079, scenario="resources", wall_limit=120)
+    assert result.ok, result.report()
+
+
 def test_seed_71005_the_final_queue_is_read_on_a_member_that_applied_everything() -> None:
     """It failed: member 3, demoted to RESERVE near the end, receives no more entries, and the
     check read the queue's final items on it (the first member in the cluster's table) at index
