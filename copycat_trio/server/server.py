@@ -958,9 +958,11 @@ class CopycatServer:
                     f"its members are {_members_text(members)}",
                 ),
             )
-        me = self._loop.core.member(self.id) if self._loop is not None else None
-        reserve = me is not None and me.type is MemberType.RESERVE
-        if reserve and isinstance(body, CLIENT_REQUESTS) and not isinstance(body, StatusRequest):
+        if (
+            self._reserve()
+            and isinstance(body, CLIENT_REQUESTS)
+            and not isinstance(body, StatusRequest)
+        ):
             return ErrorResponse(
                 Status.ERROR,
                 ErrorInfo(

@@ -136,14 +136,12 @@ async def follow(
         assert await loop.call(lambda core, now: core.log.last_index) == 2
         heartbeat = attrs.evolve(append, prev_log_index=2, prev_log_term=1, entries=())
         await loop.inbox_send.send(Step(1, heartbeat))
-        await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()  # the loop has done all it can
         # ...but nothing it promises leaves before the write is durable: not the append's
         # acknowledgement, not the heartbeat's (it would claim entry 2), and nothing is applied.
         assert acknowledgements(peers) == [] and executor.entries == []
         storage.release.set()
-        with trio.fail_after(1):
-            while len(acknowledgements(peers)) < 2:
-                await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()  # the write, then what it held back
         assert storage.saved == [1, 2]
         assert [a.log_index for a in acknowledgements(peers)] == [2, 2]
         assert [e.index for e in executor.entries] == [1]
