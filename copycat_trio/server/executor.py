@@ -158,6 +158,9 @@ class Executor:
         self.sessions = SessionTable()
         self.handles: dict[int, ServerSession] = {}
         self.applied_index = AsyncValue(0)
+        self._applied_callbacks: list[tuple[int, int, Callable[[], None]]] = []
+        """A heap of (index, order, callback): `when_applied` callbacks not yet due."""
+        self._callback_order = 0
         self.log_time = 0
         self._queue: collections.deque[Entry] = collections.deque()
         self._wakeup = trio.Event()
@@ -223,7 +226,7 @@ class Executor:
                     count += 1
                     if count % 256 == 0 or not self._queue:
                         # Waiters on the applied index wake once per batch, not once per entry.
-                        self.applied_index.value = entry.index
+                        self._publish_applied(entry.index)
                     if count % 256 == 0:
                         await trio.lowlevel.checkpoint()
                 if self.snapshot_due():
@@ -306,7 +309,7 @@ class Executor:
             self.pending.pop(index).resolve(
                 error=InternalError(f"entry {index} was superseded by a snapshot; outcome unknown")
             )
-        self.applied_index.value = max(self.applied_index.value, header.index)
+        self._publish_applied(max(self.applied_index.value, header.index))
         self.session_changed.set()
         self.expiry_changed.set()
         return header
@@ -412,7 +415,23 @@ class Executor:
     def apply(self, entry: Entry) -> None:
         """Apply one committed entry and publish it as applied."""
         self._apply(entry)
-        self.applied_index.value = entry.index
+        self._publish_applied(entry.index)
+
+    def when_applied(self, index: int, callback: Callable[[], None]) -> None:
+        """Call `callback` (no task of its own) as soon as everything up to `index` is
+        applied: now, if it is; else right after the batch that applies it."""
+        if self.applied_index.value >= index:
+            callback()
+            return
+        self._callback_order += 1
+        heapq.heappush(self._applied_callbacks, (index, self._callback_order, callback))
+
+    def _publish_applied(self, index: int) -> None:
+        """Set the applied index, waking its waiters, and run the callbacks now due."""
+        self.applied_index.value = index
+        due = self._applied_callbacks
+        while due and due[0][0] <= index:
+            heapq.heappop(due)[2]()
 
     def _apply(self, entry: Entry) -> None:
         """Apply one committed entry; the caller publishes `applied_index` (once per batch)."""

@@ -112,6 +112,14 @@ class ReadIndex:
     reply: trio.Event = attrs.Factory(trio.Event)
     index: int | None = None
     error: CopycatError | None = None
+    on_done: Callable[[ReadIndex], None] | None = None
+    """Called once, from the loop, when `index` or `error` is set (the reader's fast path)."""
+
+    def finish(self) -> None:
+        """`index` or `error` is set: wake the waiter and tell the callback."""
+        self.reply.set()
+        if self.on_done is not None:
+            self.on_done(self)
 
 
 @attrs.define(eq=False)
@@ -234,7 +242,7 @@ class RaftLoop:
             if write.ready is not None:
                 for context in [c for c, _ in write.ready.reads] + write.ready.failed_reads:
                     context.error = error
-                    context.reply.set()
+                    context.finish()
         self._durable.clear()
         while True:
             try:
@@ -242,7 +250,10 @@ class RaftLoop:
             except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
                 break
         for item in unanswered:
-            if isinstance(item, Propose | Reconfigure | ReadIndex | Call):
+            if isinstance(item, ReadIndex):
+                item.error = error
+                item.finish()
+            elif isinstance(item, Propose | Reconfigure | Call):
                 item.error = error
                 item.reply.set()
             if isinstance(item, Propose) and item.waiter is not None:
@@ -340,7 +351,7 @@ class RaftLoop:
                 core.read_index(item)
             except NotLeaderError as exc:
                 item.error = NoLeaderError(str(exc))
-                item.reply.set()
+                item.finish()
 
     def _on_durable(self, writes: list[QueuedWrite]) -> None:
         """From the persister: these writes are durable. Never blocks: if the inbox is full,
@@ -419,10 +430,10 @@ class RaftLoop:
             self.executor.hand_over(ready.committed)
         for context, index in ready.reads:
             context.index = index
-            context.reply.set()
+            context.finish()
         for context in ready.failed_reads:
             context.error = QueryError("leadership was lost before the read was confirmed")
-            context.reply.set()
+            context.finish()
 
     # --- called by request handlers ------------------------------------------------------
 
@@ -451,6 +462,16 @@ class RaftLoop:
         """`enqueue` without waiting: False if the inbox is full or closed (nothing queued)."""
         try:
             self.inbox_send.send_nowait(Propose(build, admission, waiter=waiter))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def read_index_nowait(self, on_done: Callable[[ReadIndex], None]) -> bool:
+        """Ask for a read index without waiting: `on_done` is called from the loop once the
+        index is confirmed by a quorum (or with the error). False if the inbox is full or
+        closed (nothing asked)."""
+        try:
+            self.inbox_send.send_nowait(ReadIndex(on_done=on_done))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         return True

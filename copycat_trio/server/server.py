@@ -55,6 +55,7 @@ from ..protocol.messages import (
     MemberType,
     PeerContact,
     QueryRequest,
+    QueryResponse,
     ReconfigureRequest,
     RegisterRequest,
     RpcRequest,
@@ -864,12 +865,20 @@ class CopycatServer:
             except trio.WouldBlock:
                 return False
             response = service.query_now(body)
-            if response is None:
-                limiter.release()
-                return False
-            count_request(self.request_counts, body, response)
-            responses.put(RpcResponse(request.id, response))
-            return True
+            if response is not None:
+                count_request(self.request_counts, body, response)
+                responses.put(RpcResponse(request.id, response))
+                return True
+            counts = self.request_counts
+
+            def answer_read(response: QueryResponse) -> None:
+                count_request(counts, body, response)
+                responses.put(RpcResponse(request.id, response))
+
+            if service.read_now(body, answer_read):
+                return True
+            limiter.release()
+            return False
         try:
             limiter.acquire_nowait()  # released by the writer once the answer is written
         except trio.WouldBlock:
