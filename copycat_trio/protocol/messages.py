@@ -570,8 +570,9 @@ class Hello:
     refusal: str = ""
     """Set by a listener that refuses the connection (say, a TLS port reached in plaintext):
     why, so the other side can say so instead of waiting."""
-    token: str = ""
-    """A client's bearer token (sent over TLS only), naming its identity (server/authz.py)."""
+    token: str = attrs.field(default="", repr=False)
+    """A client's bearer token (sent over TLS only), naming its identity (server/authz.py);
+    left out of repr, so that no log line or traceback shows it."""
 
 
 PROTOCOL_VERSION = Hello(1, 2)
