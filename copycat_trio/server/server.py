@@ -229,7 +229,15 @@ class CopycatServer:
             auth = attrs.evolve(auth, server_name=tls.server_name)
         self.auth = auth
         """What clients may do (None: everything, no identities: plaintext without a policy)."""
-        self.transport: Transport = transport or TcpTransport(tls=self._tls)
+        self.transport: Transport = transport or TcpTransport(
+            tls=self._tls,
+            # A peer that acknowledges nothing for an election timeout is as gone as a silent
+            # leader: its connection breaks and the next message opens a new one, at once once
+            # a partition heals (not after TCP's doubling retransmission intervals). A connect
+            # gives up before TCP would resend its SYN (1 s), so that the next one is new.
+            connect_timeout=min(2.0, max(0.25, election_timeout / 2)),
+            unacknowledged_timeout=max(0.5, election_timeout),
+        )
         self.storage: LogStorage = storage or MemoryStorage()
         self.rng = rng or random.Random()
         self.wall_clock_ms = wall_clock_ms or _wall_clock_ms

@@ -55,12 +55,16 @@ class TcpTransport:
         version: Hello = PROTOCOL_VERSION,
         tls: TlsContexts | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        unacknowledged_timeout: float | None = None,
     ) -> None:
         """`max_connections`: accepted connections served at once (default: see
         default_max_connections); more are closed as soon as they are accepted. `version`:
         the protocol version every connection announces first (see FramedStream). `tls`:
         contexts to wrap every connection in (None: plaintext); a handshake longer than
-        `handshake_timeout` closes the connection."""
+        `handshake_timeout` closes the connection. `unacknowledged_timeout`: a connection this
+        side opened breaks once data it wrote stays unacknowledged that long (TCP_USER_TIMEOUT,
+        Linux), rather than waiting out TCP's growing retransmission intervals after a
+        partition heals; None: the system's default (many minutes)."""
         if max_frame_size < 1024:
             raise ValueError("max_frame_size must be at least 1024 bytes")
         if max_connections is None:
@@ -73,6 +77,7 @@ class TcpTransport:
         self.version = version
         self.tls = tls
         self.handshake_timeout = handshake_timeout
+        self.unacknowledged_timeout = unacknowledged_timeout
         self._tls_failures: dict[tuple[str, str], tuple[float, int]] = {}
         """(peer host, reason) -> (when last logged as a warning, repeats since)."""
         self.refused_connections = 0
@@ -244,6 +249,9 @@ class TcpTransport:
             raise TransportError(msg) from exc
         except OSError as exc:
             raise TransportError(f"cannot connect to {address}: {_why(exc)}") from exc
+        if self.unacknowledged_timeout is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+            milliseconds = max(1, int(self.unacknowledged_timeout * 1000))
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
         if self.tls is None:
             return self._framed(stream, address)
         ssl_stream = trio.SSLStream(
