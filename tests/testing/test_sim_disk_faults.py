@@ -37,9 +37,11 @@ def test_the_disk_profile_replays_exactly() -> None:
     assert first.trace.lines() == second.trace.lines()
 
 
-STRIKING_SEEDS = (3, 26, 30, 39)
-"""Seeds of `disk` among which every fault of the model strikes. Which seed strikes which fault
-moves with the timing of the code under test, so the check is over the set, not per seed."""
+STRIKING_SEEDS = (9, 27, 30, 39, 44)
+"""Seeds of `disk` among which every fault of the model strikes, most of them in two seeds or
+more. Which seed strikes which fault moves with the timing of the code under test (a torn file
+struck in 4 of seeds 0 to 47 at commit 976d1fd: 9, 27, 34, 44), so the check is over the set,
+not per seed; when a change of timing leaves a fault unstruck, choose the set again."""
 
 
 @pytest.mark.parametrize(
@@ -65,10 +67,15 @@ def test_faults_within_the_model_strike_and_break_nothing(counter: str) -> None:
     assert any("stopped: storage failed" in r.trace.format(["disk"]) for r in results)
 
 
+FLIP_SEED = 9
+"""A seed of `disk-beyond` in which a restart flips a bit at rest and no lying fsync loses data
+(chosen like STRIKING_SEEDS; at commit 976d1fd also 14 and 20 of seeds 0 to 23)."""
+
+
 def test_a_bit_flipped_at_rest_is_refused_and_the_rest_goes_on() -> None:
     """disk-beyond: one member's restart flips a bit in a valid record; it refuses to start
     (and stays down), and with no lying fsync exposed every other check still applies."""
-    result = disk_run(3, "disk-beyond")
+    result = disk_run(FLIP_SEED, "disk-beyond")
     assert result.ok, result.report()
     assert result.stats["bit_flips"] >= 1
     assert result.stats["refused_corrupt"] >= 1
@@ -86,7 +93,7 @@ def test_a_flip_a_start_does_not_refuse_fails_the_run(monkeypatch: pytest.Monkey
     """A member that starts on data damaged at rest is a failure, never excused: here the
     "flip" changes nothing, so the start succeeds as it would past a missed checksum."""
     monkeypatch.setattr(FsDisk, "flip_at_rest", lambda self: f"{self.name}: pretend flip")
-    result = disk_run(3, "disk-beyond")
+    result = disk_run(FLIP_SEED, "disk-beyond")
     assert not result.ok
     assert any("went undetected" in v for v in result.violations), result.report()
 
