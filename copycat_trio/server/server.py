@@ -815,6 +815,14 @@ class CopycatServer:
                     if isinstance(message, RpcResponse):
                         connection.on_response(message)  # a client answering a publish
                     elif isinstance(message, Envelope):
+                        if principal is not None and not principal.member:
+                            # Identified again: a member that joined since is one now.
+                            principal = self._identify(stream) or principal
+                            if not principal.member:
+                                raise ProtocolError(
+                                    f"Raft messages are member traffic; {principal.describe()} "
+                                    "is not a member"
+                                )
                         if not self.cluster_id and loop.core.member(message.source) is not None:
                             hello = getattr(stream, "peer_version", None)
                             await self._adopt_cluster(

@@ -22,10 +22,13 @@ from copycat_trio.protocol.codec import register, registry
 from copycat_trio.protocol.errors import UnauthorizedError
 from copycat_trio.protocol.messages import (
     BUILTIN_TAGS,
+    AppendRequest,
     CommandRequest,
+    Envelope,
     Hello,
     LeaveRequest,
     Member,
+    NoOpEntry,
     RegisterEntry,
     TransferRequest,
 )
@@ -37,6 +40,7 @@ from copycat_trio.state_machine import Commit, ServerSession, StateMachine
 from copycat_trio.testing import open_memory_cluster
 from copycat_trio.testing.cluster import MemoryCluster, fake_certificate
 from copycat_trio.testing.simdisk import SimDisk
+from copycat_trio.transport.base import TransportError
 
 
 @register(40800)
@@ -263,3 +267,33 @@ def test_register_entries_and_hellos_from_before_identities_still_decode() -> No
     assert entry.identity == ""
     old_hello = registry.decode(cbor2.dumps(cbor2.CBORTag(BUILTIN_TAGS[Hello], [1, 1, "x", ""])))
     assert old_hello.token == ""
+
+
+async def test_a_client_with_a_certificate_cannot_send_raft_messages(autojump_clock: Any) -> None:
+    """Raft messages are member traffic (docs/security.md): an Envelope from a client's
+    connection, even an admin's, closes that connection and reaches no core. Forged, it could
+    depose the leader with a higher term or put entries into a follower's log."""
+    async with secured_cluster() as cluster:
+        victim = follower(cluster)
+        server = cluster.servers[victim]
+        term = server.status().term
+        leader = cluster.leaders()[0]
+        last = server.status().last_log_index
+        forged = AppendRequest(
+            term=term + 5,
+            leader=leader,
+            prev_log_index=last,
+            prev_log_term=term,
+            entries=(NoOpEntry(term=term + 5, index=last + 1, timestamp=0),),
+        )
+        for host in ("ops", "writer", "anonymous"):
+            stream = await cluster.network.transport(host).connect(cluster.address(victim))
+            await stream.send(Envelope(source=leader, target=victim, message=forged))
+            with trio.fail_after(5), pytest.raises(TransportError):
+                await stream.receive()  # the member closes the connection
+            await stream.aclose()
+        await trio.sleep(1)
+        assert server.status().term == term
+        assert all(s.status().term == term for s in cluster.servers.values())
+        async with cluster.client(host="writer") as client:
+            assert await client.submit(Note("after")) == "writer"
