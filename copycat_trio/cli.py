@@ -1396,8 +1396,16 @@ def _report(exc: BaseException) -> None:
         fail("interrupted", 130)
 
 
+SERVE_SWITCH_INTERVAL = 0.0005
+"""The interpreter's thread switch interval in a `serve` process. The storage thread that
+writes and fsyncs needs the GIL after each system call, and a busy event loop hands it over only
+once the interval is up: Python's 5 ms default added about 1.5 ms to a put at one writer
+(docs/benchmarks.md). An application that embeds a server may set the same."""
+
+
 def _run_command(args: argparse.Namespace) -> None:
     if args.command == "serve":
+        sys.setswitchinterval(SERVE_SWITCH_INTERVAL)
         trio.run(_serve, args)
     elif args.command == "kv":
         trio.run(_kv, args)
