@@ -9,7 +9,8 @@ rewrites the file instead when asked (`pytest --rewrite`, or COPYCAT_REWRITE=1).
 
 Commands (ids are member ids, values are words):
 
-    add-nodes N [option=value ...]   cores 1..N (RaftConfig options, e.g. pre_vote=false)
+    add-nodes N [option=value ...]   cores 1..N (RaftConfig options, e.g. pre_vote=false;
+                                     priorities=0,0,5 gives the members election priorities)
     campaign ID                      ID starts an election (a poll round first with pre-vote)
     propose ID VALUE                 ID appends a command
     read-index ID CONTEXT            ID asks for a read index
@@ -29,6 +30,8 @@ Commands (ids are member ids, values are words):
                                      misdirected): a protocol message class by name, ints, yes/no
     cut A B | isolate ID | heal      drop messages between A and B (both ways) from now on
     restart ID                       crash ID and start it again from what it persisted
+    compact ID INDEX                 ID's entries up to INDEX are in a snapshot: drop them
+    send-snapshot FROM TO            FROM's snapshot is installed on TO (unless they are cut)
     status                           one line per core
     log ID                           ID's log
 """
@@ -124,6 +127,8 @@ class Interaction:
             "isolate": self._isolate,
             "heal": self._heal,
             "restart": self._restart,
+            "compact": self._compact,
+            "send-snapshot": self._send_snapshot,
             "status": self._status,
             "log": self._log,
         }
@@ -152,12 +157,16 @@ class Interaction:
 
     def _add_nodes(self, words: list[str]) -> None:
         count, options = int(words[0]), dict(w.split("=", 1) for w in words[1:])
+        priorities = [int(p) for p in options.pop("priorities", "").split(",") if p]
         defaults: dict[str, Any] = {"heartbeat_interval": 0.1, "commit_notify_delay": 0.0}
         for name, text in options.items():
             kind = type(getattr(RaftConfig(), name))
             defaults[name] = text == "true" if kind is bool else kind(text)
         self.config = RaftConfig(**defaults)
-        self.members = tuple(Member(i, f"host{i}:7000") for i in range(1, count + 1))
+        priorities += [0] * (count - len(priorities))
+        self.members = tuple(
+            Member(i, f"host{i}:7000", priority=priorities[i - 1]) for i in range(1, count + 1)
+        )
         for member in self.members:
             self.cores[member.id] = self._core(member.id, seed=member.id)
         # A member refuses votes for an election timeout after it starts (a restarted member
@@ -317,6 +326,28 @@ class Interaction:
         old = self.cores[member_id]
         self.queue = [e for e in self.queue if e.target != member_id]
         self.cores[member_id] = self._core(member_id, seed=member_id + 100, old=old)
+
+    def _compact(self, words: list[str]) -> None:
+        self.cores[int(words[0])].compact(int(words[1]))
+
+    def _send_snapshot(self, words: list[str]) -> None:
+        """As the server's install stream does it: the follower accepts the leader (as an
+        append would make it), restores, and the leader hears how it went."""
+        source, target = int(words[0]), int(words[1])
+        leader, follower = self.cores[source], self.cores[target]
+        index = leader.log.snapshot_index
+        if frozenset((source, target)) in self.cut:
+            leader.snapshot_sent(target, index, False)
+            self._print(f"snapshot {index} from {source} to {target}: lost")
+            return
+        installed = False
+        if follower.accept_leader(leader.term, source, self.now):
+            term = leader.log.term_at(index)
+            assert term is not None
+            installed = follower.restore(index, term, leader.members, leader.configuration_index)
+        leader.snapshot_sent(target, index, installed)
+        outcome = "installed" if installed else "not needed"
+        self._print(f"snapshot {index} from {source} to {target}: {outcome}")
 
     def _status(self, words: list[str]) -> None:
         for member_id in self._ids(words):
