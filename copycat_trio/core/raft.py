@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from ..protocol.errors import CopycatError
 from ..protocol.messages import (
     AppendRequest,
     AppendResponse,
@@ -57,6 +58,27 @@ class NotLeaderError(Exception):
 
 class ConfigurationChangeError(Exception):
     """A configuration change that the rules forbid right now."""
+
+
+class CommittedEntryConflictError(CopycatError):
+    """The leader's log contradicts an entry this member has committed.
+
+    Raft's leader completeness makes this impossible unless some member lost entries it had
+    acknowledged (a disk that lied about fsync, a data directory restored from an old copy).
+    Raft cannot repair that, so the member stops rather than overwrite what it has applied.
+    """
+
+    def __init__(self, leader: int, index: int, term: int, leader_term: int | None) -> None:
+        claimed = "has no entry there" if leader_term is None else f"says term {leader_term}"
+        super().__init__(
+            f"leader {leader} conflicts with committed entry {index}: this member committed it "
+            f"in term {term}, the leader {claimed}; some member lost acknowledged entries "
+            "(a disk that lied about fsync, or a data directory restored from an old copy); "
+            "this member stops rather than overwrite them: see docs/operations.md, "
+            '"A member stops: committed entry conflict"'
+        )
+        self.leader = leader
+        self.index = index
 
 
 @attrs.frozen
@@ -637,6 +659,10 @@ class RaftCore:
         if prev > self.log.last_index:
             return attrs.evolve(reject, log_index=self.log.last_index + 1)
         if prev >= self.log.snapshot_index and self.log.term_at(prev) != request.prev_log_term:
+            if prev <= self.commit_index:
+                raise CommittedEntryConflictError(
+                    request.leader, prev, self.log.term_at(prev) or 0, request.prev_log_term
+                )
             hint = max(self.commit_index + 1, self.log.first_index_of_term(prev))
             return attrs.evolve(reject, log_index=hint)
         new_entries: list[Entry] = []
@@ -648,8 +674,8 @@ class RaftCore:
                 continue
             if existing is not None:
                 if entry.index <= self.commit_index:
-                    raise AssertionError(
-                        f"leader {request.leader} conflicts with committed entry {entry.index}"
+                    raise CommittedEntryConflictError(
+                        request.leader, entry.index, existing, entry.term
                     )
                 self._truncate(entry.index)
             new_entries = list(request.entries[i:])

@@ -51,7 +51,7 @@ import trio.testing
 
 from .._nursery import open_background_nursery
 from ..client.client import CopycatClient
-from ..core.raft import Role
+from ..core.raft import CommittedEntryConflictError, Role
 from ..protocol.errors import CopycatError, UnknownSessionError
 from ..protocol.messages import ConfigurationEntry, Member, MemberType
 from ..recipes.kv import Get, KeyValueStore
@@ -420,6 +420,10 @@ class Simulation:
             self.disks[member_id] = disk
         return disk
 
+    def _lies_lost(self) -> int:
+        """How many lying fsyncs have lost data at a power loss so far, over every disk."""
+        return sum(d.fs.lies_lost for d in self.disks.values() if isinstance(d, FsDisk))
+
     def disk_violations(self) -> list[str]:
         """What the real disk got wrong: bit flips at rest that a start did not detect."""
         return [
@@ -441,12 +445,24 @@ class Simulation:
     def _on_server_error(self, member_id: int, error: BaseException) -> bool:
         """A server of the real disk stopped with an exception: a StorageError (an fsync's EIO,
         or damage found at start) or an EIO itself (the snapshot store lets it out) is what
-        the disk faults cause, and it stops that member only (True); anything else is a bug,
-        and ends the run (False)."""
+        the disk faults cause, and it stops that member only (True); so is a leader that
+        contradicts its committed entries once a lying fsync has lost data (True, reported
+        beyond the model); anything else is a bug, and ends the run (False)."""
         leaves = _leaves(error)
-        if not leaves or not all(_disk_fault(e) for e in leaves):
+        explained = _disk_fault if not self._lies_lost() else _disk_fault_or_conflict
+        if not leaves or not all(explained(e) for e in leaves):
             return False
         self.cluster.servers.pop(member_id, None)
+        conflicts = [e for e in leaves if isinstance(e, CommittedEntryConflictError)]
+        if conflicts:
+            # Only lost acknowledged entries explain it, and a lying fsync has lost some: a
+            # violation that the run reports as beyond the model. The member stays down, as
+            # the operator would keep it until the cluster is restored.
+            self.trace.record("raft", f"{member_id} stops: {_first_line(conflicts[0])}")
+            self.invariants.violation(f"member {member_id} stopped: {conflicts[0]}")
+            if member_id in self.member_ids:
+                self.member_ids.remove(member_id)
+            return True
         corrupt = [e for e in leaves if isinstance(e, StorageCorruptionError)]
         if corrupt:
             # As an operator would until the member is restored: it stays down.
@@ -1184,6 +1200,12 @@ def _disk_fault(error: BaseException) -> bool:
     return isinstance(error, StorageError) or (
         isinstance(error, OSError) and error.errno == errno.EIO
     )
+
+
+def _disk_fault_or_conflict(error: BaseException) -> bool:
+    """A disk fault, or a leader contradicting committed entries (which only lost acknowledged
+    entries explain: asked only once a lying fsync has lost data)."""
+    return _disk_fault(error) or isinstance(error, CommittedEntryConflictError)
 
 
 def _first_line(error: BaseException) -> str:

@@ -7,7 +7,14 @@ import random
 import attrs
 import pytest
 
-from copycat_trio.core.raft import HardState, NotLeaderError, RaftConfig, RaftCore, Role
+from copycat_trio.core.raft import (
+    CommittedEntryConflictError,
+    HardState,
+    NotLeaderError,
+    RaftConfig,
+    RaftCore,
+    Role,
+)
 from copycat_trio.protocol.messages import (
     AppendRequest,
     AppendResponse,
@@ -61,6 +68,28 @@ def test_conflicting_suffix_is_truncated_and_replaced() -> None:
     assert reply.succeeded and reply.log_index == 2
     assert core.log.last_index == 2
     assert core.log.entry(2).operation == "new"
+
+
+@pytest.mark.parametrize("where", ["in the entries", "at the previous entry"])
+def test_a_leader_contradicting_a_committed_entry_stops_the_member(where: str) -> None:
+    """Only lost acknowledged entries let a leader lack a committed one (a disk that lied
+    about fsync): the member stops with a typed error naming the entry and the leader, and
+    neither overwrites the entry nor answers as if the logs matched."""
+    core = follower([cmd(1, 1, "a"), cmd(1, 2, "b")])
+    assert append(core, prev_log_index=2, prev_log_term=1, commit_index=2).succeeded
+    assert core.commit_index == 2
+    if where == "in the entries":
+        fields = {"prev_log_index": 1, "prev_log_term": 1, "entries": (cmd(2, 2, "other"),)}
+    else:
+        fields = {"prev_log_index": 2, "prev_log_term": 2, "entries": (cmd(2, 3, "c"),)}
+    request = AppendRequest(term=2, leader=3, commit_index=3, **fields)
+    with pytest.raises(
+        CommittedEntryConflictError, match="leader 3 conflicts with committed entry 2"
+    ) as raised:
+        core.step(3, request, now=2.0)
+    assert (raised.value.leader, raised.value.index) == (3, 2)
+    assert core.log.entry(2).operation == "b" and core.log.last_index == 2
+    assert core.commit_index == 2
 
 
 def test_duplicate_append_is_idempotent_and_keeps_longer_log() -> None:

@@ -107,6 +107,18 @@ REGRESSIONS: tuple[Seed, ...] = (
         "rather than a clean fail-stop. Fixed in server/loop.py: a caller cancelled meanwhile "
         "sees Cancelled (_fail). Scenario: the same seed; the disk-fault tests cover the rest.",
     ),
+    Seed(
+        540044,
+        "disk-beyond",
+        "A lying fsync lost acknowledged entries at a power loss; a leader elected without "
+        "committed entry 34 then sent member 2 an append that contradicted it, and the core's "
+        "bare AssertionError left the raft loop and ended the run as an error, although "
+        "disk-beyond reports what lost data breaks as beyond the model. Fixed in core/raft.py "
+        "(a typed CommittedEntryConflictError, the member stops) and testing/simulation.py "
+        "(that stop is excused only once a lying fsync has lost data). Scenarios: "
+        "test_a_leader_contradicting_a_committed_entry_stops_the_member, "
+        "test_a_committed_entry_conflict_without_lost_data_fails_the_run.",
+    ),
 )
 """Seeds that found a bug (now fixed); each runs in the default test run."""
 

@@ -10,6 +10,8 @@ import functools
 
 import pytest
 
+from copycat_trio.core.raft import CommittedEntryConflictError, RaftCore
+from copycat_trio.protocol.messages import AppendRequest, AppendResponse
 from copycat_trio.storage.segments import SegmentedLog
 from copycat_trio.testing.simdisk import FsDisk
 from copycat_trio.testing.simulation import SimulationResult, run_simulation
@@ -115,3 +117,22 @@ def test_a_storage_that_skips_an_fsync_is_caught(
     result = disk_run(0)
     assert not result.ok
     assert any("refuses to start" in failure for failure in result.failures()), result.report()
+
+
+def test_a_committed_entry_conflict_without_lost_data_fails_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A member stopping on a leader that contradicts its committed entries is excused (as
+    beyond the model) only once a lying fsync has lost data; in `disk`, which has no lying
+    fsync, it is a bug and fails the run."""
+    accept = RaftCore._accept_append
+
+    def conflicted(self: RaftCore, request: AppendRequest) -> AppendResponse:
+        if self.id == 2 and self.commit_index >= 5:
+            raise CommittedEntryConflictError(request.leader, self.commit_index, 1, 2)
+        return accept(self, request)
+
+    monkeypatch.setattr(RaftCore, "_accept_append", conflicted)
+    result = disk_run(0)
+    assert not result.ok
+    assert result.error is not None and "CommittedEntryConflictError" in result.error
