@@ -478,12 +478,7 @@ class ClientService:
         session = self.executor.session(request.session)
         if session is None or session.command_sequence < request.sequence:
             return None
-        result, failure = self.executor.query(request.operation, request.session)
-        if failure is not None:
-            return QueryResponse(status=Status.ERROR, error=failure)
-        return QueryResponse(
-            status=Status.OK, index=applied, event_index=session.event_index, result=result
-        )
+        return self._read_applied(request)
 
     def read_now(self, request: QueryRequest, answer: Callable[[QueryResponse], None]) -> bool:
         """Take a LINEARIZABLE read (or a LINEARIZABLE_LEASE one outside the lease) without a
@@ -546,15 +541,7 @@ class ClientService:
                 return error(
                     ErrorInfo(ErrorType.QUERY, "the session's earlier commands are not applied")
                 )
-        result, failure = self.executor.query(request.operation, request.session)
-        if failure is not None:
-            return error(failure)
-        return QueryResponse(
-            status=Status.OK,
-            index=self.executor.applied_index.value,
-            event_index=session.event_index,
-            result=result,
-        )
+        return self._read_applied(request)
 
     # --- expiry (the leader's duty) ----------------------------------------------------------
 

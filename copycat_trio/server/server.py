@@ -873,42 +873,29 @@ class CopycatServer:
             and not self._owns_session(principal, body.session)
         ):
             return False  # `_session_owner_refusal` waits or refuses, on the usual path
-        if kind is QueryRequest:
-            if self._reserve():
-                return False  # refused on the usual path
-            try:
-                limiter.acquire_nowait()  # released by the writer once the answer is written
-            except trio.WouldBlock:
-                return False
-            response = service.query_now(body)
-            if response is not None:
-                count_request(self.request_counts, body, response)
-                responses.put(RpcResponse(request.id, response))
-                return True
-            counts = self.request_counts
-
-            def answer_read(response: QueryResponse) -> None:
-                count_request(counts, body, response)
-                responses.put(RpcResponse(request.id, response))
-
-            if service.read_now(body, answer_read):
-                return True
-            limiter.release()
-            return False
+        if kind is QueryRequest and self._reserve():
+            return False  # refused on the usual path
         try:
             limiter.acquire_nowait()  # released by the writer once the answer is written
         except trio.WouldBlock:
             return False
         counts = self.request_counts
 
-        def answer(response: CommandResponse) -> None:
+        def answer(response: CommandResponse | QueryResponse) -> None:
             count_request(counts, body, response)
             responses.put(RpcResponse(request.id, response))
 
-        if service.command_now(body, answer):
-            return True
-        limiter.release()
-        return False
+        if kind is QueryRequest:
+            response = service.query_now(body)
+            if response is not None:
+                answer(response)
+                return True
+            taken = service.read_now(body, answer)
+        else:
+            taken = service.command_now(body, answer)
+        if not taken:
+            limiter.release()
+        return taken
 
     def _reserve(self) -> bool:
         """Whether this member is RESERVE (it serves no clients)."""
