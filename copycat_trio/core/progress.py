@@ -36,6 +36,9 @@ class Progress:
         self.commit_sent = 0
         """The highest commit index sent to this peer (a commit index no append has carried
         yet is sent on its own a little later: RaftConfig.commit_notify_delay)."""
+        self.round_sent = 0
+        """The heartbeat round of the last append sent to this peer: an empty append that
+        would tell it no newer round and no newer commit index is not sent."""
 
     def __repr__(self) -> str:
         return (

@@ -938,6 +938,17 @@ class RaftCore:
         if self._broadcast_pending and self.role is Role.LEADER:
             self._broadcast(heartbeat=False)
 
+    def _news_for(self, progress: Progress) -> bool:
+        """Whether an empty append would tell an up-to-date peer something: a read's new
+        heartbeat round (while a broadcast is pending), or, with no commit notify delay, a
+        commit index it has not been sent. Not a broadcast for entries it was already sent in
+        the same turn (its answer to an earlier append came in first)."""
+        if self._broadcast_pending and progress.round_sent < self._read_round:
+            return True
+        return self.config.commit_notify_delay == 0 and progress.commit_sent < min(
+            self.commit_index, progress.match_index
+        )
+
     def _send_append(self, peer: int, progress: Progress, *, heartbeat: bool = False) -> None:
         """Send entries if the peer can take more; otherwise a heartbeat when one is due."""
         if progress.state is ProgressState.SNAPSHOT:
@@ -959,7 +970,7 @@ class RaftCore:
                 max_bytes=self.config.max_append_bytes,
             )
             progress.sent(entries[-1].index)
-        elif heartbeat or (not has_entries and self._broadcast_pending):
+        elif heartbeat or (not has_entries and self._news_for(progress)):
             prev = min(progress.match_index, progress.next_index - 1)
             entries = []
         else:
@@ -969,6 +980,7 @@ class RaftCore:
             prev, prev_term = self.log.snapshot_index, self.log.snapshot_term
         commit = min(self.commit_index, prev + len(entries))
         progress.commit_sent = max(progress.commit_sent, commit)
+        progress.round_sent = self._read_round
         if self._commit_notify_at != float("inf") and all(
             p.commit_sent >= self.commit_index for p in self.progress.values()
         ):
