@@ -3,7 +3,7 @@
     python benchmarks/bench_cluster.py [--seconds S] [--writers 1,16,64] [--reads] [--json FILE]
         [--storage disk|memory] [--via leader|follower] [--max-ops N] [--profile DIR]
         [--value-bytes 100] [--compare etcd,pysyncobj] [--runs 2] [--metrics]
-        [--tls | --metrics-cost] [--plots DIR]
+        [--tls | --metrics-cost | --five-members] [--plots DIR]
 
 Starts three `python -m copycat_trio serve` processes on 127.0.0.1 (free ports), waits for a
 leader, then for each task count N runs N concurrent tasks that share ONE client (one pipelined
@@ -35,7 +35,8 @@ copycat_trio/peer of every row (benchmarks/compare.py).
 between members and for the client) and on a plaintext one, alternating --runs times, and prints
 the medians and the ratio tls/plaintext of every row; --metrics-cost does the same with
 `serve --metrics-address` on and off (benchmarks/variants.py). --plots DIR draws a latency
-histogram per row into DIR (needs matplotlib: the extra copycat-trio[plots]).
+histogram per row into DIR (needs matplotlib: the extra copycat-trio[plots]). --five-members
+runs the phases on five members and on three, alternating, with the ratio five/three.
 
 Exit status: 0 if every phase ran without an unexpected error; 1 if the cluster never elected a
 leader (or a server exited) or any operation failed with anything but OutcomeUnknownError (those
@@ -131,8 +132,9 @@ class BenchCertificates:
 
 
 class BenchCluster(ProcessCluster):
-    """The demo's three servers on free loopback ports, with a chosen storage level, optionally
-    each under cProfile (--profile DIR). Disk data lives in the temporary work directory."""
+    """The demo's three servers (or `members`) on free loopback ports, with a chosen storage
+    level, optionally each under cProfile (--profile DIR). Disk data lives in the temporary
+    work directory."""
 
     def __init__(
         self,
@@ -141,10 +143,11 @@ class BenchCluster(ProcessCluster):
         profile_dir: str | None = None,
         metrics: bool = False,
         tls: BenchCertificates | None = None,
+        members: int = 3,
     ) -> None:
         super().__init__(
             Path(workdir),
-            3,
+            members,
             election_timeout=ELECTION_TIMEOUT,
             heartbeat_interval=None,  # serve's default, as in the demo
             storage=storage,
@@ -644,6 +647,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run every row with `serve --metrics-address` on and off, alternating --runs "
         "times, with the ratio on/off",
     )
+    side_by_side.add_argument(
+        "--five-members",
+        action="store_true",
+        help="run every row on a 5-member cluster and on a 3-member one, alternating --runs "
+        "times, with the ratio 5/3",
+    )
     p.add_argument(
         "--plots",
         metavar="DIR",
@@ -680,16 +689,26 @@ def phase_line(result: PhaseResult) -> str:
 
 
 async def copycat_run(
-    args: argparse.Namespace, facts: dict[str, Any], say: Any = print, *, tls: bool = False
+    args: argparse.Namespace,
+    facts: dict[str, Any],
+    say: Any = print,
+    *,
+    tls: bool = False,
+    members: int = 3,
 ) -> tuple[list[PhaseResult], list[tuple[Any, ...]]]:
-    """Start three servers, run every phase of the plan against them with one client, stop
+    """Start `members` servers, run every phase of the plan against them with one client, stop
     them: the phases' results and the members' final status rows. `tls`: the members, the
     client and the status polls speak mutual TLS (certificates made for this run). Raises
     BenchFailed."""
     with tempfile.TemporaryDirectory(prefix="copycat-bench-") as workdir:
         certificates = BenchCertificates(workdir) if tls else None
         cluster = BenchCluster(
-            workdir, args.storage, profile_dir=args.profile, metrics=args.metrics, tls=certificates
+            workdir,
+            args.storage,
+            profile_dir=args.profile,
+            metrics=args.metrics,
+            tls=certificates,
+            members=members,
         )
         results: list[PhaseResult] = []
         # The status polls (wait_for_cluster, _final_status) use the default client TLS.
@@ -874,8 +893,8 @@ def main() -> None:
         raise SystemExit("--read-keys must be at least 1")
     if args.value_bytes < 16:
         raise SystemExit("--value-bytes must be at least 16 (read values carry their key number)")
-    if args.compare and (args.tls or args.metrics_cost):
-        raise SystemExit("--compare runs with neither --tls nor --metrics-cost")
+    if args.compare and (args.tls or args.metrics_cost or args.five_members):
+        raise SystemExit("--compare runs with none of --tls, --metrics-cost, --five-members")
     if args.metrics_cost and args.metrics:
         raise SystemExit("--metrics-cost turns metrics on and off itself: drop --metrics")
     if args.tls:
@@ -911,8 +930,8 @@ def main() -> None:
             import compare  # beside this file: etcd and PySyncObj, alternating with copycat_trio
 
             code = trio.run(compare.run_comparison, args, facts)
-        elif args.tls or args.metrics_cost:
-            import variants  # beside this file: TLS or metrics on and off, alternating
+        elif args.tls or args.metrics_cost or args.five_members:
+            import variants  # beside this file: TLS, metrics or 5 members on and off, alternating
 
             code = trio.run(variants.run_variants, args, facts)
         else:

@@ -1,18 +1,21 @@
-"""`bench_cluster.py --tls` and `--metrics-cost`: one copycat_trio setting on and off, side by side.
+"""`bench_cluster.py --tls`, `--metrics-cost`, `--five-members`: one setting against its
+baseline, side by side.
 
   --tls           "tls": members and client speak mutual TLS (trustme certificates made for
                   each run) against "plaintext"
   --metrics-cost  "metrics-on": every member runs `serve --metrics-address` (not scraped, as
                   when nobody has come to look yet; the counters still move on every command)
                   against "metrics-off"
+  --five-members  "5-members": a cluster of five members against "3-members" (the client
+                  and all the members share the machine's cores: read CPU per operation too)
 
-Each run starts a fresh three-member cluster, runs every phase of the plan, prints its table
-and stops the cluster; the two settings alternate for --runs rounds, counterbalanced (A B, B A,
-A B, ...) so that neither always goes first. The closing table is compare.py's (medians, each
-run's ops/s in brackets, CPU per operation, the ratio of the medians), followed by the ratios
-of throughput and of CPU per operation within each round (the two runs of a round ran back to
-back, so they saw the most similar machine), their median, range and middle half, and how far
-the baseline's own runs spread.
+Each run starts a fresh cluster (three members unless the setting says five), runs every phase
+of the plan, prints its table and stops the cluster; the two settings alternate for --runs
+rounds, counterbalanced (A B, B A, A B, ...) so that neither always goes first. The closing
+table is compare.py's (medians, each run's ops/s in brackets, CPU per operation, the ratio of
+the medians), followed by the ratios of throughput and of CPU per operation within each round
+(the two runs of a round ran back to back, so they saw the most similar machine), their median,
+range and middle half, and how far the baseline's own runs spread.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import compare
 SETTINGS = {
     "tls": ("tls", "plaintext"),
     "metrics-cost": ("metrics-on", "metrics-off"),
+    "five-members": ("5-members", "3-members"),
 }
 """Per option: (the setting measured, the baseline); ratios are measured / baseline."""
 
@@ -168,7 +172,7 @@ def format_rounds(
 
 async def run_variants(args: argparse.Namespace, facts: dict[str, Any]) -> int:
     say = print
-    option = "tls" if args.tls else "metrics-cost"
+    option = "tls" if args.tls else "metrics-cost" if args.metrics_cost else "five-members"
     names = SETTINGS[option]
     runs: dict[str, list[list[bc.PhaseResult]]] = {name: [] for name in names}
     order = run_order(args.runs, names)
@@ -178,7 +182,10 @@ async def run_variants(args: argparse.Namespace, facts: dict[str, Any]) -> int:
             say(f"--- run {i + 1} of {len(order)} (round {n + 1}): {name}; load {load()}")
             setting = copy.copy(args)
             setting.metrics = name == "metrics-on"
-            results, rows = await bc.copycat_run(setting, facts, say, tls=name == "tls")
+            members = 5 if name == "5-members" else 3
+            results, rows = await bc.copycat_run(
+                setting, facts, say, tls=name == "tls", members=members
+            )
             if rows:
                 say(f"final status: {rows}")
             runs[name].append(results)
@@ -189,10 +196,11 @@ async def run_variants(args: argparse.Namespace, facts: dict[str, Any]) -> int:
         say(f"FAILED: {exc}")
         return 1
     plan = bc.phase_plan(args)
+    members_text = "5 and 3 members" if option == "five-members" else "3 members"
     say("")
     say(
         f"{option}: {args.runs} round(s) of {names[0]} and {names[1]}, alternating "
-        f"(A B, B A, ...); 3 members on 127.0.0.1, {args.storage} storage; 16-byte keys, "
+        f"(A B, B A, ...); {members_text} on 127.0.0.1, {args.storage} storage; 16-byte keys, "
         f"{args.value_bytes}-byte values; one client process; {args.seconds:g} s windows; "
         f"load at the end {load()}"
     )

@@ -128,6 +128,17 @@ def test_metrics_cost_runs_the_rows_with_metrics_on_and_off(tmp_path: Path) -> N
     assert "ops/s metrics-on/metrics-off per round: " in out
 
 
+@pytest.mark.e2e
+def test_five_members_runs_the_rows_on_five_members_and_on_three(tmp_path: Path) -> None:
+    out = run_bench(tmp_path, "--five-members")
+    runs = [line for line in out.splitlines() if line.startswith("--- run ")]
+    assert [line.split(": ")[1].split(";")[0] for line in runs] == ["5-members", "3-members"]
+    servers = [line for line in out.splitlines() if line.startswith("servers: ")]
+    assert [line.count("=127.0.0.1:") for line in servers] == [5, 3], out
+    assert any(line.split()[2:3] == ["5-members/3-members"] for line in out.splitlines()), out
+    assert "ops/s 5-members/3-members per round: " in out
+
+
 def test_tls_and_metrics_cost_do_not_go_with_compare() -> None:
     completed = subprocess.run(
         [sys.executable, str(BENCH), "--tls", "--compare", "etcd"],
@@ -136,4 +147,4 @@ def test_tls_and_metrics_cost_do_not_go_with_compare() -> None:
         timeout=60,
     )
     assert completed.returncode != 0
-    assert "--compare runs with neither --tls nor --metrics-cost" in completed.stderr
+    assert "--compare runs with none of --tls, --metrics-cost, --five-members" in completed.stderr
