@@ -11,6 +11,8 @@ from typing import Any
 import attrs
 import cbor2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from copycat_trio.protocol import (
     MAX_DEPTH,
@@ -367,6 +369,42 @@ def test_simple_values_and_undefined_are_refused() -> None:
     refused(raw(RpcRequestTag(cbor2.undefined)), "not a plain value")
     refused(raw(RpcRequestTag([cbor2.CBORSimpleValue(5)])), "not a plain value")
     refused(raw({"a": cbor2.undefined}), "not a plain value")
+
+
+PLAIN = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=3) | st.binary(max_size=3),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=2), inner),
+    max_leaves=20,
+)
+
+
+def _hide(value: Any, path: list[int], bad: Any) -> Any:
+    """`value` with `bad` put in at a position that `path` picks (descending while it can)."""
+    if not path or not isinstance(value, list | dict) or not value:
+        return [value, bad]
+    if isinstance(value, list):
+        i = path[0] % len(value)
+        return [*value[:i], _hide(value[i], path[1:], bad), *value[i + 1 :]]
+    key = sorted(value)[path[0] % len(value)]
+    return {**value, key: _hide(value[key], path[1:], bad)}
+
+
+@settings(max_examples=200, deadline=None)
+@given(PLAIN, st.lists(st.integers(min_value=0, max_value=7), max_size=6))
+def test_a_value_not_plain_is_refused_at_any_depth(value: Any, path: list[int]) -> None:
+    """Plain values of any shape decode as they were; one simple value anywhere inside, in a
+    list or as a map's value, at any depth, refuses the whole message."""
+    assert decode(raw(RpcRequestTag(value))).body == value
+    for bad in (cbor2.undefined, cbor2.CBORSimpleValue(5)):
+        refused(raw(RpcRequestTag(_hide(value, path, bad))), "not a plain value")
+
+
+def test_a_table_of_rows_is_checked_row_by_row() -> None:
+    """A thousand rows (a snapshot chunk's shape): one bad cell in the last row refuses it."""
+    rows = [[f"k{i}", i, None, None] for i in range(1000)]
+    assert decode(raw(RpcRequestTag(rows))).body == rows
+    rows[-1][2] = cbor2.undefined
+    refused(raw(RpcRequestTag(rows)), "not a plain value")
 
 
 def test_map_keys_must_be_strings_and_unique() -> None:

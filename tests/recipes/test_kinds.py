@@ -37,6 +37,7 @@ from copycat_trio.recipes.resources.kinds.map import (
     MapGet,
     MapKeys,
     MapPut,
+    MapResource,
     MapSize,
     MapWatch,
 )
@@ -317,6 +318,21 @@ def test_a_snapshot_carries_session_bound_state() -> None:
         ["queue", "q", 4, ["x"]],
     ]
     assert [e[:3] for e in r.resource_events(c)] == [["group", "g", 3], ["map", "m", 7]]
+
+
+def test_a_map_loads_its_rows_in_batches_and_refuses_a_malformed_row() -> None:
+    """A map of more keys than a snapshot chunk holds comes back whole (MapResource.load
+    builds it in C); a row that is not [key, value, expires, timer] is refused, not cut."""
+    original = MapResource("m")
+    original.entries = {f"k{i}": (i, None if i % 3 else 10 * i, None) for i in range(2500)}
+    chunks = original.dump()
+    assert len(chunks) == 4  # the header and three chunks of rows
+    loaded = MapResource("m")
+    loaded.load(chunks)
+    assert loaded.entries == original.entries and list(loaded.entries) == list(original.entries)
+    chunks[2][7] = ["k7", 7, None]
+    with pytest.raises(ValueError, match="not \\[key, value, expires, timer\\]"):
+        MapResource("m").load(chunks)
 
 
 def test_operations_need_a_session_and_a_name() -> None:
