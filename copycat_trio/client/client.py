@@ -10,6 +10,7 @@ Answers complete in submission order, after the events published before them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import ssl
@@ -95,6 +96,11 @@ class _Attempts:
     """Some attempt may have reached the leader without its answer coming back (a lost
     answer, or a forwarding member's "outcome unknown"): no later error proves it did not
     apply."""
+
+
+class _Unserved(Exception):
+    """The one attempt of a command's fast path was not served (the member did not answer or
+    cannot serve it): the command goes on in a task of its own, with the usual failover."""
 
 
 @attrs.define(eq=False)
@@ -465,7 +471,12 @@ class CopycatClient:
         return False
 
     async def _request_any(
-        self, body: Any, attempt_timeout: float | None = None, attempts: _Attempts | None = None
+        self,
+        body: Any,
+        attempt_timeout: float | None = None,
+        attempts: _Attempts | None = None,
+        *,
+        first_only: bool = False,
     ) -> Any:
         """Send to the current member, failing over to the others, until one serves it.
 
@@ -476,6 +487,7 @@ class CopycatClient:
         request of this client is served meanwhile. Only for requests that are safe to send
         twice. `attempt_timeout` bounds each member's turn (default: request_timeout);
         `attempts` learns whether some attempt may have reached the leader unanswered.
+        `first_only`: try the first member only, and raise _Unserved if it does not serve.
         """
         delays = self.connection_strategy.delays()
         timeout = self.request_timeout if attempt_timeout is None else attempt_timeout
@@ -491,6 +503,8 @@ class CopycatClient:
                         attempts.uncertain = True
                     self._rotation += 1
                     self._unanswered = address
+                    if first_only:
+                        raise _Unserved(str(exc)) from exc
                     continue
                 if address == self._unanswered:
                     self._unanswered = None
@@ -502,6 +516,8 @@ class CopycatClient:
                         attempts.uncertain = True
                     self._refused = address
                     refusal = error
+                    if first_only:
+                        raise _Unserved(error.message)
                     continue
                 if address == self._refused:
                     self._refused = None
@@ -573,9 +589,26 @@ class CopycatClient:
             # so submissions to a leaderless cluster cause no storm; once it is served, every
             # back-off ends.
             self._wake_retries(head_only=True)
-        self._nursery.start_soon(self._drive, submission, self._session_generation)
+        generation = self._session_generation
+        attempts = _Attempts(sequence=submission.sequence)
         with trio.move_on_after(budget):
-            await submission.done.wait()
+            # The fast path: one attempt in the caller's own task. Not served, or cancelled
+            # before the answer (by the budget or the caller's own scope), the command goes on
+            # in a task that resubmits it until answered: its sequence number must be filled.
+            try:
+                delay = await self._drive(submission, generation, attempts, first_only=True)
+            except trio.Cancelled:
+                if not submission.done.is_set():
+                    attempts.uncertain = True  # the attempt cut short may have been applied
+                    self._nursery.start_soon(self._drive, submission, generation, attempts)
+                raise
+            if delay is not None:
+                self._nursery.start_soon(
+                    functools.partial(
+                        self._drive, submission, generation, attempts, first_delay=delay
+                    )
+                )
+                await submission.done.wait()
         if not submission.done.is_set():
             raise OutcomeUnknownError(
                 f"no answer within {budget:.1f}s; the command is still being resubmitted and "
@@ -585,15 +618,26 @@ class CopycatClient:
             raise submission.error
         return submission.result
 
-    async def _drive(self, submission: _Submission, generation: int) -> None:
-        """Resubmit until answered; then complete in sequence order, after earlier events."""
+    async def _drive(
+        self,
+        submission: _Submission,
+        generation: int,
+        attempts: _Attempts,
+        *,
+        first_only: bool = False,
+        first_delay: float = 0.0,
+    ) -> float | None:
+        """Resubmit until answered; then complete in sequence order, after earlier events.
+        `first_only`: one attempt, and if it is not answered, the delay after which to go on
+        (in a task of its own: `_submit_command`); None once answered and completed."""
         request = CommandRequest(
             session=self.session_id, sequence=submission.sequence, operation=submission.operation
         )
-        attempts = _Attempts(sequence=submission.sequence)
         self._pending.add(submission.sequence)
         try:
-            await self._resubmit(submission, generation, request, attempts)
+            if first_delay:
+                await trio.sleep(first_delay)
+            return await self._resubmit(submission, generation, request, attempts, first_only)
         finally:
             self._pending.discard(submission.sequence)
 
@@ -603,28 +647,39 @@ class CopycatClient:
         generation: int,
         request: CommandRequest,
         attempts: _Attempts,
-    ) -> None:
+        first_only: bool = False,
+    ) -> float | None:
+        """Submit until answered and completed (None); with `first_only`, stop after the first
+        attempt that is not answered and return the delay after which to try again."""
         while True:
             if generation != self._session_generation or self.state.value is ClientState.CLOSED:
                 submission.finish(
                     error=OutcomeUnknownError("the session ended before the command was answered")
                 )
-                return
+                return None
             try:
-                response = await self._request_any(request, attempts=attempts)
+                response = await self._request_any(
+                    request, attempts=attempts, first_only=first_only
+                )
+            except _Unserved:
+                return 0.0  # on to the next member at once, as _request_any would go
             except (NoLeaderError, OutcomeUnknownError) as exc:
                 log.debug("command %s: %s; resubmitting", submission.sequence, exc)
+                if first_only:
+                    return 0.05
                 await trio.sleep(0.05)
                 continue
             except UnknownSessionError as exc:
                 await self._session_lost(request.session)
                 submission.finish(error=OutcomeUnknownError(f"session lost: {exc}"))
-                return
+                return None
             except CopycatError as exc:
                 if exc.error_type in (ErrorType.COMMAND, ErrorType.INTERNAL):
                     # Not applied (or unknown, when forwarding broke): the same sequence number
                     # makes the resubmission safe.
                     attempts.uncertain |= exc.error_type is ErrorType.INTERNAL
+                    if first_only:
+                        return 0.02
                     await trio.sleep(0.02)
                     continue
                 if attempts.uncertain and exc.error_type is not ErrorType.APPLICATION:
@@ -634,12 +689,12 @@ class CopycatClient:
                 await self._complete(submission, 0, None, exc, generation)
                 if exc.error_type is ErrorType.UNAUTHORIZED:
                     self._give_back(submission.sequence, generation)
-                return
+                return None
             self._pending.discard(submission.sequence)  # answered: no longer the one held up
             await self._complete(
                 submission, response.event_index, response.result, None, generation
             )
-            return
+            return None
 
     def _give_back(self, sequence: int, generation: int) -> None:
         """A command refused UNAUTHORIZED was refused by the first member it reached, before
