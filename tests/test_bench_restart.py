@@ -17,7 +17,7 @@ RESTART = Path(__file__).parent.parent / "benchmarks" / "restart.py"
 @pytest.mark.e2e
 def test_a_restart_from_a_restored_snapshot_is_timed_and_reads_back(tmp_path: Path) -> None:
     completed = subprocess.run(
-        [sys.executable, str(RESTART), "--keys", "2000", "--log-entries", "100", "--runs", "1"],
+        [sys.executable, str(RESTART), "--keys", "1000", "--log-entries", "20", "--runs", "1"],
         env=environment(tmp_path),
         capture_output=True,
         text=True,
@@ -25,7 +25,7 @@ def test_a_restart_from_a_restored_snapshot_is_timed_and_reads_back(tmp_path: Pa
     )
     out = completed.stdout
     assert completed.returncode == 0, out + completed.stderr
-    assert "backup of 2000 keys" in out, out
+    assert "backup of 1000 keys" in out, out
     assert "run 1: SIGKILL all, restart, until every member applied all: " in out, out
     assert "median of 1: " in out, out
     assert leftovers(tmp_path) == []

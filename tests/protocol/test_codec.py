@@ -389,7 +389,7 @@ def _hide(value: Any, path: list[int], bad: Any) -> Any:
     return {**value, key: _hide(value[key], path[1:], bad)}
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(PLAIN, st.lists(st.integers(min_value=0, max_value=7), max_size=6))
 def test_a_value_not_plain_is_refused_at_any_depth(value: Any, path: list[int]) -> None:
     """Plain values of any shape decode as they were; one simple value anywhere inside, in a
