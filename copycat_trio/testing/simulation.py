@@ -52,7 +52,7 @@ import trio.testing
 from .._nursery import open_background_nursery
 from ..client.client import CopycatClient
 from ..core.raft import CommittedEntryConflictError, Role
-from ..protocol.errors import CopycatError, UnknownSessionError
+from ..protocol.errors import CopycatError, NoLeaderError, UnknownSessionError
 from ..protocol.messages import ConfigurationEntry, Member, MemberType
 from ..recipes.kv import Get, KeyValueStore
 from ..storage.errors import StorageCorruptionError, StorageError
@@ -505,9 +505,15 @@ class Simulation:
     def client(
         self, *, host: str = "client", name: str | None = None, **options: Any
     ) -> AbstractAsyncContextManager[CopycatClient]:
-        """A client of every member (ids 1..n and joined ones) with a seeded client id."""
+        """A client of every member (ids 1..n and joined ones) with a seeded client id.
+
+        NoLeaderError, which every workload takes as a fault to wait out, once no member is
+        left: each refused to start (its disk held data that lying fsyncs had lost,
+        disk-beyond) and stays down, as an operator would keep it."""
         self._clients += 1
         client_id = f"sim{self.seed}-{name or self._clients}"
+        if not self.member_ids:
+            raise NoLeaderError("no member of the simulated cluster is left: none can start")
         return self.cluster.client(
             sorted(self.member_ids), host=host, client_id=client_id, **options
         )

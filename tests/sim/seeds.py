@@ -119,6 +119,17 @@ REGRESSIONS: tuple[Seed, ...] = (
         "test_a_leader_contradicting_a_committed_entry_stops_the_member, "
         "test_a_committed_entry_conflict_without_lost_data_fails_the_run.",
     ),
+    Seed(
+        840153,
+        "disk-beyond",
+        "Lying fsyncs lost data on all three members, and each refused to start at its next "
+        "restart (a segment missing, a record gone in a file that is not the last): correct, "
+        "and beyond the model. But the harness then opened a client of no member at all, and "
+        "open_client's ValueError (no address) ended the run as an error. Fixed in "
+        "testing/simulation.py (Simulation.client raises NoLeaderError, a fault the workloads "
+        "wait out, once no member is left). Scenario: "
+        "test_a_client_of_a_cluster_with_no_member_left_waits_like_for_a_fault.",
+    ),
 )
 """Seeds that found a bug (now fixed); each runs in the default test run."""
 

@@ -140,6 +140,25 @@ async def test_a_divergent_replica_is_caught(autojump_clock) -> None:
             await trio.sleep(1)
 
 
+async def test_a_client_of_a_cluster_with_no_member_left_waits_like_for_a_fault(
+    autojump_clock,
+) -> None:
+    """Regression (seed 840153, disk-beyond, see seeds.py): once every member has refused to
+    start and is kept down, the harness has no member to give a client; it must say so as a
+    fault the workloads wait out (NoLeaderError), not end the run with open_client's
+    ValueError for an empty address list."""
+    async with open_simulation(KeyValueStore, seed=3, faults="none", servers=3) as sim:
+        await trio.sleep(1)
+        saved = list(sim.member_ids)
+        sim.member_ids.clear()  # as a member refusing to start leaves the list
+        with pytest.raises(NoLeaderError, match="no member of the simulated cluster is left"):
+            async with sim.client():
+                pass
+        sim.member_ids.extend(saved)
+        async with sim.client() as client:  # and the members still there serve as before
+            await client.submit(Put("k", "v"))
+
+
 # --- users' own state machines ----------------------------------------------------------------
 
 
