@@ -81,6 +81,28 @@ class CommittedEntryConflictError(CopycatError):
         self.index = index
 
 
+class TermBehindLogError(CopycatError):
+    """This member won an election for a term older than entries in its own log.
+
+    A member's stored term can trail its log after a power loss between the log's fsync and
+    the meta file's (harmless: a majority has the newer term, so no election at the older one
+    can succeed). Winning one means a majority had lost terms it had made durable: disks that
+    lied about fsync, or data directories restored from old copies. Raft cannot lead from
+    there, so the member stops rather than append below its own log.
+    """
+
+    def __init__(self, member: int, term: int, log_term: int) -> None:
+        super().__init__(
+            f"member {member} won term {term}, but its log holds entries of term {log_term}: "
+            "a majority of the cluster lost writes it had made durable (a disk that lied "
+            "about fsync, or a data directory restored from an old copy); this member stops "
+            'rather than lead from there: see docs/operations.md, "A member stops: committed '
+            'entry conflict"'
+        )
+        self.term = term
+        self.log_term = log_term
+
+
 @attrs.frozen
 class HardState:
     """What must be durable before any message that depends on it leaves the server."""
@@ -490,6 +512,8 @@ class RaftCore:
             self._reads_awaiting_noop = []
 
     def _become_leader(self, now: float) -> None:
+        if self.term < self.log.last_term:
+            raise TermBehindLogError(self.id, self.term, self.log.last_term)
         log.info("member %s: leader for term %s", self.id, self.term)
         self.role = Role.LEADER
         self.leader = self.id

@@ -51,7 +51,7 @@ import trio.testing
 
 from .._nursery import open_background_nursery
 from ..client.client import CopycatClient
-from ..core.raft import CommittedEntryConflictError, Role
+from ..core.raft import CommittedEntryConflictError, Role, TermBehindLogError
 from ..protocol.errors import CopycatError, NoLeaderError, UnknownSessionError
 from ..protocol.messages import ConfigurationEntry, Member, MemberType
 from ..recipes.kv import Get, KeyValueStore
@@ -447,13 +447,14 @@ class Simulation:
         or damage found at start) or an EIO itself (the snapshot store lets it out) is what
         the disk faults cause, and it stops that member only (True); so is a leader that
         contradicts its committed entries once a lying fsync has lost data (True, reported
-        beyond the model); anything else is a bug, and ends the run (False)."""
+        beyond the model), or one that wins an election below its own log's term (the same);
+        anything else is a bug, and ends the run (False)."""
         leaves = _leaves(error)
         explained = _disk_fault if not self._lies_lost() else _disk_fault_or_conflict
         if not leaves or not all(explained(e) for e in leaves):
             return False
         self.cluster.servers.pop(member_id, None)
-        conflicts = [e for e in leaves if isinstance(e, CommittedEntryConflictError)]
+        conflicts = [e for e in leaves if isinstance(e, _LOST_WRITES)]
         if conflicts:
             # Only lost acknowledged entries explain it, and a lying fsync has lost some: a
             # violation that the run reports as beyond the model. The member stays down, as
@@ -1208,10 +1209,15 @@ def _disk_fault(error: BaseException) -> bool:
     )
 
 
+_LOST_WRITES = (CommittedEntryConflictError, TermBehindLogError)
+"""What a member stops with when others lost writes they had made durable."""
+
+
 def _disk_fault_or_conflict(error: BaseException) -> bool:
-    """A disk fault, or a leader contradicting committed entries (which only lost acknowledged
-    entries explain: asked only once a lying fsync has lost data)."""
-    return _disk_fault(error) or isinstance(error, CommittedEntryConflictError)
+    """A disk fault, or a member stopping because others lost durable writes (a leader
+    contradicting committed entries, an election won below the log's term: only lost writes
+    explain them, so this is asked only once a lying fsync has lost data)."""
+    return _disk_fault(error) or isinstance(error, _LOST_WRITES)
 
 
 def _first_line(error: BaseException) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from copycat_trio.core.log import candidate_log_ok
-from copycat_trio.core.raft import HardState, RaftCore, Role
+from copycat_trio.core.raft import HardState, RaftCore, Role, TermBehindLogError
 from copycat_trio.protocol.messages import (
     NoOpEntry,
     PollRequest,
@@ -195,3 +197,18 @@ def test_elections_settle_after_minority_leader_steps_down() -> None:
         cluster.heal()
         cluster.advance(8.0)
         assert len(cluster.leaders()) == 1, cluster.describe()
+
+
+def test_an_election_won_below_the_logs_term_stops_the_member() -> None:
+    """A stored term behind the member's own log (its meta file lost a write) is harmless until
+    an election for such a term succeeds, which only a majority that lost durable writes
+    allows: then the member stops with a typed error instead of appending below its log."""
+    core = lone_core(term=2, entries=[NoOpEntry(term=4, index=1)])
+    core.campaign(now=5.0)
+    assert core.role is Role.PRE_CANDIDATE
+    core.step(2, PollResponse(term=3, accepted=True), now=5.0)  # a peer that lost term 4 too
+    assert core.role is Role.CANDIDATE and core.term == 3
+    with pytest.raises(TermBehindLogError, match="member 1 won term 3, but its log holds") as e:
+        core.step(2, VoteResponse(term=3, voted=True), now=5.0)
+    assert (e.value.term, e.value.log_term) == (3, 4)
+    assert core.role is not Role.LEADER and core.log.last_index == 1
