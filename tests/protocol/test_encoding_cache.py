@@ -5,16 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from copycat_trio.protocol import BUILTIN_TAGS, ProtocolError, TypeRegistry
 from copycat_trio.protocol.codec import ENCODING_CACHE_SIZE
+from copycat_trio.protocol.errors import ErrorInfo, ErrorType, Status
 from copycat_trio.protocol.messages import (
     ENTRY_TYPES,
     AppendRequest,
     CommandEntry,
+    CommandResponse,
     Envelope,
 )
 
@@ -85,3 +88,28 @@ def test_the_cache_keeps_only_the_newest() -> None:
     kept = registry._encodings._items
     assert len(kept) == ENCODING_CACHE_SIZE
     assert id(entries[-1]) in kept and id(entries[0]) not in kept
+
+
+def test_the_oldest_is_dropped_first_and_only_the_oldest() -> None:
+    """The order of eviction is insertion order, however many were dropped before (the cache
+    is an OrderedDict: a plain dict found its first item by stepping over every hole left by
+    earlier deletions, which cost more with each put once full)."""
+    registry = TypeRegistry(builtins=True)
+    entries = [CommandEntry(term=1, index=i, operation=i) for i in range(3 * ENCODING_CACHE_SIZE)]
+    for entry in entries:
+        registry.encode(entry)
+        assert len(registry._encodings) <= ENCODING_CACHE_SIZE
+    kept = registry._encodings._items
+    assert list(kept) == [id(entry) for entry in entries[-ENCODING_CACHE_SIZE:]]
+
+
+def test_nested_registered_values_encode_as_the_default_path_would() -> None:
+    """An entry's operation and a response's error are written as tags by cbor2 itself (no
+    callback per object): the bytes must be those of the callback path."""
+    response = CommandResponse(status=Status.ERROR, error=ErrorInfo(ErrorType.COMMAND, "no"))
+    plan = uncached._plans[CommandResponse]
+    by_callback = cbor2.dumps(
+        cbor2.CBORTag(plan.tag, list(plan.getter(response))), default=uncached._encode_default
+    )
+    assert uncached.encode(response) == by_callback
+    assert uncached.decode(by_callback) == response
