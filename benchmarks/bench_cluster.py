@@ -877,7 +877,7 @@ async def wait_for_cluster(cluster: BenchCluster, addresses: list[str]) -> dict[
 
 
 async def _final_status(addresses: list[str]) -> list[tuple[Any, ...]]:
-    from copycat_trio.cli import collect_status
+    from copycat_trio.client.status import collect_status
 
     rows = await collect_status(addresses, timeout=2.0)
     return [(r["id"], r["role"], r["term"], r["commit_index"], r["applied_index"]) for r in rows]

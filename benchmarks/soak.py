@@ -25,8 +25,8 @@ from pathlib import Path
 
 import trio
 
-from copycat_trio.cli import collect_status
 from copycat_trio.client import open_client
+from copycat_trio.client.status import collect_status
 from copycat_trio.protocol.errors import OutcomeUnknownError
 from copycat_trio.recipes.kv import Get, Put
 from copycat_trio.testing.processes import ProcessCluster

@@ -30,6 +30,7 @@ from .backup import BackupHeader, restore_backup, write_backup
 from .client import CopycatClient, open_client
 from .client.admin import admin_request, fetch_status, leader_first
 from .client.diagnosis import ClusterView
+from .client.status import STATUS_KEYS, format_table, status_rows
 from .config import ClusterFile, load_cluster_file
 from .logs import LEVELS, MemberContext, configure_logging
 from .protocol.errors import ConfigurationError, CopycatError, NoLeaderError, OutcomeUnknownError
@@ -765,69 +766,6 @@ async def _group(args: argparse.Namespace) -> int:
 
 # --- status ------------------------------------------------------------------------------
 
-STATUS_KEYS = (
-    "id",
-    "address",
-    "role",
-    "term",
-    "leader",
-    "commit_index",
-    "applied_index",
-    "snapshot_index",
-    "sessions",
-    "log_bytes",
-    "last_contact",
-)
-
-
-async def collect_status(
-    addresses: Sequence[str], timeout: float = 2.0, *, confirm: bool = False
-) -> list[dict[str, Any]]:
-    """Ask every address for its status at once; unreachable ones are reported as such.
-    `last_contact` is, as the leader saw it, seconds since it last heard from that member."""
-    answers = await fetch_status(addresses, timeout=timeout, confirm=confirm)
-    return _status_rows(addresses, answers)
-
-
-def _status_rows(
-    addresses: Sequence[str], answers: Sequence[StatusResponse | CopycatError]
-) -> list[dict[str, Any]]:
-    view = ClusterView.of(addresses, answers)
-    heard = {c.member: c.seconds for c in view.leader.heard} if view.leader else {}
-    rows: list[dict[str, Any]] = []
-    for address, s in zip(addresses, answers, strict=True):
-        if isinstance(s, StatusResponse):
-            rows.append(
-                {
-                    "id": s.id,
-                    "address": address,
-                    "role": s.role,
-                    "term": s.term,
-                    "leader": s.leader,
-                    "commit_index": s.commit_index,
-                    "applied_index": s.applied_index,
-                    "snapshot_index": s.snapshot_index,
-                    "sessions": s.sessions,
-                    "log_bytes": s.log_bytes,
-                    "last_contact": 0.0 if s.role == "leader" else heard.get(s.id),
-                    "cluster_id": s.cluster_id,
-                }
-            )
-        else:
-            rows.append(
-                {
-                    "id": None,
-                    "address": address,
-                    "role": "unreachable",
-                    "term": None,
-                    "leader": None,
-                    "commit_index": None,
-                    "applied_index": None,
-                    "error": str(s),
-                }
-            )
-    return rows
-
 
 async def _status(args: argparse.Namespace) -> None:
     addresses = parse_cluster(args.cluster)
@@ -840,7 +778,7 @@ async def _status(args: argparse.Namespace) -> None:
         if problem is None or not args.wait or trio.current_time() + 0.2 >= deadline:
             break
         await trio.sleep(0.2)
-    rows = _status_rows(addresses, answers)
+    rows = status_rows(addresses, answers)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -868,14 +806,6 @@ async def _health(args: argparse.Namespace) -> None:
             print(f"{address}: member {answer.id} UNHEALTHY: {answer.health or 'no reason given'}")
     if unhealthy:
         raise CliFailure(f"{unhealthy} of {len(addresses)} members unhealthy or unreachable")
-
-
-def format_table(rows: list[dict[str, Any]], keys: Sequence[str]) -> str:
-    cells = [[str(k) for k in keys]] + [
-        ["-" if row.get(k) is None else str(row.get(k)) for k in keys] for row in rows
-    ]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(keys))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
 
 
 # --- members -----------------------------------------------------------------------------

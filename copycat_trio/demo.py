@@ -11,8 +11,8 @@ from typing import Any
 
 import trio
 
-from .cli import collect_status, format_table
 from .client import open_client
+from .client.status import collect_status, format_table
 from .protocol.errors import OutcomeUnknownError
 from .recipes.kv import Get, Put
 from .testing.processes import ProcessCluster

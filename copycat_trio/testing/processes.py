@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 import trio
 
-from ..cli import collect_status
+from ..client.status import collect_status
 
 __all__ = ["Agreement", "ProcessCluster", "ServerProcess", "free_ports"]
 
