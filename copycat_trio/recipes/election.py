@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import attrs
 
+from ..client.client import CopycatClient
 from ..protocol.codec import registry
 from ..protocol.operations import Command, Query
 from ..state_machine import Commit, ServerSession, StateMachine
+from .queueing import next_live_session, require_client, require_session
 
 __all__ = ["Election", "ElectionStateMachine", "Leader", "Resign", "Run"]
 
@@ -89,30 +91,21 @@ class ElectionStateMachine(StateMachine):
         if current is None or current[0] != session_id:
             return
         del self.leaders[name]
-        sessions = self.context.sessions
-        while queue:
-            candidate = queue.pop(0)
-            if candidate in sessions:
-                epoch = self._elect(name, candidate)
-                sessions[candidate].publish(ELECTED_EVENT, [name, epoch])
-                return
+        candidate = next_live_session(queue, self.context.sessions)
+        if candidate is not None:
+            epoch = self._elect(name, candidate.id)
+            candidate.publish(ELECTED_EVENT, [name, epoch])
 
 
 def _session(commit: Commit[object]) -> ServerSession:
-    if commit.session is None:
-        raise ValueError("elections need a client session")
-    return commit.session
+    return require_session(commit, "elections")
 
 
 class Election:
     """The client side of one named election."""
 
-    def __init__(self, client: object, name: str) -> None:
-        from ..client.client import CopycatClient
-
-        if not isinstance(client, CopycatClient):
-            raise TypeError("Election needs a CopycatClient")
-        self.client = client
+    def __init__(self, client: CopycatClient, name: str) -> None:
+        self.client = require_client(client, "Election")
         self.name = name
 
     async def run(self) -> int:

@@ -15,9 +15,11 @@ from collections import deque
 
 import attrs
 
+from ..client.client import CopycatClient
 from ..protocol.codec import registry
 from ..protocol.operations import Command, Query
 from ..state_machine import Commit, ServerSession, StateMachine
+from .queueing import next_live_session, require_client, require_session
 
 __all__ = ["Acquire", "Holder", "Lock", "LockStateMachine", "Release"]
 
@@ -84,31 +86,21 @@ class LockStateMachine(StateMachine):
 
     def _hand_over(self, name: str) -> None:
         del self.holders[name]
-        queue = self.waiters.get(name)
-        sessions = self.context.sessions
-        while queue:
-            waiter = queue.popleft()
-            if waiter in sessions:
-                self.holders[name] = waiter
-                sessions[waiter].publish(LOCK_EVENT, name)
-                return
+        waiter = next_live_session(self.waiters.get(name, deque()), self.context.sessions)
+        if waiter is not None:
+            self.holders[name] = waiter.id
+            waiter.publish(LOCK_EVENT, name)
 
 
 def _session(commit: Commit[object]) -> ServerSession:
-    if commit.session is None:
-        raise ValueError("locks need a client session")
-    return commit.session
+    return require_session(commit, "locks")
 
 
 class Lock:
     """The client side of one named lock."""
 
-    def __init__(self, client: object, name: str) -> None:
-        from ..client.client import CopycatClient
-
-        if not isinstance(client, CopycatClient):
-            raise TypeError("Lock needs a CopycatClient")
-        self.client = client
+    def __init__(self, client: CopycatClient, name: str) -> None:
+        self.client = require_client(client, "Lock")
         self.name = name
 
     async def acquire(self) -> None:
