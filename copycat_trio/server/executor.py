@@ -642,11 +642,11 @@ def _plain_copy(args: tuple[Any, ...]) -> tuple[Any, ...]:
         raise TypeError(f"timer arguments must be CBOR-encodable plain data: {exc}") from exc
 
 
-def runs_inline(store: object) -> bool:
+def runs_inline(store: SnapshotStore | None) -> bool:
     """Whether snapshot code runs on the Trio thread, buffered in memory, rather than in a
     worker thread: for stores that say `inline_snapshots = True` (the simulation's in-memory
     store), so that a run on a MockClock stays deterministic (no thread to wait for)."""
-    return bool(getattr(store, "inline_snapshots", False))
+    return store is not None and store.inline_snapshots
 
 
 class BufferedSink(ThreadSink):

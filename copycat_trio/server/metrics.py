@@ -33,6 +33,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ..protocol.errors import ErrorType
+from ..storage.base import FailureReporting, FsyncObservable, InDirectory
 from .http import Response, serve_http
 
 if TYPE_CHECKING:
@@ -151,9 +152,8 @@ class ServerMetrics:
         assert loop is not None and executor is not None
         loop.metrics = loop.peers.metrics = self
         executor.on_snapshot_saved = self.snapshot_save.observe
-        observe_fsyncs = getattr(server.storage, "observe_fsyncs", None)
-        if observe_fsyncs is not None:
-            observe_fsyncs(self.fsync.observe)
+        if isinstance(server.storage, FsyncObservable):
+            server.storage.observe_fsyncs(self.fsync.observe)
         bound: str = await nursery.start(serve_http, address, self.answer)
         log.info("member %s serves /metrics, /health and /ready at http://%s", server.id, bound)
         return bound
@@ -360,12 +360,10 @@ def judge_health(
 def storage_problem(storage: object) -> str | None:
     """Why the server's storage cannot take writes, if it cannot: a save or fsync failed (the
     storage then refuses all further work), or its directory is not writable."""
-    failure = getattr(storage, "failure", None)
-    if failure is not None:
-        return f"a write failed earlier ({failure}); restart the server"
-    directory = getattr(storage, "directory", None)
-    if directory is not None and not os.access(directory, os.W_OK):
-        return f"directory {directory} is not writable"
+    if isinstance(storage, FailureReporting) and storage.failure is not None:
+        return f"a write failed earlier ({storage.failure}); restart the server"
+    if isinstance(storage, InDirectory) and not os.access(storage.directory, os.W_OK):
+        return f"directory {storage.directory} is not writable"
     return None
 
 

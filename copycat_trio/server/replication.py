@@ -21,7 +21,7 @@ import trio
 from ..core.raft import RaftCore, Role
 from ..protocol.errors import ErrorInfo, ErrorType, Status
 from ..protocol.messages import InstallRequest, InstallResponse
-from ..storage.base import LogStorage
+from ..storage.base import IndexedLog, LogStorage
 from ..storage.errors import StorageCorruptionError
 from ..storage.snapshots import SnapshotStore, SnapshotWriter
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
@@ -44,10 +44,9 @@ async def align_storage_to(storage: LogStorage, snapshot_index: int, core_last: 
     """`align_storage` to the core's log as it was when the snapshot was restored: the
     write runs later, in order with the saves queued before it, and the entries the core
     appended meanwhile are in the saves queued after it."""
-    first = getattr(storage, "first_index", 0)
-    last = getattr(storage, "last_index", 0)
-    if not last:
+    if not isinstance(storage, IndexedLog) or not storage.last_index:
         return
+    first, last = storage.first_index, storage.last_index
     if last < snapshot_index:
         cut = first
     elif last > core_last:

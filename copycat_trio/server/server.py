@@ -65,7 +65,7 @@ from ..protocol.messages import (
     TransferRequest,
     UnregisterRequest,
 )
-from ..storage.base import LogStorage
+from ..storage.base import CompactableLog, LogStorage
 from ..storage.fs import OS, FileSystem, run_blocking
 from ..storage.identity import (
     Identity,
@@ -624,9 +624,8 @@ class CopycatServer:
             return
 
         async def drop_segments(storage: LogStorage, _result: object) -> None:
-            compact_before = getattr(storage, "compact_before", None)
-            if compact_before is not None:
-                await compact_before(upto + 1)
+            if isinstance(storage, CompactableLog):
+                await storage.compact_before(upto + 1)
 
         await self._loop.call(lambda core, _now: core.compact(upto), storage_op=drop_segments)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import attrs
 
@@ -35,6 +36,57 @@ class LogStorage(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+# --- Optional abilities (hashicorp/raft's style: small interfaces a storage may also have) ---
+# A server asks `isinstance(storage, Ability)` and uses what is there; a storage without one
+# works all the same (MemoryStorage has none of them).
+
+
+@runtime_checkable
+class IndexedLog(Protocol):
+    """Says which entries it holds on disk: a snapshot can then drop the ones it replaces."""
+
+    @property
+    def first_index(self) -> int:
+        """Index of the first stored entry (0 if none)."""
+        ...
+
+    @property
+    def last_index(self) -> int:
+        """Index of the last stored entry (0 if none)."""
+        ...
+
+
+@runtime_checkable
+class CompactableLog(Protocol):
+    """Can delete the stored entries a snapshot covers."""
+
+    async def compact_before(self, index: int) -> int:
+        """Delete what precedes `index` (whole files at least); returns how many were deleted."""
+        ...
+
+
+@runtime_checkable
+class FsyncObservable(Protocol):
+    """Reports each fsync's duration (for metrics)."""
+
+    def observe_fsyncs(self, observer: Callable[[float], None] | None) -> None: ...
+
+
+@runtime_checkable
+class FailureReporting(Protocol):
+    """Remembers the error that made it refuse all further work (for health checks)."""
+
+    @property
+    def failure(self) -> BaseException | None: ...
+
+
+@runtime_checkable
+class InDirectory(Protocol):
+    """Keeps its files in a directory (health checks see whether it is writable)."""
+
+    directory: Path
 
 
 def check_save(
