@@ -1,9 +1,10 @@
 """No import circles among the package's modules: read from the source, not from an import.
 
 Every import counts, at module level and inside functions, except those under
-`if TYPE_CHECKING:` (annotations only, never run). A circle makes a module's meaning depend on
-which side was imported first, and a library module that imports the command line drags the
-whole of it in; the test names the circle it finds.
+`if TYPE_CHECKING:` (annotations only, never run) and under `if __name__ == "__main__":` (run
+only when the file is the program, as the module `__main__`, never on import). A circle makes
+a module's meaning depend on which side was imported first, and a library module that imports
+the command line drags the whole of it in; the test names the circle it finds.
 """
 
 from __future__ import annotations
@@ -25,8 +26,16 @@ def _module_name(path: pathlib.Path) -> tuple[str, list[str]]:
     return ".".join(parts), parts[:-1]
 
 
-def _is_type_checking(node: ast.If) -> bool:
+def _never_on_import(node: ast.If) -> bool:
+    """`if TYPE_CHECKING:` or `if __name__ == "__main__":`."""
     test = node.test
+    if isinstance(test, ast.Compare) and isinstance(test.left, ast.Name):
+        main = test.comparators[0] if len(test.comparators) == 1 else None
+        return (
+            test.left.id == "__name__"
+            and isinstance(main, ast.Constant)
+            and main.value == "__main__"
+        )
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
     )
@@ -38,7 +47,7 @@ def _imports(tree: ast.AST, package: list[str], modules: set[str]) -> set[str]:
     pending: list[ast.AST] = [tree]
     while pending:
         node = pending.pop()
-        if isinstance(node, ast.If) and _is_type_checking(node):
+        if isinstance(node, ast.If) and _never_on_import(node):
             pending.extend(node.orelse)
             continue
         if isinstance(node, ast.Import):
@@ -100,16 +109,20 @@ def test_the_package_has_no_import_circles() -> None:
     assert circle is None, "import circle: " + " -> ".join(circle or [])
 
 
-def test_the_checker_finds_a_circle_and_ignores_type_checking_imports() -> None:
+def test_the_checker_finds_a_circle_and_ignores_imports_that_never_run_on_import() -> None:
     modules = {"p", "p.a", "p.b"}
     runtime = ast.parse("from . import b\n")
     typing_only = ast.parse(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import a\n"
     )
     in_function = ast.parse("def f():\n    from .a import x\n")
+    as_program = ast.parse('if __name__ == "__main__":\n    from .a import main\n')
+    elsewhere = ast.parse('if __name__ == "p.b":\n    from .a import main\n')
     assert _imports(runtime, ["p"], modules) == {"p.b"}
     assert _imports(typing_only, ["p"], modules) == set()
     assert _imports(in_function, ["p"], modules) == {"p.a"}
+    assert _imports(as_program, ["p"], modules) == set()
+    assert _imports(elsewhere, ["p"], modules) == {"p.a"}
     assert find_circle({"p.a": {"p.b"}, "p.b": {"p.a"}}) == ["p.a", "p.b", "p.a"]
     assert find_circle({"p.a": {"p.b"}, "p.b": set()}) is None
 

@@ -429,7 +429,7 @@ def _short(exc: BaseException) -> str:
 
 def _run_task(task: _Task, directory: str) -> None:
     """A worker process's work: apply the mutant, run the checks, write the outcome."""
-    from .simulation import DEADLOCK_DIR_VARIABLE
+    from .sim_watch import DEADLOCK_DIR_VARIABLE
 
     logging.getLogger("copycat_trio").setLevel(logging.CRITICAL)
     deadlocks = os.path.join(directory, f"{task.key}.deadlock")
@@ -497,7 +497,7 @@ def _checks(
 
 def _died(task: _Task, directory: str, exitcode: int | None) -> MutantOutcome:
     """The outcome of a worker that ended without writing one: a simulation deadlock ends its
-    process (see simulation._deadlock_sentinel) after writing a report naming the seed."""
+    process (see sim_watch.deadlock_sentinel) after writing a report naming the seed."""
     outcome = MutantOutcome(task.mutant or "(none)")
     lines: list[str] = []
     with contextlib.suppress(OSError), open(os.path.join(directory, f"{task.key}.progress")) as f:

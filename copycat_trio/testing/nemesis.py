@@ -62,7 +62,7 @@ from .linearizability import CheckResult, check
 from .netns import NetworkLab, open_network_lab, unavailable_reason
 from .plots import FaultWindow, matplotlib_missing
 from .processes import ProcessCluster
-from .simulation import Trace
+from .trace import Trace
 from .workload import KvWorkload
 
 __all__ = ["FAULTS", "NemesisConfig", "NemesisReport", "run_nemesis"]

@@ -31,17 +31,14 @@ see docs/testing.md.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
-import hashlib
 import logging
-import os
 import random
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -60,7 +57,7 @@ from ..transport.base import TransportError
 from ..transport.memory import MemoryNetwork
 from .cluster import MemoryCluster
 from .event_workload import EventRecord, EventWorkload
-from .faults import EXTRA_PROFILES, LEASE_SAFE_DRIFT, PROFILES, FaultInjector, FaultMix
+from .faults import LEASE_SAFE_DRIFT, PROFILES, FaultInjector, FaultMix
 from .history import History, OpKind, Outcome
 from .invariants import Applied, InvariantChecker, observe
 from .linearizability import CheckResult, check
@@ -69,7 +66,9 @@ from .resource_machine import ProbedResources, ResourceProbe
 from .resource_scenario import run_resource_scenario
 from .resource_workload import ResourceWorkload
 from .sim_machine import SimStore, sim_state
+from .sim_watch import CpuWatchdog, deadlock_sentinel
 from .simdisk import FsDisk, SimDisk
+from .trace import Trace
 from .workload import KvWorkload
 
 __all__ = [
@@ -81,7 +80,6 @@ __all__ = [
     "SimulationFailure",
     "SimulationResult",
     "Trace",
-    "main",
     "open_simulation",
     "run_simulation",
     "seed_trio_scheduler",
@@ -115,38 +113,6 @@ def seed_trio_scheduler(seed: int | str) -> Callable[[], None]:
         _run._r.setstate(previous_state)
 
     return restore
-
-
-class Trace:
-    """What happened, one line per event with its virtual time: faults, heals, leaders,
-    operations. Two runs of a seed must give the same lines (and `digest`)."""
-
-    def __init__(self, clock: Callable[[], float] = trio.current_time) -> None:
-        self._clock = clock
-        self.events: list[tuple[float, str, str]] = []
-
-    def record(self, kind: str, text: str) -> None:
-        self.events.append((self._clock(), kind, text))
-
-    def lines(self, kinds: Sequence[str] | None = None) -> list[str]:
-        return [
-            f"{at:10.4f} {kind:<9} {text}"
-            for at, kind, text in self.events
-            if kinds is None or kind in kinds
-        ]
-
-    def digest(self) -> str:
-        """A hash of every event, times to the microsecond."""
-        sha = hashlib.sha256()
-        for at, kind, text in self.events:
-            sha.update(f"{at:.6f}|{kind}|{text}\n".encode())
-        return sha.hexdigest()[:16]
-
-    def format(self, kinds: Sequence[str] | None = None, limit: int | None = None) -> str:
-        lines = self.lines(kinds)
-        if limit is not None and len(lines) > limit:
-            lines = [f"... {len(lines) - limit} earlier lines", *lines[-limit:]]
-        return "\n".join(lines)
 
 
 STORM_THRESHOLD = 5_000
@@ -1048,20 +1014,6 @@ class _Collect(logging.Handler):
             self.records.append(f"{now} {record.levelname} {record.name}: {text}")
 
 
-class _Watchdog(trio.abc.Instrument):
-    """Stops a run that takes too much CPU time (say, tasks spinning without sleeping)."""
-
-    def __init__(self, limit: float) -> None:
-        self.deadline = time.process_time() + limit
-        self.scope: trio.CancelScope | None = None
-        self.fired = False
-
-    def before_io_wait(self, timeout: float) -> None:
-        if not self.fired and self.scope is not None and time.process_time() > self.deadline:
-            self.fired = True
-            self.scope.cancel()
-
-
 def run_simulation(
     seed: int,
     *,
@@ -1072,7 +1024,7 @@ def run_simulation(
     """Run the key-value scenario for one seed in its own `trio.run` on a MockClock."""
     config = config or SimulationConfig.for_seed(seed, profile, **overrides)
     restore = seed_trio_scheduler(config.seed)
-    watchdog = _Watchdog(config.wall_limit)
+    watchdog = CpuWatchdog(config.wall_limit)
     started = time.monotonic()
     holder: dict[str, Any] = {}
     collector = _Collect(trio.current_time)
@@ -1168,11 +1120,13 @@ def _file_system_stats(sim: Simulation) -> dict[str, int]:
     }
 
 
-async def _run_main(config: SimulationConfig, watchdog: _Watchdog, holder: dict[str, Any]) -> None:
+async def _run_main(
+    config: SimulationConfig, watchdog: CpuWatchdog, holder: dict[str, Any]
+) -> None:
     seed_trio_scheduler(config.seed)
     limit = config.duration + config.workload.op_timeout * 4 + config.settle_timeout + 120
     async with trio.open_nursery() as outer:
-        outer.start_soon(_deadlock_sentinel, config.seed, limit * 10)
+        outer.start_soon(deadlock_sentinel, config.seed, limit * 10)
         try:
             with trio.CancelScope() as scope:
                 watchdog.scope = scope
@@ -1235,209 +1189,8 @@ def _leaves(error: BaseException) -> list[BaseException]:
     return [error]
 
 
-DEADLOCK_EXIT = 70
-"""The exit status of a process whose simulation deadlocked (see _deadlock_sentinel)."""
-DEADLOCK_DIR_VARIABLE = "COPYCAT_SIM_DEADLOCK_DIR"
-"""If set, a deadlocked run also writes its report to SEED.txt in this directory."""
+if __name__ == "__main__":  # the command line lives in sim_runner (it imports this module)
+    from .sim_runner import main
 
-
-async def _deadlock_sentinel(seed: int, after: float) -> None:
-    """Wake only if virtual time jumps this far: on the MockClock that means no task of the run
-    waits for a time any more and none can run, so the run can never end (say, a shielded wait
-    for a task that has stopped). Not even cancelling everything ends such a run, so print what
-    every task waits on and end the process (status DEADLOCK_EXIT): a failure that names the
-    seed beats a test run that hangs until its CI times out."""
-    await trio.sleep(after)
-    report = (
-        f"FAIL seed {seed}: deadlock at virtual time {trio.current_time():.3f}: no task can "
-        "run and none waits for a time. Tasks and where they wait:\n" + "\n".join(_task_tree())
-    )
-    print(report, file=sys.stderr, flush=True)
-    directory = os.environ.get(DEADLOCK_DIR_VARIABLE)
-    if directory:
-        with open(os.path.join(directory, f"{seed}.txt"), "w") as file:
-            file.write(report)
-    os._exit(DEADLOCK_EXIT)
-
-
-def _task_tree() -> list[str]:
-    """One line per task, indented by nesting, with where it waits (innermost frames last)."""
-    lines: list[str] = []
-    stack = [(trio.lowlevel.current_root_task(), 0)]
-    while stack:
-        task, depth = stack.pop()
-        if task is None:
-            continue
-        where: list[str] = []
-        coro: Any = task.coro
-        while coro is not None:
-            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-            if frame is None:
-                break
-            name = frame.f_code.co_filename.rsplit("/", 1)[-1]
-            where.append(f"{name}:{frame.f_lineno} {frame.f_code.co_name}")
-            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-        lines.append(f"{'  ' * depth}{task.name.rsplit('.', 1)[-1]}: {' > '.join(where[-4:])}")
-        for nursery in task.child_nurseries:
-            stack.extend((child, depth + 1) for child in nursery.child_tasks)
-    return lines
-
-
-# --- command line ------------------------------------------------------------------------------
-
-
-def _run_one(args: tuple[int, str | None, dict[str, Any]]) -> tuple[int, bool, str, str]:
-    seed, profile, overrides = args
-    logging.getLogger("copycat_trio").setLevel(logging.WARNING)
-    try:
-        result = run_simulation(seed, profile=profile, **overrides)
-    except Exception:
-        return seed, False, f"FAIL seed {seed}: could not run", traceback.format_exc()
-    return seed, result.ok, result.summary(), "" if result.ok else result.report()
-
-
-def _seeds(start: int, count: int) -> Iterator[int]:
-    return iter(range(start, start + count))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m copycat_trio.testing.simulation",
-        description="Deterministic simulation of a copycat_trio cluster under faults.",
-    )
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--seeds", type=int, default=20, help="how many seeds to run (default 20)")
-    group.add_argument("--seed", type=int, help="replay one seed verbosely")
-    parser.add_argument("--start", type=int, default=0, help="first seed of --seeds (default 0)")
-    parser.add_argument(
-        "--profile",
-        choices=[*PROFILES, *EXTRA_PROFILES],
-        help="force a fault profile (default: by seed)",
-    )
-    parser.add_argument(
-        "--disk",
-        choices=["sim", "fs"],
-        help="members' storage: SimDisk, or the real DiskStorage on a simulated file system",
-    )
-    parser.add_argument(
-        "--workload",
-        choices=["kv", "resources"],
-        default="kv",
-        help="kv (default): the key-value workload on the SimStore; resources: locks with "
-        "fencing, a queue and a watched map on the Resources state machine",
-    )
-    parser.add_argument("--jobs", type=int, default=1, help="processes to run seeds in")
-    parser.add_argument("--duration", type=float, help="virtual seconds of workload per seed")
-    parser.add_argument(
-        "--check-replay", action="store_true", help="with --seed: run twice, compare traces"
-    )
-    parser.add_argument("--verbose", action="store_true", help="print full reports")
-    args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    if args.duration is not None:
-        overrides["duration"] = args.duration
-    if args.disk is not None:
-        overrides["disk"] = args.disk
-    if args.workload != "kv":
-        overrides["scenario"] = args.workload
-    if args.seed is not None:
-        result = run_simulation(args.seed, profile=args.profile, **overrides)
-        print(result.report(verbose=True))
-        if args.check_replay:
-            again = run_simulation(args.seed, profile=args.profile, **overrides)
-            same = again.digest == result.digest
-            print(f"\nreplay: trace {again.digest} {'matches' if same else 'DIFFERS'}")
-            if not same:
-                return 2
-        return 0 if result.ok else 1
-    jobs = [(seed, args.profile, overrides) for seed in _seeds(args.start, args.seeds)]
-    failures: list[tuple[int, str]] = []
-    began = time.monotonic()
-    if args.jobs > 1:
-        failures = _print_outcomes(_run_parallel(jobs, args.jobs), verbose=args.verbose)
-    else:
-        failures = _print_outcomes(map(_run_one, jobs), verbose=args.verbose)
-    elapsed = time.monotonic() - began
-    print(
-        f"\n{len(jobs)} seeds from {args.start}, {len(failures)} failed, {elapsed:.0f}s "
-        f"({elapsed / max(1, len(jobs)):.1f}s per seed)"
-    )
-    for seed, _ in failures:
-        print(f"  failed: seed {seed} (replay with --seed {seed})")
-    return 1 if failures else 0
-
-
-def _run_parallel(
-    jobs: list[tuple[int, str | None, dict[str, Any]]], workers: int
-) -> Iterator[tuple[int, bool, str, str]]:
-    """Run seeds in `workers` processes, yielding outcomes as they finish. A seed whose process
-    exits (a deadlock ends its process: see _deadlock_sentinel) is reported failed with its
-    report; the other seeds that pool was running are run again in a new pool."""
-    import multiprocessing
-    import tempfile
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
-    previous = os.environ.get(DEADLOCK_DIR_VARIABLE)
-    with tempfile.TemporaryDirectory(prefix="copycat-sim-") as directory:
-        os.environ[DEADLOCK_DIR_VARIABLE] = directory  # the workers inherit it
-        try:
-            queue = list(jobs)
-            while queue:
-                batch, queue = queue, []
-                context = multiprocessing.get_context("spawn")
-                with ProcessPoolExecutor(workers, mp_context=context) as executor:
-                    futures = {executor.submit(_run_one, job): job for job in batch}
-                    for future in as_completed(futures):
-                        job = futures[future]
-                        try:
-                            yield future.result()
-                        except BrokenProcessPool:
-                            path = os.path.join(directory, f"{job[0]}.txt")
-                            if os.path.exists(path):
-                                with open(path) as file:
-                                    report = file.read()
-                                yield job[0], False, report.splitlines()[0], report
-                            else:
-                                queue.append(job)
-                queue.sort(key=lambda job: job[0])
-        finally:
-            if previous is None:
-                os.environ.pop(DEADLOCK_DIR_VARIABLE, None)
-            else:
-                os.environ[DEADLOCK_DIR_VARIABLE] = previous
-
-
-def _print_outcomes(
-    outcomes: Iterator[tuple[int, bool, str, str]], *, verbose: bool
-) -> list[tuple[int, str]]:
-    failures = []
-    for seed, ok, summary, report in outcomes:
-        print(summary, flush=True)
-        if not ok:
-            failures.append((seed, report))
-            print(report if verbose else _short(report), flush=True)
-    return failures
-
-
-def _short(report: str) -> str:
-    """The configuration, failures (with the start of the checker's explanation) and how to
-    replay: what a batch run prints for a failing seed."""
-    lines = report.splitlines()
-    keep: list[str] = []
-    explaining = 0
-    for line in lines:
-        if line.startswith(("FAILURE", "replay", "seed")):
-            keep.append(line)
-            explaining = 12 if "linearizability" in line else 0
-        elif explaining and line:
-            keep.append(line)
-            explaining -= 1
-        else:
-            explaining = 0
-    return "\n".join("    " + line for line in keep[:40])
-
-
-if __name__ == "__main__":
     with contextlib.suppress(BrokenPipeError):
         sys.exit(main())

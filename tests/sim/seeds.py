@@ -95,7 +95,8 @@ REGRESSIONS: tuple[Seed, ...] = (
         "could not end a shielded wait). Fixed in server/loop.py (a stopped loop fails what is "
         "queued and refuses new items with NoLeaderError) and server/replication.py (the "
         "shielded call is bounded). The harness now ends a deadlocked run with a task dump "
-        "(_deadlock_sentinel). Scenario: test_a_stopped_raft_loop_answers_shielded_callers.",
+        "(sim_watch.deadlock_sentinel). Scenario: "
+        "test_a_stopped_raft_loop_answers_shielded_callers.",
     ),
     Seed(
         90038,

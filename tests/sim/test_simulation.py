@@ -296,20 +296,20 @@ def test_the_watchdog_counts_cpu_time_not_a_starved_runs_waiting() -> None:
     time without using the CPU) is not, since a slow seed on a busy machine is not stuck."""
     import time
 
-    from copycat_trio.testing.simulation import _Watchdog
+    from copycat_trio.testing.sim_watch import CpuWatchdog
 
-    async def waits(watchdog: _Watchdog) -> None:
+    async def waits(watchdog: CpuWatchdog) -> None:
         with trio.CancelScope() as watchdog.scope:
             time.sleep(0.3)  # real time passes, no CPU time: starvation, as the watchdog sees it
             await trio.sleep(0)
         assert not watchdog.fired
 
-    trio.run(waits, (idle := _Watchdog(0.1)), instruments=[idle])
+    trio.run(waits, (idle := CpuWatchdog(0.1)), instruments=[idle])
 
-    async def spins(watchdog: _Watchdog) -> None:
+    async def spins(watchdog: CpuWatchdog) -> None:
         with trio.CancelScope() as watchdog.scope:
             for _ in range(10_000_000):  # bounded: ends the test if the watchdog never fires
                 await trio.sleep(0)
         assert watchdog.fired
 
-    trio.run(spins, (busy := _Watchdog(0.1)), instruments=[busy])
+    trio.run(spins, (busy := CpuWatchdog(0.1)), instruments=[busy])

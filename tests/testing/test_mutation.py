@@ -187,7 +187,7 @@ def test_command_line_fails_on_a_survivor_a_seed_failing_unmutated_and_a_stale_c
 
 
 def test_a_deadlocked_seed_counts_as_caught_by_that_seed(tmp_path: os.PathLike[str]) -> None:
-    """A simulation deadlock ends the worker's process (simulation._deadlock_sentinel) after
+    """A simulation deadlock ends the worker's process (sim_watch.deadlock_sentinel) after
     writing a report named after the seed; the outcome is read back from it."""
     task = mutation._Task("m0", "x:CATALOGUE", "sequencing", True, (0, 1, 2), False)
     directory = str(tmp_path)
