@@ -40,7 +40,7 @@ class LogStorage(Protocol):
 
 # --- Optional abilities (hashicorp/raft's style: small interfaces a storage may also have) ---
 # A server asks `isinstance(storage, Ability)` and uses what is there; a storage without one
-# works all the same (MemoryStorage has none of them).
+# works all the same (MemoryStorage is only an IndexedLog).
 
 
 @runtime_checkable
