@@ -8,7 +8,7 @@ import trio
 
 from .._nursery import open_background_nursery
 from ..protocol.errors import CopycatError, error_from_info
-from ..protocol.messages import StatusRequest, StatusResponse
+from ..protocol.messages import StatusRequest, StatusResponse, error_of
 from ..transport.base import Transport
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
 from ..transport.tcp import TcpTransport
@@ -51,7 +51,7 @@ async def fetch_status(
                 if until_leader and response.role == "leader":
                     asking.cancel_scope.cancel()
             else:
-                error = getattr(response, "error", None)
+                error = error_of(response)
                 results[index] = error_from_info(error) if error else CopycatError("bad answer")
 
         async with trio.open_nursery() as asking:
@@ -110,7 +110,7 @@ async def admin_request(
                     except (RequestNotSent, ResponseLost) as exc:
                         last = NoLeaderError(f"{address}: {exc}")
                         continue
-                    error = getattr(response, "error", None)
+                    error = error_of(response)
                     if error is not None and error.type is ErrorType.NO_LEADER:
                         last = error_from_info(error)
                         continue

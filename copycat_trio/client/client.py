@@ -52,6 +52,7 @@ from ..protocol.messages import (
     StatusRequest,
     StatusResponse,
     UnregisterRequest,
+    error_of,
 )
 from ..protocol.operations import Command, Consistency, Query
 from ..transport.base import Transport, split_address
@@ -236,7 +237,7 @@ class CopycatClient:
         """One member's view of the cluster."""
         response = await self._pool.request(address, StatusRequest(), timeout)
         if not isinstance(response, StatusResponse):
-            error = getattr(response, "error", None)
+            error = error_of(response)
             raise error_from_info(error) if error else CopycatError("bad status answer")
         return response
 
@@ -301,7 +302,7 @@ class CopycatClient:
             ConnectRequest(client=self.client_id, session=self.session_id),
             self.request_timeout,
         )
-        error: ErrorInfo | None = getattr(response, "error", None)
+        error = error_of(response)
         if error is not None:
             raise error_from_info(error)
         self._address = address
@@ -318,7 +319,7 @@ class CopycatClient:
         connected = False
         try:
             response = await connection.request(request, self.request_timeout)
-            error: ErrorInfo | None = getattr(response, "error", None)
+            error = error_of(response)
             if error is not None:
                 log.debug("reconnecting the session at %s: %s", address, error)
             else:
@@ -509,7 +510,7 @@ class CopycatClient:
                 if address == self._unanswered:
                     self._unanswered = None
                 self._note_answer(response)
-                error: ErrorInfo | None = getattr(response, "error", None)
+                error = error_of(response)
                 if error is not None and error_scope(error.type) is ErrorScope.MEMBER:
                     log.debug("%s cannot serve %s: %s", address, type(body).__name__, error)
                     if error.type is ErrorType.INTERNAL and attempts is not None:

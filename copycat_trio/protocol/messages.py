@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from .errors import ErrorInfo, Status
+from .errors import ErrorInfo, ErrorType, Status
 
 
 class MemberType(enum.IntEnum):
@@ -246,6 +246,31 @@ class RpcResponse:
     body: Any
 
 
+@attrs.frozen
+class Response:
+    """What every answer to a client or server request starts with: whether it succeeded and,
+    if not, why. The two fields come first on the wire in every subclass."""
+
+    status: Status
+    error: ErrorInfo | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the request succeeded."""
+        return self.status is Status.OK
+
+    @property
+    def error_type(self) -> ErrorType | None:
+        """The error's type, or None for a success."""
+        return None if self.error is None else self.error.type
+
+
+def error_of(answer: object) -> ErrorInfo | None:
+    """The error an answer carries: None for a success or for anything that is not a
+    Response (a peer's malformed answer is checked for by its caller)."""
+    return answer.error if isinstance(answer, Response) else None
+
+
 # --- client requests -------------------------------------------------------------------------
 
 
@@ -260,9 +285,7 @@ class RegisterRequest:
 
 
 @attrs.frozen(kw_only=True)
-class RegisterResponse:
-    status: Status
-    error: ErrorInfo | None = None
+class RegisterResponse(Response):
     session: int = 0
     timeout: int = 0
     leader: int | None = None
@@ -276,9 +299,7 @@ class ConnectRequest:
 
 
 @attrs.frozen(kw_only=True)
-class ConnectResponse:
-    status: Status
-    error: ErrorInfo | None = None
+class ConnectResponse(Response):
     leader: int | None = None
     members: tuple[Member, ...] = ()
 
@@ -291,9 +312,7 @@ class KeepAliveRequest:
 
 
 @attrs.frozen(kw_only=True)
-class KeepAliveResponse:
-    status: Status
-    error: ErrorInfo | None = None
+class KeepAliveResponse(Response):
     leader: int | None = None
     members: tuple[Member, ...] = ()
 
@@ -304,9 +323,8 @@ class UnregisterRequest:
 
 
 @attrs.frozen(kw_only=True)
-class UnregisterResponse:
-    status: Status
-    error: ErrorInfo | None = None
+class UnregisterResponse(Response):
+    """The answer to UnregisterRequest: a status only."""
 
 
 @attrs.frozen(kw_only=True)
@@ -317,9 +335,7 @@ class CommandRequest:
 
 
 @attrs.frozen(kw_only=True)
-class CommandResponse:
-    status: Status
-    error: ErrorInfo | None = None
+class CommandResponse(Response):
     index: int = 0
     event_index: int = 0
     result: Any = None
@@ -335,9 +351,7 @@ class QueryRequest:
 
 
 @attrs.frozen(kw_only=True)
-class QueryResponse:
-    status: Status
-    error: ErrorInfo | None = None
+class QueryResponse(Response):
     index: int = 0
     event_index: int = 0
     result: Any = None
@@ -360,9 +374,7 @@ class PublishRequest:
 
 
 @attrs.frozen(kw_only=True)
-class PublishResponse:
-    status: Status
-    error: ErrorInfo | None = None
+class PublishResponse(Response):
     index: int = 0
 
 
@@ -379,9 +391,8 @@ class ConfigureRequest:
 
 
 @attrs.frozen(kw_only=True)
-class ConfigureResponse:
-    status: Status
-    error: ErrorInfo | None = None
+class ConfigureResponse(Response):
+    """The answer to ConfigureRequest: a status only."""
 
 
 @attrs.frozen(kw_only=True)
@@ -397,9 +408,7 @@ class InstallRequest:
 
 
 @attrs.frozen(kw_only=True)
-class InstallResponse:
-    status: Status
-    error: ErrorInfo | None = None
+class InstallResponse(Response):
     offset: int = 0
     """The next byte offset the follower expects (to resume after a failure)."""
 
@@ -410,9 +419,7 @@ class JoinRequest:
 
 
 @attrs.frozen(kw_only=True)
-class JoinResponse:
-    status: Status
-    error: ErrorInfo | None = None
+class JoinResponse(Response):
     index: int = 0
     term: int = 0
     timestamp: int = 0
@@ -429,9 +436,7 @@ class ReconfigureRequest:
 
 
 @attrs.frozen(kw_only=True)
-class ReconfigureResponse:
-    status: Status
-    error: ErrorInfo | None = None
+class ReconfigureResponse(Response):
     index: int = 0
     term: int = 0
     timestamp: int = 0
@@ -444,9 +449,7 @@ class LeaveRequest:
 
 
 @attrs.frozen(kw_only=True)
-class LeaveResponse:
-    status: Status
-    error: ErrorInfo | None = None
+class LeaveResponse(Response):
     index: int = 0
     term: int = 0
     timestamp: int = 0
@@ -466,9 +469,7 @@ class StatusRequest:
 
 
 @attrs.frozen(kw_only=True)
-class StatusResponse:
-    status: Status
-    error: ErrorInfo | None = None
+class StatusResponse(Response):
     id: int = 0
     role: str = ""
     term: int = 0
@@ -510,18 +511,13 @@ class TransferRequest:
 
 
 @attrs.frozen(kw_only=True)
-class TransferResponse:
-    status: Status
-    error: ErrorInfo | None = None
+class TransferResponse(Response):
     leader: int | None = None
 
 
 @attrs.frozen
-class ErrorResponse:
+class ErrorResponse(Response):
     """Sent in place of any response when the request itself could not be handled."""
-
-    status: Status
-    error: ErrorInfo | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -535,9 +531,7 @@ class BackupRequest:
 
 
 @attrs.frozen(kw_only=True)
-class BackupResponse:
-    status: Status
-    error: ErrorInfo | None = None
+class BackupResponse(Response):
     index: int = 0
     term: int = 0
     size: int = 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -57,6 +57,7 @@ from ..protocol.messages import (
 from ..protocol.operations import Command, Consistency, Query
 from ..transport.base import MessageStream, TransportError
 from .executor import Executor, Pending, unknown_operation
+from .forwarding import Forward
 from .log_clock import LogClock
 from .loop import RaftLoop, ReadIndex
 
@@ -93,9 +94,6 @@ class ClientConnection:
             return box[0] if box else None
         finally:
             self._waiters.pop(request_id, None)
-
-
-Forward = Callable[[Any, Callable[[ErrorInfo], Any]], Awaitable[Any]]
 
 
 class _SessionGate:
@@ -215,7 +213,7 @@ class ClientService:
             return RegisterResponse(status=Status.ERROR, error=info)
 
         if not await self._as_leader():
-            return await self.forward(request, error)  # type: ignore[no-any-return]
+            return await self.forward(request, RegisterResponse, error)
         timeout = clamp_timeout(request.timeout, self.default_session_timeout_ms)
         pending = await self._propose_and_wait(
             functools.partial(
@@ -233,7 +231,7 @@ class ClientService:
             return KeepAliveResponse(status=Status.ERROR, error=info, **self._members_and_leader())
 
         if not await self._as_leader():
-            return await self.forward(request, error)  # type: ignore[no-any-return]
+            return await self.forward(request, KeepAliveResponse, error)
         if self.executor.session(request.session) is None:
             return error(ErrorInfo(ErrorType.UNKNOWN_SESSION, f"unknown session {request.session}"))
         pending = await self._propose_and_wait(
@@ -253,7 +251,7 @@ class ClientService:
             return UnregisterResponse(status=Status.ERROR, error=info)
 
         if not await self._as_leader():
-            return await self.forward(request, error)  # type: ignore[no-any-return]
+            return await self.forward(request, UnregisterResponse, error)
         pending = await self._propose_and_wait(
             functools.partial(UnregisterEntry, session=request.session, expired=False)
         )
@@ -334,7 +332,7 @@ class ClientService:
         if not isinstance(request.operation, Command | UnknownOperation):
             return error(ErrorInfo(ErrorType.COMMAND, "only a Command can be submitted as one"))
         if not await self._as_leader():
-            return await self.forward(request, error)  # type: ignore[no-any-return]
+            return await self.forward(request, CommandResponse, error)
         session = self.executor.session(request.session)
         if session is None:
             return error(ErrorInfo(ErrorType.UNKNOWN_SESSION, f"unknown session {request.session}"))
@@ -442,7 +440,7 @@ class ClientService:
                 return error(ErrorInfo(ErrorType.QUERY, "this member is too far behind"))
             return await self._answer_query(request, error)
         if not await self._as_leader():
-            return await self.forward(request, error)  # type: ignore[no-any-return]
+            return await self.forward(request, QueryResponse, error)
         if consistency is Consistency.LINEARIZABLE_LEASE and self.loop.lease_valid():
             index = self.loop.core.commit_index
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -33,6 +33,7 @@ from ..protocol.messages import (
     TransferResponse,
 )
 from ..transport.rpc import ConnectionPool
+from .forwarding import Forward
 from .loop import RaftLoop
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,6 @@ REMOVAL_PUSHES = 10
 """How many times a leader tells a member it removed (every half election timeout)."""
 CATCH_UP_MARGIN = 100
 """A member whose log is within this many entries of the leader's commit index is caught up."""
-
-Forward = Callable[[Any, Callable[[ErrorInfo], Any]], Awaitable[Any]]
 
 
 class MembershipService:
@@ -96,7 +95,7 @@ class MembershipService:
             return JoinResponse(status=Status.ERROR, error=info)
 
         if not self.loop.is_leader:
-            return await self.forward(request, error)  # type: ignore[no-any-return]
+            return await self.forward(request, JoinResponse, error)
         core = self.core
         joiner = request.member
         existing = core.member(joiner.id)
@@ -133,7 +132,7 @@ class MembershipService:
             return LeaveResponse(status=Status.ERROR, error=info)
 
         if not self.loop.is_leader:
-            return await self.forward(request, error)  # type: ignore[no-any-return]
+            return await self.forward(request, LeaveResponse, error)
         core = self.core
         if core.member(request.member.id) is not None:
             remaining = [m for m in core.members if m.id != request.member.id]
@@ -154,7 +153,7 @@ class MembershipService:
             return ReconfigureResponse(status=Status.ERROR, error=info)
 
         if not self.loop.is_leader:
-            return await self.forward(request, error)  # type: ignore[no-any-return]
+            return await self.forward(request, ReconfigureResponse, error)
         core = self.core
         current = core.member(request.member.id)
         if current is None:
@@ -191,7 +190,7 @@ class MembershipService:
             return TransferResponse(status=Status.ERROR, error=info)
 
         if not self.loop.is_leader:
-            return await self.forward(request, error)  # type: ignore[no-any-return]
+            return await self.forward(request, TransferResponse, error)
         try:
             await self.loop.call(lambda c, now: c.transfer_leadership(request.member, now))
         except (ConfigurationChangeError, NotLeaderError) as exc:

@@ -33,6 +33,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ..protocol.errors import ErrorType
+from ..protocol.messages import error_of
 from ..storage.base import FailureReporting, FsyncObservable, InDirectory
 from .http import Response, serve_http
 
@@ -56,8 +57,8 @@ RequestCounts = dict[tuple[type, ErrorType | None], int]
 
 def count_request(counts: RequestCounts, request: object, response: object) -> None:
     """Count one answered request (one dictionary increment: the hot path's whole cost)."""
-    error = getattr(response, "error", None)
-    key = (type(request), getattr(error, "type", None))
+    error = error_of(response)
+    key = (type(request), None if error is None else error.type)
     counts[key] = counts.get(key, 0) + 1
 
 

@@ -20,7 +20,7 @@ import trio
 
 from ..core.raft import RaftCore, Role
 from ..protocol.errors import ErrorInfo, ErrorType, Status
-from ..protocol.messages import InstallRequest, InstallResponse
+from ..protocol.messages import InstallRequest, InstallResponse, error_of
 from ..storage.base import IndexedLog, LogStorage
 from ..storage.errors import StorageCorruptionError
 from ..storage.snapshots import SnapshotStore, SnapshotWriter
@@ -124,7 +124,7 @@ class SnapshotReplication:
                     if response is None:
                         return  # no longer the leader of that term, or the peer left
                     if not isinstance(response, InstallResponse) or response.error is not None:
-                        log.info("snapshot to %s refused: %s", peer, getattr(response, "error", ""))
+                        log.info("snapshot to %s refused: %s", peer, error_of(response) or response)
                         return
                     offset += len(data)
                     if request.complete:

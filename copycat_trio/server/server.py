@@ -64,8 +64,9 @@ from ..protocol.messages import (
     StatusResponse,
     TransferRequest,
     UnregisterRequest,
+    error_of,
 )
-from ..storage.base import CompactableLog, LogStorage
+from ..storage.base import CompactableLog, InDirectory, LogStorage, OnFileSystem, WithSnapshots
 from ..storage.fs import OS, FileSystem, run_blocking
 from ..storage.identity import (
     Identity,
@@ -76,7 +77,6 @@ from ..storage.identity import (
 )
 from ..storage.memory import MemoryStorage
 from ..storage.snapshots import HEADER_SIZE as SNAPSHOT_HEADER_SIZE
-from ..storage.snapshots import SnapshotStore
 from ..transport.base import MessageStream, Transport, TransportError
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
 from ..transport.tcp import TcpTransport
@@ -93,6 +93,7 @@ from .authz import (
 )
 from .client_service import ClientConnection, ClientService
 from .executor import Executor
+from .forwarding import LeaderForwarder
 from .log_clock import LogClock
 from .loop import MonotonicClock, RaftLoop, Step, TrioClock
 from .membership import MembershipService, configure_response
@@ -341,8 +342,7 @@ class CopycatServer:
                 await self.storage.aclose()
             raise
         state_machine = options.state_machine()
-        store = getattr(self.storage, "snapshots", None)
-        store = store if isinstance(store, SnapshotStore) else None
+        store = self.storage.snapshots if isinstance(self.storage, WithSnapshots) else None
         self._executor = executor = Executor(
             state_machine,
             members=tuple(members),
@@ -408,10 +408,13 @@ class CopycatServer:
                         options.request_timeout,
                     )
                     loop.on_snapshot_needed = self._replication.start_sending
+                forward = LeaderForwarder(
+                    self.id, loop, self._pool, nursery, options.request_timeout
+                )
                 self._service = ClientService(
                     loop,
                     executor,
-                    self._forward,
+                    forward,
                     default_session_timeout_ms=int(options.session_timeout * 1000),
                     request_timeout=options.request_timeout,
                     election_timeout=options.election_timeout,
@@ -420,7 +423,7 @@ class CopycatServer:
                 self._membership = MembershipService(
                     loop,
                     self._pool,
-                    self._forward,
+                    forward,
                     election_timeout=options.election_timeout,
                     replace_after=self.replace_after,
                 )
@@ -494,11 +497,10 @@ class CopycatServer:
 
     def _data_directory(self) -> tuple[Path | None, FileSystem]:
         """The storage's directory and file system (None: storage without one, in memory)."""
-        directory = getattr(self.storage, "directory", None)
-        fs: FileSystem = getattr(self.storage, "fs", None) or OS
-        if not isinstance(directory, Path):
+        if not isinstance(self.storage, InDirectory):
             return None, OS
-        return directory, fs
+        fs = self.storage.fs if isinstance(self.storage, OnFileSystem) else OS
+        return self.storage.directory, fs
 
     def _set_cluster(self, cluster_id: str) -> None:
         self.cluster_id = cluster_id
@@ -695,7 +697,7 @@ class CopycatServer:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._until_promoted, cluster, me)
                 return
-            error = getattr(response, "error", None)
+            error = error_of(response)
             log.info("join via %s refused: %s", address, error)
             if error is not None and error.type is ErrorType.ILLEGAL_MEMBER_STATE:
                 raise ConfigurationError(f"cannot join: {error.message}")
@@ -998,67 +1000,6 @@ class CopycatServer:
             log.exception("request %s failed", type(body).__name__)
             return ErrorResponse(Status.ERROR, ErrorInfo(ErrorType.INTERNAL, repr(exc)))
 
-    async def _forward(self, body: Any, make_error: Callable[[ErrorInfo], Any]) -> Any:
-        """Send a request on to the leader and relay its answer.
-
-        Ends as soon as this member's leader changes (or becomes unknown): the old leader
-        will not answer in time, and holding the request for a whole request timeout kept the
-        client waiting here. The answer is then NO_LEADER, which a client retries elsewhere:
-        a command may have reached the old leader, and its sequence number makes the retry
-        safe (the other requests forwarded are idempotent, or a duplicate is harmless).
-        """
-        assert self._loop is not None and self._pool is not None and self._nursery is not None
-        loop, pool = self._loop, self._pool
-        leader = loop.core.leader
-        member = loop.core.member(leader) if leader is not None else None
-        if member is None:
-            return make_error(ErrorInfo(ErrorType.NO_LEADER, "no leader is known"))
-        answer: list[Any] = []
-        answered = trio.Event()
-
-        async def ask(address: str) -> None:
-            # In the server's nursery, not cancelled with the wait: a send cut off half-way
-            # would leave a broken frame on the connection to the leader.
-            try:
-                answer.append(await pool.request(address, body, self.options.request_timeout))
-            except RequestNotSent as exc:
-                answer.append(
-                    make_error(ErrorInfo(ErrorType.NO_LEADER, f"leader unreachable: {exc}"))
-                )
-            except ResponseLost as exc:
-                answer.append(
-                    make_error(
-                        ErrorInfo(
-                            ErrorType.INTERNAL, f"outcome unknown: forwarded to leader, {exc}"
-                        )
-                    )
-                )
-            except Exception as exc:  # in a task of the server's nursery: must not escape
-                log.exception("forwarding %s failed", type(body).__name__)
-                answer.append(make_error(ErrorInfo(ErrorType.INTERNAL, repr(exc))))
-            finally:
-                answered.set()
-
-        self._nursery.start_soon(ask, member.address)
-        async with trio.open_nursery() as race:
-
-            async def leader_changes() -> None:
-                await loop.leader.wait_value(lambda current: current != leader)
-                race.cancel_scope.cancel()
-
-            race.start_soon(leader_changes)
-            await answered.wait()
-            race.cancel_scope.cancel()
-        if answer:
-            return answer[0]
-        return make_error(
-            ErrorInfo(
-                ErrorType.NO_LEADER,
-                f"member {self.id} no longer follows {leader} (leader now: "
-                f"{loop.leader.value}); the request may have reached it: resubmit",
-            )
-        )
-
     async def _on_install(self, request: InstallRequest) -> InstallResponse:
         if self._replication is None:
             return InstallResponse(
@@ -1108,9 +1049,9 @@ class CopycatServer:
 
     async def _bytes_on_disk(self) -> int:
         """The size of the member's data directory (log, snapshots, meta); 0 if it has none."""
-        directory = getattr(self.storage, "directory", None)
-        if directory is None:
+        if not isinstance(self.storage, InDirectory):
             return 0
+        directory = self.storage.directory
 
         def walk() -> int:
             total = 0
@@ -1253,7 +1194,7 @@ class CopycatServer:
                     except (RequestNotSent, ResponseLost):
                         await trio.sleep(0.05)
                         continue
-                error = getattr(response, "error", None)
+                error = error_of(response)
                 if error is not None and error.type is ErrorType.NO_LEADER:
                     await trio.sleep(0.05)
                     continue

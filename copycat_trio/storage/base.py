@@ -10,6 +10,8 @@ import attrs
 
 from ..core.raft import HardState
 from ..protocol.messages import ENTRY_TYPES, Entry
+from .fs import FileSystem
+from .snapshots import SnapshotStore
 
 
 @attrs.frozen
@@ -87,6 +89,21 @@ class InDirectory(Protocol):
     """Keeps its files in a directory (health checks see whether it is writable)."""
 
     directory: Path
+
+
+@runtime_checkable
+class OnFileSystem(Protocol):
+    """Reaches its files through a `FileSystem` (the simulation's is a fake one), which
+    whatever else the server writes beside them must use too."""
+
+    fs: FileSystem
+
+
+@runtime_checkable
+class WithSnapshots(Protocol):
+    """Keeps the member's snapshots too (DiskStorage, the simulation's disk; None: turned off)."""
+
+    snapshots: SnapshotStore | None
 
 
 def check_save(
