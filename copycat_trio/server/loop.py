@@ -11,7 +11,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 import attrs
 import trio
@@ -35,11 +35,9 @@ from ..protocol.messages import (
 )
 from ..storage.base import LogStorage
 from .executor import Executor, Pending
+from .observations import Observer
 from .peers import PeerLinks
 from .persistence import Persister, QueuedWrite
-
-if TYPE_CHECKING:
-    from .metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -195,15 +193,15 @@ class RaftLoop:
         self._persister = Persister(storage, self._on_durable)
         self._durable: list[QueuedWrite] = []
         """Writes the persister reported durable; what follows them is done on the next turn."""
-        self._metrics: ServerMetrics | None = None
+        self._metrics: Observer | None = None
 
     @property
-    def metrics(self) -> ServerMetrics | None:
+    def metrics(self) -> Observer | None:
         """Set when the server serves metrics: round trips and save batches are observed."""
         return self._metrics
 
     @metrics.setter
-    def metrics(self, metrics: ServerMetrics | None) -> None:
+    def metrics(self, metrics: Observer | None) -> None:
         self._metrics = self._persister.metrics = metrics
 
     def _learn_addresses(self, members: Sequence[Member]) -> None:

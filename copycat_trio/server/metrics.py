@@ -14,12 +14,11 @@ collector turns into histogram families when scraped.
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import os
 from collections.abc import Collection, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -32,111 +31,57 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ..protocol.errors import ErrorType
-from ..protocol.messages import error_of
-from ..storage.base import FailureReporting, FsyncObservable, InDirectory
+from ..protocol.messages import Member
+from ..storage.base import FailureReporting, FsyncObservable, InDirectory, LogStorage
+from .executor import Executor
 from .http import Response, serve_http
+from .loop import RaftLoop
+from .observations import (
+    BATCH_BUCKETS,
+    FSYNC_BUCKETS,
+    SNAPSHOT_BUCKETS,
+    Buckets,
+    RequestCounts,
+    RoundTrips,
+    count_request,
+    request_type,
+)
+from .options import ServerOptions
+from .status import ServerStatus
 
-if TYPE_CHECKING:
-    from .server import CopycatServer
+
+class MonitoredMember(Protocol):
+    """What metrics and health read of a member (CopycatServer is one)."""
+
+    id: int
+    ready: bool
+    storage: LogStorage
+    options: ServerOptions
+    request_counts: RequestCounts
+
+    @property
+    def running(self) -> tuple[RaftLoop, Executor] | None: ...
+
+    @property
+    def removal(self) -> tuple[int, tuple[Member, ...]] | None: ...
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    def status(self) -> ServerStatus: ...
+
 
 log = logging.getLogger(__name__)
-
-FSYNC_BUCKETS = tuple(0.001 * 2**i for i in range(14))
-"""1 ms to 8 s, as etcd's disk_wal_fsync_duration_seconds."""
-BATCH_BUCKETS = tuple(float(2**i) for i in range(12))
-"""1 to 2048 entries per save."""
-ROUND_TRIP_BUCKETS = tuple(0.0001 * 2**i for i in range(16))
-"""0.1 ms to 3.3 s, as etcd's network_peer_round_trip_time_seconds (which stops at 0.8 s)."""
-SNAPSHOT_BUCKETS = tuple(0.001 * 2**i for i in range(16))
-"""1 ms to 33 s."""
-
-RequestCounts = dict[tuple[type, ErrorType | None], int]
-"""Requests answered, by request class and the error type of the answer (None: no error)."""
-
-
-def count_request(counts: RequestCounts, request: object, response: object) -> None:
-    """Count one answered request (one dictionary increment: the hot path's whole cost)."""
-    error = error_of(response)
-    key = (type(request), None if error is None else error.type)
-    counts[key] = counts.get(key, 0) + 1
-
-
-def request_type(cls: type) -> str:
-    """The `type` label of a request class: CommandRequest -> command, KeepAliveRequest ->
-    keep_alive."""
-    name = cls.__name__.removesuffix("Request")
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
-
-
-class Buckets:
-    """A histogram's counts, kept as plain numbers. One writer at a time (the fsync's worker
-    thread, or the Trio thread), read when scraped."""
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        """Observations per bucket, not cumulative; the last one is over every bound."""
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        """(le, count of observations <= le) pairs, ending with +Inf, as Prometheus has them."""
-        counts = list(self.counts)  # a copy: the fsync thread may add one meanwhile
-        total = 0
-        pairs = []
-        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
-            total += count
-            pairs.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(total)))
-        return pairs
 
 
 def histogram(name: str, doc: str, buckets: Buckets) -> HistogramMetricFamily:
     return HistogramMetricFamily(name, doc, buckets=buckets.cumulative(), sum_value=buckets.sum)
 
 
-class RoundTrips:
-    """The leader's round trip to each peer, from the heartbeat round (read_round) every
-    AppendRequest carries and its AppendResponse echoes: the first request of a round to a peer
-    starts the clock, the first response of that round stops it, and the round's later requests
-    (one or more per put under load) are not timed again, so most calls are one dictionary look-up
-    and a comparison. Messages to one peer travel in order, so that response answers that
-    request. A response of a later round means the probe's messages were lost: it is dropped,
-    not observed."""
-
-    def __init__(self) -> None:
-        self._probes: dict[int, tuple[int, float | None]] = {}
-        """Peer -> (round, Trio time its first request of that round was handed to the link),
-        or (round, None) once a response of that round came: no probe until a later round."""
-        self.peers: dict[int, Buckets] = {}
-
-    def sent(self, peer: int, read_round: int) -> None:
-        probe = self._probes.get(peer)
-        if probe is None or (probe[1] is None and read_round > probe[0]):
-            self._probes[peer] = (read_round, trio.current_time())
-
-    def answered(self, peer: int, read_round: int) -> None:
-        probe = self._probes.get(peer)
-        if probe is None or probe[1] is None or read_round < probe[0]:
-            return
-        self._probes[peer] = (read_round, None)
-        if read_round == probe[0]:
-            self.child(peer).observe(trio.current_time() - probe[1])
-
-    def child(self, peer: int) -> Buckets:
-        buckets = self.peers.get(peer)
-        if buckets is None:
-            buckets = self.peers[peer] = Buckets(ROUND_TRIP_BUCKETS)
-        return buckets
-
-
 class ServerMetrics:
     """The metrics of one CopycatServer, in a registry of their own."""
 
-    def __init__(self, server: CopycatServer) -> None:
+    def __init__(self, server: MonitoredMember) -> None:
         self.server = server
         self.registry = CollectorRegistry(auto_describe=False)
         self.fsync = Buckets(FSYNC_BUCKETS)
@@ -149,8 +94,8 @@ class ServerMetrics:
         """Hook the observations into the server's parts (its loop, peer links, executor and
         storage must exist) and serve HTTP on `address`; returns the bound address."""
         server = self.server
-        loop, executor = server._loop, server._executor
-        assert loop is not None and executor is not None
+        assert server.running is not None
+        loop, executor = server.running
         loop.metrics = loop.peers.metrics = self
         executor.on_snapshot_saved = self.snapshot_save.observe
         if isinstance(server.storage, FsyncObservable):
@@ -189,15 +134,15 @@ def _json(value: Any) -> bytes:
 class _StateCollector(Collector):
     """Reads the server's state and counters when scraped."""
 
-    def __init__(self, server: CopycatServer, metrics: ServerMetrics) -> None:
+    def __init__(self, server: MonitoredMember, metrics: ServerMetrics) -> None:
         self._server = server
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
         server = self._server
-        loop, executor = server._loop, server._executor
-        if loop is None or executor is None:
+        if server.running is None:
             return
+        loop, executor = server.running
         status = server.status()
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -368,12 +313,12 @@ def storage_problem(storage: object) -> str | None:
     return None
 
 
-def server_health(server: CopycatServer) -> Health:
+def server_health(server: MonitoredMember) -> Health:
     """The health of a running server (unhealthy if it is not running, or was removed from the
     configuration)."""
-    loop = server._loop
-    if loop is None:
+    if server.running is None:
         return Health(False, "not running", {"member": server.id})
+    loop, _executor = server.running
     core = loop.core
     removal = server.removal
     if removal is not None:

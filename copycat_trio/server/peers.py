@@ -7,7 +7,6 @@ on the next heartbeat) and a slow peer must never stall the raft loop. Drops are
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -15,9 +14,7 @@ import trio
 from ..protocol.errors import ProtocolError
 from ..protocol.messages import AppendRequest, Envelope
 from ..transport.base import MessageStream, Transport, TransportError, send_messages
-
-if TYPE_CHECKING:
-    from .metrics import ServerMetrics
+from .observations import Observer
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +161,7 @@ class PeerLinks:
         self.addresses: dict[int, str] = {}
         self.statistics: dict[int, PeerStatistics] = {}
         """Each peer's counters, kept across its links (metrics read them when scraped)."""
-        self.metrics: ServerMetrics | None = None
+        self.metrics: Observer | None = None
         """Set when the server serves metrics: the leader's round trips are timed."""
 
     def learn(self, member_id: int, address: str) -> None:

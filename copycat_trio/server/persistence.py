@@ -9,7 +9,7 @@ only once its write and every earlier one are durable: the loop holds those part
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
@@ -17,9 +17,7 @@ import trio
 from ..core.raft import HardState, Ready
 from ..protocol.messages import Entry
 from ..storage.base import LogStorage
-
-if TYPE_CHECKING:
-    from .metrics import ServerMetrics
+from .observations import Observer
 
 WRITE_QUEUE = 256
 """Queued writes before the loop waits for the disk (backpressure, not unbounded memory)."""
@@ -89,7 +87,7 @@ class Persister:
         self,
         storage: LogStorage,
         on_durable: Callable[[list[QueuedWrite]], None],
-        metrics: ServerMetrics | None = None,
+        metrics: Observer | None = None,
     ) -> None:
         """`on_durable(items)` is called, in order, once items are durable (it must not block:
         the loop collects them on its next turn)."""

@@ -97,12 +97,14 @@ from .forwarding import LeaderForwarder
 from .log_clock import LogClock
 from .loop import MonotonicClock, RaftLoop, Step, TrioClock
 from .membership import MembershipService, configure_response
-from .metrics import RequestCounts, ServerMetrics, count_request, server_health
+from .metrics import ServerMetrics, server_health
+from .observations import RequestCounts, count_request
 from .options import ServerOptions, validate_members
 from .peers import PeerLinks
 from .replication import SnapshotReplication, align_storage
 from .responses import ResponseWriter
 from .roles import RoleChange, watch_role
+from .status import ServerStatus
 
 log = logging.getLogger(__name__)
 
@@ -125,24 +127,6 @@ OPERATOR_REQUESTS: tuple[type, ...] = (
     BackupRequest,
 )
 """What an operator's tools send (membership, leadership, backups): `admin` role requests."""
-
-
-@attrs.frozen
-class ServerStatus:
-    """A member's view of itself and the cluster."""
-
-    id: int
-    role: str
-    term: int
-    leader: int | None
-    commit_index: int
-    applied_index: int
-    last_log_index: int
-    members: tuple[Member, ...]
-    unavailable: tuple[int, ...] = ()
-    """On the leader: members not heard from for an election timeout."""
-    cluster_id: str = ""
-    """The cluster's id ("" until this member knows it)."""
 
 
 def _wall_clock_ms() -> int:
@@ -752,6 +736,13 @@ class CopycatServer:
         if self._loop is None:
             raise RuntimeError("server is not running")
         return watch_role(self._loop)
+
+    @property
+    def running(self) -> tuple[RaftLoop, Executor] | None:
+        """The raft loop and the executor while the server runs (None before and after)."""
+        if self._loop is None or self._executor is None:
+            return None
+        return self._loop, self._executor
 
     @property
     def is_leader(self) -> bool:
