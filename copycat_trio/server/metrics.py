@@ -18,7 +18,7 @@ import json
 import logging
 import os
 from collections.abc import Collection, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import trio
@@ -31,45 +31,18 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ..protocol.messages import Member
-from ..storage.base import FailureReporting, FsyncObservable, InDirectory, LogStorage
-from .executor import Executor
+from ..storage.base import FailureReporting, FsyncObservable, InDirectory
 from .http import Response, serve_http
-from .loop import RaftLoop
 from .observations import (
     BATCH_BUCKETS,
     FSYNC_BUCKETS,
     SNAPSHOT_BUCKETS,
     Buckets,
-    RequestCounts,
     RoundTrips,
     count_request,
     request_type,
 )
-from .options import ServerOptions
-from .status import ServerStatus
-
-
-class MonitoredMember(Protocol):
-    """What metrics and health read of a member (CopycatServer is one)."""
-
-    id: int
-    ready: bool
-    storage: LogStorage
-    options: ServerOptions
-    request_counts: RequestCounts
-
-    @property
-    def running(self) -> tuple[RaftLoop, Executor] | None: ...
-
-    @property
-    def removal(self) -> tuple[int, tuple[Member, ...]] | None: ...
-
-    @property
-    def is_leader(self) -> bool: ...
-
-    def status(self) -> ServerStatus: ...
-
+from .status import MonitoredMember
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,10 @@ Either call returns once a leader is known; cancelling the nursery stops every t
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,6 @@ from ..protocol.errors import (
     CopycatError,
     ErrorInfo,
     ErrorType,
-    IllegalMemberStateError,
     ProtocolError,
     Status,
     UnreadableRequestError,
@@ -37,23 +34,18 @@ from ..protocol.errors import (
 )
 from ..protocol.messages import (
     BackupRequest,
-    BackupResponse,
     CommandRequest,
     CommandResponse,
     ConfigureRequest,
-    ConfigureResponse,
-    ConnectRequest,
     Envelope,
     ErrorResponse,
     InstallRequest,
-    InstallResponse,
     JoinRequest,
     JoinResponse,
     KeepAliveRequest,
     LeaveRequest,
     Member,
     MemberType,
-    PeerContact,
     QueryRequest,
     QueryResponse,
     ReconfigureRequest,
@@ -61,7 +53,6 @@ from ..protocol.messages import (
     RpcRequest,
     RpcResponse,
     StatusRequest,
-    StatusResponse,
     TransferRequest,
     UnregisterRequest,
     error_of,
@@ -76,11 +67,11 @@ from ..storage.identity import (
     write_identity,
 )
 from ..storage.memory import MemoryStorage
-from ..storage.snapshots import HEADER_SIZE as SNAPSHOT_HEADER_SIZE
 from ..transport.base import MessageStream, Transport, TransportError
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
 from ..transport.tcp import TcpTransport
 from ..transport.tls import TlsContexts, TlsSettings
+from .admin_handlers import AdminHandlers
 from .authz import (
     AuthPolicy,
     Principal,
@@ -96,29 +87,20 @@ from .executor import Executor
 from .forwarding import LeaderForwarder
 from .log_clock import LogClock
 from .loop import MonotonicClock, RaftLoop, Step, TrioClock
-from .membership import MembershipService, configure_response
-from .metrics import ServerMetrics, server_health
+from .membership import MembershipService
+from .metrics import ServerMetrics
 from .observations import RequestCounts, count_request
 from .options import ServerOptions, validate_members
 from .peers import PeerLinks
 from .replication import SnapshotReplication, align_storage
 from .responses import ResponseWriter
 from .roles import RoleChange, watch_role
+from .routing import CLIENT_REQUESTS, RequestRouter, members_text
 from .status import ServerStatus
 
 log = logging.getLogger(__name__)
 
 MAX_REQUESTS_PER_CONNECTION = 1024
-CLIENT_REQUESTS: tuple[type, ...] = (
-    CommandRequest,
-    QueryRequest,
-    RegisterRequest,
-    ConnectRequest,
-    KeepAliveRequest,
-    UnregisterRequest,
-    StatusRequest,
-)
-
 OPERATOR_REQUESTS: tuple[type, ...] = (
     JoinRequest,
     LeaveRequest,
@@ -243,6 +225,7 @@ class CopycatServer:
         self._service: ClientService | None = None
         self._membership: MembershipService | None = None
         self._replication: SnapshotReplication | None = None
+        self._router: RequestRouter | None = None
         self._nursery: trio.Nursery | None = None
         self._was_member = False
         self._configuration_at_start = 0
@@ -261,7 +244,7 @@ class CopycatServer:
     def _on_configuration(self, index: int, members: tuple[Member, ...]) -> None:
         if index > self._configuration_at_start:  # not one replayed from the log at start
             log.info(
-                "member %s: configuration %s in force: %s", self.id, index, _members_text(members)
+                "member %s: configuration %s in force: %s", self.id, index, members_text(members)
             )
         if any(m.id == self.id for m in members):
             self._was_member = True
@@ -275,7 +258,7 @@ class CopycatServer:
                 "members now: %s",
                 self.id,
                 index,
-                _members_text(members),
+                members_text(members),
             )
             self.removed.set()
 
@@ -410,6 +393,32 @@ class CopycatServer:
                     forward,
                     election_timeout=options.election_timeout,
                     replace_after=self.replace_after,
+                )
+                admin = AdminHandlers(
+                    self, loop, executor, self._replication, self._on_configuration
+                )
+                membership = self._membership
+                self._router = RequestRouter(
+                    self.id,
+                    {
+                        CommandRequest: self._service.command,
+                        QueryRequest: self._service.query,
+                        RegisterRequest: self._service.register,
+                        KeepAliveRequest: self._service.keep_alive,
+                        UnregisterRequest: self._service.unregister,
+                        StatusRequest: admin.status,
+                        JoinRequest: membership.join,
+                        LeaveRequest: membership.leave,
+                        ReconfigureRequest: membership.reconfigure,
+                        TransferRequest: membership.transfer,
+                        ConfigureRequest: admin.configure,
+                        InstallRequest: admin.install,
+                        BackupRequest: admin.backup,
+                    },
+                    self._service.connect,
+                    removal=lambda: self._removal,
+                    reserve=self._reserve,
+                    cluster_id=lambda: self.cluster_id,
                 )
                 if options.metrics_address is not None:
                     self.metrics = metrics = ServerMetrics(self)
@@ -597,9 +606,6 @@ class CopycatServer:
             return None
         log.info("refused a request from %s: %s", principal.describe(), refusal)
         return ErrorResponse(Status.ERROR, ErrorInfo(ErrorType.UNAUTHORIZED, refusal))
-
-    async def _no_connection(self, request: Any) -> Any:
-        raise IllegalMemberStateError("connect needs a client connection")
 
     async def _compact(self, index: int) -> None:
         """A snapshot at index is durable: drop the log before it, keeping some entries so that
@@ -915,224 +921,17 @@ class CopycatServer:
     ) -> None:
         """Handle one request and queue its answer (which then holds the request's permit
         until written)."""
+        assert self._router is not None
         queued = False
         try:
-            body = await self._session_owner_refusal(principal, request.body)
-            if body is None:
-                body = await self._dispatch(request.body, connection)
+            refused = await self._session_owner_refusal(principal, request.body)
+            body = refused or await self._router.dispatch(request.body, connection)
             count_request(self.request_counts, request.body, body)
             responses.put(RpcResponse(request.id, body))
             queued = True
         finally:
             if not queued:
                 limiter.release()
-
-    async def _dispatch(self, body: Any, connection: ClientConnection | None) -> Any:
-        assert self._service is not None and self._membership is not None
-        service, membership = self._service, self._membership
-        handlers: dict[type, Callable[[Any], Awaitable[Any]]] = {
-            CommandRequest: service.command,
-            QueryRequest: service.query,
-            RegisterRequest: service.register,
-            KeepAliveRequest: service.keep_alive,
-            UnregisterRequest: service.unregister,
-            ConnectRequest: functools.partial(service.connect, connection=connection)
-            if connection is not None
-            else self._no_connection,
-            StatusRequest: self._on_status,
-            JoinRequest: membership.join,
-            LeaveRequest: membership.leave,
-            ReconfigureRequest: membership.reconfigure,
-            TransferRequest: membership.transfer,
-            ConfigureRequest: self._on_configure,
-            InstallRequest: self._on_install,
-            BackupRequest: self._on_backup,
-        }
-        if (
-            self._removal is not None
-            and isinstance(body, CLIENT_REQUESTS)
-            and not isinstance(body, StatusRequest)
-        ):
-            index, members = self._removal
-            return ErrorResponse(
-                Status.ERROR,
-                ErrorInfo(
-                    ErrorType.ILLEGAL_MEMBER_STATE,
-                    f"member {self.id} was removed from the cluster (configuration {index}); "
-                    f"its members are {_members_text(members)}",
-                ),
-            )
-        if (
-            self._reserve()
-            and isinstance(body, CLIENT_REQUESTS)
-            and not isinstance(body, StatusRequest)
-        ):
-            return ErrorResponse(
-                Status.ERROR,
-                ErrorInfo(
-                    ErrorType.ILLEGAL_MEMBER_STATE,
-                    f"member {self.id} is a RESERVE member and serves no clients",
-                ),
-            )
-        handler = handlers.get(type(body))
-        if handler is None:
-            return ErrorResponse(
-                Status.ERROR,
-                ErrorInfo(ErrorType.PROTOCOL, f"unsupported request type {type(body).__name__}"),
-            )
-        try:
-            answer = await handler(body)
-            if isinstance(answer, JoinResponse) and answer.status is Status.OK:
-                answer = attrs.evolve(answer, cluster_id=answer.cluster_id or self.cluster_id)
-            return answer
-        except CopycatError as exc:
-            return ErrorResponse(Status.ERROR, exc.to_info())
-        except Exception as exc:
-            log.exception("request %s failed", type(body).__name__)
-            return ErrorResponse(Status.ERROR, ErrorInfo(ErrorType.INTERNAL, repr(exc)))
-
-    async def _on_install(self, request: InstallRequest) -> InstallResponse:
-        if self._replication is None:
-            return InstallResponse(
-                status=Status.ERROR,
-                error=ErrorInfo(
-                    ErrorType.ILLEGAL_MEMBER_STATE,
-                    "this member keeps no snapshots (memory storage or a state machine that is "
-                    "not Snapshottable)",
-                ),
-            )
-        return await self._replication.on_install(request)
-
-    async def _on_status(self, request: StatusRequest) -> StatusResponse:
-        await trio.lowlevel.checkpoint()
-        assert self._loop is not None and self._executor is not None
-        confirmed = False
-        if request.confirm and self.is_leader:
-            # A leader cut off from its peers still says "leader" until it steps down; one
-            # heartbeat round tells an operator whether a quorum still follows it.
-            with trio.move_on_after(self.options.election_timeout):
-                with contextlib.suppress(CopycatError):
-                    await self._loop.read_index()
-                    confirmed = True
-        status = self.status()
-        heard = self._loop.silent_for(self._loop.clock())
-        health = server_health(self)
-        return StatusResponse(
-            healthy=health.healthy,
-            health=health.reason,
-            confirmed=confirmed,
-            snapshot_index=self._executor.snapshot_index,
-            sessions=len(self._executor.sessions),
-            log_bytes=await self._bytes_on_disk(),
-            heard=tuple(PeerContact(m, round(s, 3)) for m, s in sorted(heard.items())),
-            status=Status.OK,
-            id=status.id,
-            role=status.role,
-            term=status.term,
-            leader=status.leader,
-            commit_index=status.commit_index,
-            applied_index=status.applied_index,
-            last_log_index=status.last_log_index,
-            members=status.members,
-            unavailable=tuple(status.unavailable),
-            cluster_id=self.cluster_id,
-        )
-
-    async def _bytes_on_disk(self) -> int:
-        """The size of the member's data directory (log, snapshots, meta); 0 if it has none."""
-        if not isinstance(self.storage, InDirectory):
-            return 0
-        directory = self.storage.directory
-
-        def walk() -> int:
-            total = 0
-            for root, _dirs, files in os.walk(directory):
-                for name in files:
-                    with contextlib.suppress(OSError):
-                        total += os.path.getsize(os.path.join(root, name))
-            return total
-
-        return await trio.to_thread.run_sync(walk)
-
-    async def _on_backup(self, request: BackupRequest) -> BackupResponse:
-        """A consistent snapshot for `copycat-trio snapshot save`: taken by the leader at its
-        applied index (everything in it is committed), then read out chunk by chunk."""
-        assert self._executor is not None and self._loop is not None
-        executor, store = self._executor, self._executor.snapshots
-
-        def error(kind: ErrorType, text: str) -> BackupResponse:
-            return BackupResponse(status=Status.ERROR, error=ErrorInfo(kind, text))
-
-        if store is None:
-            return error(
-                ErrorType.ILLEGAL_MEMBER_STATE,
-                f"member {self.id} keeps no snapshots (memory storage, or a state machine that "
-                "is not Snapshottable)",
-            )
-        crc = 0
-        if request.index == 0:
-            if not self.is_leader:
-                leader = self._loop.core.leader
-                return error(
-                    ErrorType.ILLEGAL_MEMBER_STATE,
-                    f"member {self.id} is not the leader (member {leader} is); ask the leader",
-                )
-            async with executor.lock:
-                if executor.applied_index.value > executor.snapshot_index:
-                    await executor.take_snapshot()
-            info = await store.latest()
-            if info is None:
-                return error(ErrorType.ILLEGAL_MEMBER_STATE, "nothing has been applied yet")
-            async with store.open(info) as reader:  # verifies the whole file's checksum
-                crc = reader.expected_crc
-        else:
-            found = [i for i in await store.list_all() if i.index == request.index]
-            if not found:
-                return error(
-                    ErrorType.ILLEGAL_MEMBER_STATE,
-                    f"snapshot {request.index} is no longer kept here (a newer one replaced it); "
-                    "start the backup again",
-                )
-            info = found[0]
-        offset = max(0, min(request.offset, info.size))
-
-        def read() -> bytes:
-            with open(info.path, "rb") as file:
-                file.seek(SNAPSHOT_HEADER_SIZE + offset)
-                return file.read(min(BACKUP_CHUNK, info.size - offset))
-
-        data = await trio.to_thread.run_sync(read)
-        return BackupResponse(
-            status=Status.OK,
-            index=info.index,
-            term=info.term,
-            size=info.size,
-            crc=crc,
-            offset=offset,
-            data=data,
-        )
-
-    async def _on_configure(self, request: ConfigureRequest) -> ConfigureResponse:
-        """The leader pushing the configuration to this (RESERVE) member."""
-        assert self._loop is not None
-
-        def adopt(core: RaftCore, now: float) -> bool:
-            if not core.accept_leader(request.term, request.leader, now):
-                return False
-            assert self._loop is not None
-            for member in request.members:
-                self._loop.peers.learn(member.id, member.address)
-            me = next((m for m in request.members if m.id == self.id), None)
-            if me is not None and me.type is MemberType.RESERVE:
-                core.adopt_configuration(request.index, request.members)
-            if me is None and request.index >= core.configuration_index:
-                # The leader tells a member it removed (it replicates to it no more).
-                self._on_configuration(request.index, request.members)
-            return True
-
-        if await self._loop.call(adopt):
-            return configure_response(True)
-        return configure_response(False, "configuration from a stale term")
 
     # --- membership, for embedding applications ----------------------------------------------
 
@@ -1169,11 +968,11 @@ class CopycatServer:
                 await self.transfer_leadership(target)
 
     async def _admin_request(self, body: Any, timeout: float) -> Any:
-        assert self._loop is not None and self._pool is not None
+        assert self._loop is not None and self._pool is not None and self._router is not None
         with trio.fail_after(timeout):
             while True:
                 if self._loop.is_leader:
-                    response = await self._dispatch(body, None)
+                    response = await self._router.dispatch(body, None)
                 else:
                     leader = self._loop.core.leader
                     member = self._loop.core.member(leader) if leader is not None else None
@@ -1195,16 +994,8 @@ class CopycatServer:
 __all__ = ["CopycatServer", "ServerStatus"]
 
 
-BACKUP_CHUNK = 1 << 20
-"""Bytes of snapshot data per BackupResponse."""
-
-
 async def _refuse(stream: MessageStream, reason: str) -> None:
     """Tell the peer why before closing, if the stream can (see FramedStream.refuse)."""
     refuse = getattr(stream, "refuse", None)
     if refuse is not None:
         await refuse(reason)
-
-
-def _members_text(members: Sequence[Member]) -> str:
-    return ", ".join(f"{m.id}={m.address}" for m in sorted(members, key=lambda m: m.id)) or "none"
