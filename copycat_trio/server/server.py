@@ -14,7 +14,6 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -57,15 +56,7 @@ from ..protocol.messages import (
     UnregisterRequest,
     error_of,
 )
-from ..storage.base import CompactableLog, InDirectory, LogStorage, OnFileSystem, WithSnapshots
-from ..storage.fs import OS, FileSystem, run_blocking
-from ..storage.identity import (
-    Identity,
-    identity_refusal,
-    new_cluster_id,
-    read_identity,
-    write_identity,
-)
+from ..storage.base import CompactableLog, LogStorage, WithSnapshots
 from ..storage.memory import MemoryStorage
 from ..transport.base import MessageStream, Transport, TransportError
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
@@ -83,6 +74,7 @@ from .authz import (
     unauthorized_message,
 )
 from .client_service import ClientConnection, ClientService
+from .cluster_identity import ClusterIdentity
 from .executor import Executor
 from .forwarding import LeaderForwarder
 from .log_clock import LogClock
@@ -180,11 +172,6 @@ class CopycatServer:
             cluster_id=cluster_id,
         )
         self.id = member_id
-        self.cluster_id = ""
-        """This member's cluster id once started ("" while joining, or on data from before
-        cluster ids until a peer tells it)."""
-        self._foreign_peers: set[tuple[str, str]] = set()
-        """(host, cluster id) of peers of another cluster already logged."""
         self._refused_clients: set[tuple[str, str]] = set()
         """(host, reason) of clients refused (a wrong token) already logged."""
         if tls is not None and transport is not None:
@@ -206,6 +193,7 @@ class CopycatServer:
             unacknowledged_timeout=max(0.5, election_timeout),
         )
         self.storage: LogStorage = storage or MemoryStorage()
+        self._identity = ClusterIdentity(member_id, self.storage, self.transport, cluster_id)
         self.rng = rng or random.Random()
         self.wall_clock_ms = wall_clock_ms or _wall_clock_ms
         """The wall clock a leader's log time slews toward (a simulation passes its own); see
@@ -234,6 +222,12 @@ class CopycatServer:
         """Set once a configuration without this member comes into force here (applied, or
         pushed by the leader after the removal committed): the member serves no clients from
         then on, and `copycat-trio serve` exits (unless --stay-when-removed)."""
+
+    @property
+    def cluster_id(self) -> str:
+        """This member's cluster id once started ("" while joining, or on data from before
+        cluster ids until a peer tells it)."""
+        return self._identity.cluster_id
 
     @property
     def removal(self) -> tuple[int, tuple[Member, ...]] | None:
@@ -303,7 +297,7 @@ class CopycatServer:
         stored = await self.storage.load()
         try:
             has_data = bool(stored.entries or stored.hard_state.term)
-            await self._load_identity(has_data, join, members)
+            await self._identity.load(has_data, join, members)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.storage.aclose()
@@ -364,6 +358,7 @@ class CopycatServer:
                 self._loop = loop = RaftLoop(
                     core, self.storage, peers, executor, clock=clock.now, to_trio=clock.to_trio
                 )
+                self._identity.on_adopted = peers.reconnect
                 if executor.snapshots is not None:
                     self._replication = SnapshotReplication(
                         self.id,
@@ -443,89 +438,9 @@ class CopycatServer:
         finally:
             self.ready = False
             self._loop = None
+            self._identity.on_adopted = None
             with trio.CancelScope(shield=True):
                 await self.storage.aclose()
-
-    async def _load_identity(
-        self, has_data: bool, join: list[str] | None, members: Sequence[Member]
-    ) -> None:
-        """Check the data directory's identity file, or write one. At bootstrap only the
-        member with the lowest id makes the cluster id (two makers would split the cluster);
-        the others, a joining member, and a directory from before identity files (kept
-        working) record "" and adopt the id from the first member of their configuration
-        that sends them Raft messages (or from the join answer). With memory storage nobody
-        makes one: a restarted member would make another."""
-        directory, fs = self._data_directory()
-        expected = self.options.cluster_id
-        found = await run_blocking(fs, read_identity, directory, fs) if directory else None
-        if found is not None:
-            assert directory is not None
-            refusal = identity_refusal(found, directory, self.id, expected)
-            if refusal is not None:
-                raise ConfigurationError(refusal)
-            cluster = found.cluster_id or (expected or "")
-        elif expected:
-            cluster = expected
-        elif (
-            join is None
-            and not has_data
-            and directory is not None
-            and self.id == min(m.id for m in members)
-        ):
-            cluster = new_cluster_id()
-            log.info("member %s: new cluster %s", self.id, cluster)
-        else:
-            cluster = ""
-            if has_data and directory is not None:
-                log.info(
-                    "member %s: data directory %s has no identity file (written before cluster"
-                    " ids); recording member %s, the cluster id comes from the leader",
-                    self.id,
-                    directory,
-                    self.id,
-                )
-        self._set_cluster(cluster)
-        if directory is not None and found != Identity(cluster, self.id):
-            await run_blocking(fs, write_identity, directory, Identity(cluster, self.id), fs)
-
-    def _data_directory(self) -> tuple[Path | None, FileSystem]:
-        """The storage's directory and file system (None: storage without one, in memory)."""
-        if not isinstance(self.storage, InDirectory):
-            return None, OS
-        fs = self.storage.fs if isinstance(self.storage, OnFileSystem) else OS
-        return self.storage.directory, fs
-
-    def _set_cluster(self, cluster_id: str) -> None:
-        self.cluster_id = cluster_id
-        if isinstance(self.transport, TcpTransport):  # the Hello of every new connection
-            self.transport.version = attrs.evolve(self.transport.version, cluster=cluster_id)
-
-    async def _adopt_cluster(self, cluster_id: str, source: str) -> None:
-        """A member that does not know its cluster's id yet takes the one `source` gave."""
-        if self.cluster_id or not cluster_id:
-            return
-        self._set_cluster(cluster_id)
-        log.info("member %s: adopted cluster id %s from %s", self.id, cluster_id, source)
-        if self._loop is not None:  # so the peers learn it from us too
-            self._loop.peers.reconnect()
-        directory, fs = self._data_directory()
-        if directory is not None:
-            await run_blocking(fs, write_identity, directory, Identity(cluster_id, self.id), fs)
-
-    def _foreign_cluster(self, stream: MessageStream) -> str | None:
-        """Why a connection's peer is refused: its Hello names another cluster."""
-        hello = getattr(stream, "peer_version", None)
-        theirs = getattr(hello, "cluster", "")
-        if not theirs or not self.cluster_id or theirs == self.cluster_id:
-            return None
-        reason = (
-            f"{stream.peer} is of cluster {theirs}, member {self.id} of cluster {self.cluster_id}"
-        )
-        key = (stream.peer.rpartition(":")[0], theirs)
-        if key not in self._foreign_peers:  # once per peer: it keeps reconnecting
-            self._foreign_peers.add(key)
-            log.warning("refusing connection: %s", reason)
-        return reason
 
     def _identify(self, stream: MessageStream, also: str | None = None) -> Principal | None:
         """Who the connection's peer is (None: no authentication here). `also`: the address
@@ -680,7 +595,7 @@ class CopycatServer:
                 await trio.sleep(retry if attempt % len(cluster) == 0 else 0)
                 continue
             if isinstance(response, JoinResponse) and response.status is Status.OK:
-                await self._adopt_cluster(response.cluster_id, f"the join answer of {address}")
+                await self._identity.adopt(response.cluster_id, f"the join answer of {address}")
                 for member in response.members:
                     self._loop.peers.learn(member.id, member.address)
                 log.info("member %s joined at index %s", self.id, response.index)
@@ -801,7 +716,7 @@ class CopycatServer:
                         )
                     if not checked:
                         checked = True
-                        foreign = self._foreign_cluster(stream)
+                        foreign = self._identity.foreign(stream)
                         if foreign is not None:
                             await _refuse(stream, foreign)
                             return
@@ -823,7 +738,7 @@ class CopycatServer:
                                 )
                         if not self.cluster_id and loop.core.member(message.source) is not None:
                             hello = getattr(stream, "peer_version", None)
-                            await self._adopt_cluster(
+                            await self._identity.adopt(
                                 getattr(hello, "cluster", ""), f"member {message.source}"
                             )
                         if message.target == self.id:

@@ -37,11 +37,13 @@ class MonitoredMember(Protocol):
     """What metrics and health read of a member (CopycatServer is one)."""
 
     id: int
-    cluster_id: str
     ready: bool
     storage: LogStorage
     options: ServerOptions
     request_counts: RequestCounts
+
+    @property
+    def cluster_id(self) -> str: ...
 
     @property
     def running(self) -> tuple[RaftLoop, Executor] | None: ...
