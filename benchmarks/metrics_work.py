@@ -34,8 +34,8 @@ from typing import Any
 import trio
 
 from copycat_trio.recipes.kv import KeyValueStore, Put
-from copycat_trio.server import server as server_module
-from copycat_trio.server.metrics import (
+from copycat_trio.server import connections as server_module
+from copycat_trio.server.observations import (
     BATCH_BUCKETS,
     FSYNC_BUCKETS,
     Buckets,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from copycat_trio.server import connections as server_module
 from copycat_trio.server import metrics
-from copycat_trio.server import server as server_module
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import metrics_work

@@ -24,20 +24,14 @@ from ..protocol.codec import registry
 from ..protocol.errors import (
     ConfigurationError,
     CopycatError,
-    ErrorInfo,
     ErrorType,
-    ProtocolError,
     Status,
-    UnreadableRequestError,
     error_from_info,
 )
 from ..protocol.messages import (
     BackupRequest,
     CommandRequest,
-    CommandResponse,
     ConfigureRequest,
-    Envelope,
-    ErrorResponse,
     InstallRequest,
     JoinRequest,
     JoinResponse,
@@ -46,11 +40,8 @@ from ..protocol.messages import (
     Member,
     MemberType,
     QueryRequest,
-    QueryResponse,
     ReconfigureRequest,
     RegisterRequest,
-    RpcRequest,
-    RpcResponse,
     StatusRequest,
     TransferRequest,
     UnregisterRequest,
@@ -58,49 +49,32 @@ from ..protocol.messages import (
 )
 from ..storage.base import CompactableLog, LogStorage, WithSnapshots
 from ..storage.memory import MemoryStorage
-from ..transport.base import MessageStream, Transport, TransportError
+from ..transport.base import Transport
 from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
 from ..transport.tcp import TcpTransport
 from ..transport.tls import TlsContexts, TlsSettings
 from .admin_handlers import AdminHandlers
 from .authz import (
     AuthPolicy,
-    Principal,
-    identify,
-    is_member_only,
-    required_role,
-    session_of,
-    session_refusal,
-    unauthorized_message,
 )
-from .client_service import ClientConnection, ClientService
+from .client_service import ClientService
 from .cluster_identity import ClusterIdentity
+from .connections import ConnectionHandler
 from .executor import Executor
 from .forwarding import LeaderForwarder
 from .log_clock import LogClock
-from .loop import MonotonicClock, RaftLoop, Step, TrioClock
+from .loop import MonotonicClock, RaftLoop, TrioClock
 from .membership import MembershipService
 from .metrics import ServerMetrics
-from .observations import RequestCounts, count_request
+from .observations import RequestCounts
 from .options import ServerOptions, validate_members
 from .peers import PeerLinks
 from .replication import SnapshotReplication, align_storage
-from .responses import ResponseWriter
 from .roles import RoleChange, watch_role
-from .routing import CLIENT_REQUESTS, RequestRouter, members_text
+from .routing import RequestRouter, members_text
 from .status import ServerStatus
 
 log = logging.getLogger(__name__)
-
-MAX_REQUESTS_PER_CONNECTION = 1024
-OPERATOR_REQUESTS: tuple[type, ...] = (
-    JoinRequest,
-    LeaveRequest,
-    ReconfigureRequest,
-    TransferRequest,
-    BackupRequest,
-)
-"""What an operator's tools send (membership, leadership, backups): `admin` role requests."""
 
 
 def _wall_clock_ms() -> int:
@@ -172,8 +146,6 @@ class CopycatServer:
             cluster_id=cluster_id,
         )
         self.id = member_id
-        self._refused_clients: set[tuple[str, str]] = set()
-        """(host, reason) of clients refused (a wrong token) already logged."""
         if tls is not None and transport is not None:
             raise ConfigurationError("tls goes with the default transport (pass one or the other)")
         self._tls = TlsContexts.for_member(tls) if tls is not None else None
@@ -415,6 +387,20 @@ class CopycatServer:
                     reserve=self._reserve,
                     cluster_id=lambda: self.cluster_id,
                 )
+                connections = ConnectionHandler(
+                    self.id,
+                    loop=loop,
+                    service=self._service,
+                    executor=executor,
+                    router=self._router,
+                    identity=self._identity,
+                    auth=self.auth,
+                    request_counts=self.request_counts,
+                    own_address=lambda: self.address,
+                    removal=lambda: self._removal,
+                    reserve=self._reserve,
+                    election_timeout=options.election_timeout,
+                )
                 if options.metrics_address is not None:
                     self.metrics = metrics = ServerMetrics(self)
                     self.metrics_address = await metrics.start(nursery, options.metrics_address)
@@ -423,11 +409,13 @@ class CopycatServer:
                 nursery.start_soon(self._leader_duties)
                 nursery.start_soon(self._log_leader_changes)
                 self.address = await nursery.start(
-                    self.transport.serve, self.address, self._handle_connection
+                    self.transport.serve, self.address, connections.handle_connection
                 )
                 if self.client_address is not None:
                     self.client_address = await nursery.start(
-                        self.transport.serve, self.client_address, self._handle_client_connection
+                        self.transport.serve,
+                        self.client_address,
+                        connections.handle_client_connection,
                     )
                 if join is not None:
                     await self._join_cluster(join)
@@ -441,86 +429,6 @@ class CopycatServer:
             self._identity.on_adopted = None
             with trio.CancelScope(shield=True):
                 await self.storage.aclose()
-
-    def _identify(self, stream: MessageStream, also: str | None = None) -> Principal | None:
-        """Who the connection's peer is (None: no authentication here). `also`: the address
-        of a member asking to join, whose own certificate makes it a member's."""
-        if self.auth is None:
-            return None
-        assert self._loop is not None
-        addresses = [m.address for m in self._loop.core.members] + [self.address]
-        if also is not None:
-            addresses.append(also)
-        hosts = [address.rpartition(":")[0].strip("[]") for address in addresses]
-        hello = getattr(stream, "peer_version", None)
-        certificate = getattr(stream, "peer_certificate", None)
-        return identify(self.auth, certificate, getattr(hello, "token", "") or "", hosts)
-
-    def _note_refused_client(self, peer: str, why: str) -> None:
-        """A warning the first time a host is refused for a reason (a client retrying a
-        wrong token must not flood the log), debug after."""
-        key = (peer.rpartition(":")[0], why)
-        if key in self._refused_clients:
-            log.debug("refusing connection from %s: %s", peer, why)
-            return
-        if len(self._refused_clients) > 1024:
-            self._refused_clients.clear()
-        self._refused_clients.add(key)
-        log.warning("refusing connection from %s: %s", peer, why)
-
-    def _authorize(
-        self, stream: MessageStream, principal: Principal | None, request: RpcRequest
-    ) -> tuple[Principal | None, RpcRequest | RpcResponse]:
-        """The request to answer (a register stamped with the client's identity), or the
-        UNAUTHORIZED answer; and the principal, identified again if the membership changed
-        since (a member that joined meanwhile is one now)."""
-        body = request.body
-        if principal is not None and not principal.member:
-            needed = required_role(body)
-
-            def allowed(principal: Principal) -> bool:
-                if principal.member:
-                    return True
-                role = principal.role
-                return role is not None and role.allows(needed) and not is_member_only(body)
-
-            if not allowed(principal):
-                joining = body.member.address if isinstance(body, JoinRequest) else None
-                principal = self._identify(stream, joining) or principal
-            if not allowed(principal):
-                text = unauthorized_message(principal, body)
-                log.info("refused a request from %s: %s", stream.peer, text)
-                info = ErrorInfo(ErrorType.UNAUTHORIZED, text)
-                return principal, RpcResponse(request.id, ErrorResponse(Status.ERROR, info))
-        if isinstance(body, RegisterRequest) and (principal is None or not principal.member):
-            # Only a member's stamp is trusted (it forwards what it stamped itself).
-            identity = principal.identity if principal is not None else ""
-            request = RpcRequest(request.id, attrs.evolve(body, identity=identity))
-        return principal, request
-
-    async def _session_owner_refusal(
-        self, principal: Principal | None, body: Any
-    ) -> ErrorResponse | None:
-        """UNAUTHORIZED if a client acts in a session another identity opened. The session's
-        id is its register entry's index: a member that has not applied that far waits a
-        little (its register was just answered), then sends the client elsewhere."""
-        session_id = session_of(body)
-        if principal is None or principal.member or not session_id or self._executor is None:
-            return None
-        executor = self._executor
-        with trio.move_on_after(self.options.election_timeout):
-            await executor.applied_index.wait_value(lambda applied: applied >= session_id)
-        if executor.applied_index.value < session_id:
-            text = f"member {self.id} has not applied session {session_id}'s registration yet"
-            return ErrorResponse(Status.ERROR, ErrorInfo(ErrorType.QUERY, text))
-        session = executor.sessions.get(session_id)
-        if session is None:
-            return None  # expired or never registered: the request's handler says which
-        refusal = session_refusal(principal, session_id, session.identity)
-        if refusal is None:
-            return None
-        log.info("refused a request from %s: %s", principal.describe(), refusal)
-        return ErrorResponse(Status.ERROR, ErrorInfo(ErrorType.UNAUTHORIZED, refusal))
 
     async def _compact(self, index: int) -> None:
         """A snapshot at index is durable: drop the log before it, keeping some entries so that
@@ -671,182 +579,10 @@ class CopycatServer:
 
     # --- connections ---------------------------------------------------------------------
 
-    async def _handle_client_connection(self, stream: MessageStream) -> None:
-        """The separate client address serves client requests only (seed 000's connectClient)."""
-        await self._handle_connection(stream, allowed=CLIENT_REQUESTS)
-
-    async def _handle_connection(
-        self, stream: MessageStream, allowed: tuple[type, ...] | None = None
-    ) -> None:
-        """Read frames; Raft envelopes go to the loop, requests get a task each."""
-        assert self._loop is not None
-        loop = self._loop
-        if not getattr(stream, "authenticated", True):
-            # TLS without a certificate (client auth "none"): a client's, never a member's;
-            # its role (a token's, or the anonymous one) says which operator requests it may make.
-            allowed = (
-                CLIENT_REQUESTS + OPERATOR_REQUESTS if self.auth is not None else CLIENT_REQUESTS
-            )
-        limiter = trio.Semaphore(MAX_REQUESTS_PER_CONNECTION)
-        checked = False
-        principal: Principal | None = None
-        async with trio.open_nursery() as nursery:
-            connection = ClientConnection(stream, nursery)
-            responses = ResponseWriter(stream, limiter.release)
-            nursery.start_soon(responses.run)
-            try:
-                while True:
-                    try:
-                        message = await stream.receive()
-                    except UnreadableRequestError as exc:
-                        # Its id could be read: answer it, and go on reading this connection.
-                        log.info("request from %s: %s", stream.peer, exc)
-                        info = ErrorInfo(ErrorType.PROTOCOL, str(exc))
-                        await stream.send(
-                            RpcResponse(exc.request_id, ErrorResponse(Status.ERROR, info))
-                        )
-                        continue
-                    if allowed is not None and not (
-                        (isinstance(message, RpcRequest) and isinstance(message.body, allowed))
-                        or isinstance(message, RpcResponse)
-                    ):
-                        body = message.body if isinstance(message, RpcRequest) else message
-                        raise ProtocolError(
-                            f"{type(body).__name__} is not accepted on the client address"
-                        )
-                    if not checked:
-                        checked = True
-                        foreign = self._identity.foreign(stream)
-                        if foreign is not None:
-                            await _refuse(stream, foreign)
-                            return
-                        principal = self._identify(stream)
-                        if principal is not None and principal.refusal:
-                            self._note_refused_client(stream.peer, principal.refusal)
-                            await _refuse(stream, principal.refusal)
-                            return
-                    if isinstance(message, RpcResponse):
-                        connection.on_response(message)  # a client answering a publish
-                    elif isinstance(message, Envelope):
-                        if principal is not None and not principal.member:
-                            # Identified again: a member that joined since is one now.
-                            principal = self._identify(stream) or principal
-                            if not principal.member:
-                                raise ProtocolError(
-                                    f"Raft messages are member traffic; {principal.describe()} "
-                                    "is not a member"
-                                )
-                        if not self.cluster_id and loop.core.member(message.source) is not None:
-                            hello = getattr(stream, "peer_version", None)
-                            await self._identity.adopt(
-                                getattr(hello, "cluster", ""), f"member {message.source}"
-                            )
-                        if message.target == self.id:
-                            await loop.inbox_send.send(Step(message.source, message.message))
-                    elif isinstance(message, RpcRequest):
-                        principal, answer = self._authorize(stream, principal, message)
-                        if isinstance(answer, RpcResponse):
-                            count_request(self.request_counts, message.body, answer.body)
-                            await stream.send(answer)  # the connection stays open
-                            continue
-                        if self._answer_now(answer, responses, limiter, principal):
-                            continue
-                        await limiter.acquire()
-                        nursery.start_soon(
-                            self._answer, connection, answer, responses, limiter, principal
-                        )
-                    else:
-                        raise ProtocolError(f"unexpected {type(message).__name__} on a connection")
-            except ProtocolError as exc:
-                log.warning("closing connection from %s: %s", stream.peer, exc)
-            except TransportError:
-                pass
-            finally:
-                nursery.cancel_scope.cancel()
-
-    def _answer_now(
-        self,
-        request: RpcRequest,
-        responses: ResponseWriter,
-        limiter: trio.Semaphore,
-        principal: Principal | None,
-    ) -> bool:
-        """The hot path: a command the leader can take at once (ClientService.command_now) is
-        handed to the raft loop from here, with no task of its own; its answer is queued on
-        the connection's writer when applied. A query that needs no wait is answered here
-        (ClientService.query_now). False: it takes the usual path (`_answer`)."""
-        body = request.body
-        service = self._service
-        kind = type(body)
-        if kind not in (CommandRequest, QueryRequest) or service is None or self._removal:
-            return False
-        if (
-            principal is not None
-            and not principal.member
-            and not self._owns_session(principal, body.session)
-        ):
-            return False  # `_session_owner_refusal` waits or refuses, on the usual path
-        if kind is QueryRequest and self._reserve():
-            return False  # refused on the usual path
-        try:
-            limiter.acquire_nowait()  # released by the writer once the answer is written
-        except trio.WouldBlock:
-            return False
-        counts = self.request_counts
-
-        def answer(response: CommandResponse | QueryResponse) -> None:
-            count_request(counts, body, response)
-            responses.put(RpcResponse(request.id, response))
-
-        if kind is QueryRequest:
-            response = service.query_now(body)
-            if response is not None:
-                answer(response)
-                return True
-            taken = service.read_now(body, answer)
-        else:
-            taken = service.command_now(body, answer)
-        if not taken:
-            limiter.release()
-        return taken
-
     def _reserve(self) -> bool:
         """Whether this member is RESERVE (it serves no clients)."""
         me = self._loop.core.member(self.id) if self._loop is not None else None
         return me is not None and me.type is MemberType.RESERVE
-
-    def _owns_session(self, principal: Principal, session_id: int) -> bool:
-        """Whether `principal` may act in the session, decided without waiting (False when
-        that needs a wait or a refusal: see `_session_owner_refusal`)."""
-        executor = self._executor
-        if executor is None or executor.applied_index.value < session_id:
-            return False
-        session = executor.sessions.get(session_id)
-        return (
-            session is not None and session_refusal(principal, session_id, session.identity) is None
-        )
-
-    async def _answer(
-        self,
-        connection: ClientConnection,
-        request: RpcRequest,
-        responses: ResponseWriter,
-        limiter: trio.Semaphore,
-        principal: Principal | None = None,
-    ) -> None:
-        """Handle one request and queue its answer (which then holds the request's permit
-        until written)."""
-        assert self._router is not None
-        queued = False
-        try:
-            refused = await self._session_owner_refusal(principal, request.body)
-            body = refused or await self._router.dispatch(request.body, connection)
-            count_request(self.request_counts, request.body, body)
-            responses.put(RpcResponse(request.id, body))
-            queued = True
-        finally:
-            if not queued:
-                limiter.release()
 
     # --- membership, for embedding applications ----------------------------------------------
 
@@ -907,10 +643,3 @@ class CopycatServer:
 
 
 __all__ = ["CopycatServer", "ServerStatus"]
-
-
-async def _refuse(stream: MessageStream, reason: str) -> None:
-    """Tell the peer why before closing, if the stream can (see FramedStream.refuse)."""
-    refuse = getattr(stream, "refuse", None)
-    if refuse is not None:
-        await refuse(reason)

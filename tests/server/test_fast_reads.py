@@ -9,7 +9,7 @@ import trio
 
 from copycat_trio.protocol.messages import QueryRequest
 from copycat_trio.protocol.operations import Consistency
-from copycat_trio.server.server import CopycatServer
+from copycat_trio.server.connections import ConnectionHandler
 from copycat_trio.testing import open_memory_cluster
 
 from .test_sessions import Journal, Record, Records
@@ -19,14 +19,14 @@ async def test_linearizable_reads_on_the_leader_take_no_task_each(
     autojump_clock, monkeypatch
 ) -> None:
     slow_path: list[Any] = []
-    answer = CopycatServer._answer
+    answer = ConnectionHandler.answer
 
-    async def counting(self: CopycatServer, connection: Any, request: Any, *args: Any) -> None:
+    async def counting(self: ConnectionHandler, connection: Any, request: Any, *args: Any) -> None:
         if isinstance(request.body, QueryRequest):
             slow_path.append(request.body)
         await answer(self, connection, request, *args)
 
-    monkeypatch.setattr(CopycatServer, "_answer", counting)
+    monkeypatch.setattr(ConnectionHandler, "answer", counting)
     async with open_memory_cluster(3, Journal) as cluster:
         leader = await cluster.wait_for_leader()
         async with cluster.client([leader]) as client:
