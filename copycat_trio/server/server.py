@@ -24,8 +24,6 @@ from ..protocol.codec import registry
 from ..protocol.errors import (
     ConfigurationError,
     CopycatError,
-    ErrorType,
-    Status,
     error_from_info,
 )
 from ..protocol.messages import (
@@ -34,7 +32,6 @@ from ..protocol.messages import (
     ConfigureRequest,
     InstallRequest,
     JoinRequest,
-    JoinResponse,
     KeepAliveRequest,
     LeaveRequest,
     Member,
@@ -50,7 +47,7 @@ from ..protocol.messages import (
 from ..storage.base import CompactableLog, LogStorage, WithSnapshots
 from ..storage.memory import MemoryStorage
 from ..transport.base import Transport
-from ..transport.rpc import ConnectionPool, RequestNotSent, ResponseLost
+from ..transport.rpc import ConnectionPool
 from ..transport.tcp import TcpTransport
 from ..transport.tls import TlsContexts, TlsSettings
 from .admin_handlers import AdminHandlers
@@ -62,6 +59,7 @@ from .cluster_identity import ClusterIdentity
 from .connections import ConnectionHandler
 from .executor import Executor
 from .forwarding import LeaderForwarder
+from .joining import MemberRequests
 from .log_clock import LogClock
 from .loop import MonotonicClock, RaftLoop, TrioClock
 from .membership import MembershipService
@@ -186,6 +184,7 @@ class CopycatServer:
         self._membership: MembershipService | None = None
         self._replication: SnapshotReplication | None = None
         self._router: RequestRouter | None = None
+        self._requests: MemberRequests | None = None
         self._nursery: trio.Nursery | None = None
         self._was_member = False
         self._configuration_at_start = 0
@@ -387,6 +386,14 @@ class CopycatServer:
                     reserve=self._reserve,
                     cluster_id=lambda: self.cluster_id,
                 )
+                self._requests = MemberRequests(
+                    loop,
+                    self._pool,
+                    self._router.dispatch,
+                    self._identity,
+                    nursery,
+                    options.election_timeout,
+                )
                 connections = ConnectionHandler(
                     self.id,
                     loop=loop,
@@ -418,7 +425,14 @@ class CopycatServer:
                         connections.handle_client_connection,
                     )
                 if join is not None:
-                    await self._join_cluster(join)
+                    me = Member(
+                        self.id,
+                        self.address,
+                        type=self.member_type,
+                        client_address=self.client_address,
+                        priority=self.priority,
+                    )
+                    await self._requests.join(join, me)
                 await loop.leader.wait_value(lambda leader: leader is not None)
                 log.info("member %s ready at %s; leader is %s", self.id, self.address, core.leader)
                 self.ready = True
@@ -427,6 +441,7 @@ class CopycatServer:
             self.ready = False
             self._loop = None
             self._identity.on_adopted = None
+            self._requests = None
             with trio.CancelScope(shield=True):
                 await self.storage.aclose()
 
@@ -443,18 +458,6 @@ class CopycatServer:
                 await storage.compact_before(upto + 1)
 
         await self._loop.call(lambda core, _now: core.compact(upto), storage_op=drop_segments)
-
-    async def _until_promoted(self, cluster: list[str], me: Member) -> None:
-        """A member that joined to vote comes in as PASSIVE: keep asking until the leader,
-        seeing it caught up, makes it ACTIVE."""
-        assert self._loop is not None
-        while True:
-            current = self._loop.core.member(self.id)
-            if current is not None and current.type is me.type:
-                return
-            await trio.sleep(self.options.election_timeout)
-            with contextlib.suppress(CopycatError, TimeoutError, trio.TooSlowError):
-                await self._admin_request(JoinRequest(member=me), 2 * self.options.election_timeout)
 
     async def _log_leader_changes(self) -> None:
         """One line per leader a follower comes to follow (a leader logs its own election)."""
@@ -480,41 +483,6 @@ class CopycatServer:
                 leader_nursery.start_soon(membership.replace_failed)
                 await loop.role.wait_value(lambda role: role is not Role.LEADER)
                 leader_nursery.cancel_scope.cancel()
-
-    async def _join_cluster(self, cluster: list[str]) -> None:
-        """Seed 000's loop: ask each member in turn; retry every 2x election timeout."""
-        assert self._pool is not None and self._loop is not None
-        me = Member(
-            self.id,
-            self.address,
-            type=self.member_type,
-            client_address=self.client_address,
-            priority=self.priority,
-        )
-        retry = 2 * self.options.election_timeout
-        attempt = 0
-        while True:
-            address = cluster[attempt % len(cluster)]
-            attempt += 1
-            try:
-                response = await self._pool.request(address, JoinRequest(member=me), retry)
-            except (RequestNotSent, ResponseLost) as exc:
-                log.info("join via %s failed: %s", address, exc)
-                await trio.sleep(retry if attempt % len(cluster) == 0 else 0)
-                continue
-            if isinstance(response, JoinResponse) and response.status is Status.OK:
-                await self._identity.adopt(response.cluster_id, f"the join answer of {address}")
-                for member in response.members:
-                    self._loop.peers.learn(member.id, member.address)
-                log.info("member %s joined at index %s", self.id, response.index)
-                assert self._nursery is not None
-                self._nursery.start_soon(self._until_promoted, cluster, me)
-                return
-            error = error_of(response)
-            log.info("join via %s refused: %s", address, error)
-            if error is not None and error.type is ErrorType.ILLEGAL_MEMBER_STATE:
-                raise ConfigurationError(f"cannot join: {error.message}")
-            await trio.sleep(retry if attempt % len(cluster) == 0 else 0.05)
 
     def reload_tls(self) -> None:
         """Read the certificate, key and CA files again (SIGHUP does this for `serve`):
@@ -589,15 +557,15 @@ class CopycatServer:
     async def leave(self, *, timeout: float = 30.0) -> None:
         """Remove this member from the configuration (through the leader) and wait for it."""
         me = Member(self.id, self.address, client_address=self.client_address)
-        response = await self._admin_request(LeaveRequest(member=me), timeout)
-        if response.error is not None:
-            raise error_from_info(response.error)
+        error = error_of(await self._admin_request(LeaveRequest(member=me), timeout))
+        if error is not None:
+            raise error_from_info(error)
 
     async def transfer_leadership(self, member_id: int, *, timeout: float = 30.0) -> None:
         """Ask the leader to hand leadership to `member_id` once it has caught up."""
-        response = await self._admin_request(TransferRequest(member=member_id), timeout)
-        if response.error is not None:
-            raise error_from_info(response.error)
+        error = error_of(await self._admin_request(TransferRequest(member=member_id), timeout))
+        if error is not None:
+            raise error_from_info(error)
 
     async def shutdown_gracefully(self, *, timeout: float | None = None) -> None:
         """If this member leads, hand leadership to the most caught-up voter first, so the
@@ -618,28 +586,10 @@ class CopycatServer:
             with contextlib.suppress(CopycatError):
                 await self.transfer_leadership(target)
 
-    async def _admin_request(self, body: Any, timeout: float) -> Any:
-        assert self._loop is not None and self._pool is not None and self._router is not None
-        with trio.fail_after(timeout):
-            while True:
-                if self._loop.is_leader:
-                    response = await self._router.dispatch(body, None)
-                else:
-                    leader = self._loop.core.leader
-                    member = self._loop.core.member(leader) if leader is not None else None
-                    if member is None:
-                        await trio.sleep(0.05)
-                        continue
-                    try:
-                        response = await self._pool.request(member.address, body, timeout)
-                    except (RequestNotSent, ResponseLost):
-                        await trio.sleep(0.05)
-                        continue
-                error = error_of(response)
-                if error is not None and error.type is ErrorType.NO_LEADER:
-                    await trio.sleep(0.05)
-                    continue
-                return response
+    async def _admin_request(self, body: object, timeout: float) -> object:
+        if self._requests is None:
+            raise RuntimeError("server is not running")
+        return await self._requests.ask_leader(body, timeout)
 
 
 __all__ = ["CopycatServer", "ServerStatus"]
