@@ -26,8 +26,8 @@ def _module_name(path: pathlib.Path) -> tuple[str, list[str]]:
     return ".".join(parts), parts[:-1]
 
 
-def _never_on_import(node: ast.If) -> bool:
-    """`if TYPE_CHECKING:` or `if __name__ == "__main__":`."""
+def _never_on_import(node: ast.If, annotations: bool = False) -> bool:
+    """`if TYPE_CHECKING:` (unless `annotations`) or `if __name__ == "__main__":`."""
     test = node.test
     if isinstance(test, ast.Compare) and isinstance(test.left, ast.Name):
         main = test.comparators[0] if len(test.comparators) == 1 else None
@@ -36,18 +36,22 @@ def _never_on_import(node: ast.If) -> bool:
             and isinstance(main, ast.Constant)
             and main.value == "__main__"
         )
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    return not annotations and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
     )
 
 
-def _imports(tree: ast.AST, package: list[str], modules: set[str]) -> set[str]:
-    """The package's modules this tree imports when it runs."""
+def _imports(
+    tree: ast.AST, package: list[str], modules: set[str], annotations: bool = False
+) -> set[str]:
+    """The package's modules this tree imports when it runs (`annotations`: and those it
+    imports for type checking only)."""
     found: set[str] = set()
     pending: list[ast.AST] = [tree]
     while pending:
         node = pending.pop()
-        if isinstance(node, ast.If) and _never_on_import(node):
+        if isinstance(node, ast.If) and _never_on_import(node, annotations):
             pending.extend(node.orelse)
             continue
         if isinstance(node, ast.Import):
@@ -65,12 +69,12 @@ def _imports(tree: ast.AST, package: list[str], modules: set[str]) -> set[str]:
     return {name for name in found if name in modules}
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(annotations: bool = False) -> dict[str, set[str]]:
     """Each module of the package and the package's modules it imports."""
     files = [(*_module_name(path), path) for path in PACKAGE.rglob("*.py")]
     modules = {name for name, _, _ in files}
     return {
-        name: _imports(ast.parse(path.read_text()), package, modules) - {name}
+        name: _imports(ast.parse(path.read_text()), package, modules, annotations) - {name}
         for name, package, path in files
     }
 
@@ -109,6 +113,13 @@ def test_the_package_has_no_import_circles() -> None:
     assert circle is None, "import circle: " + " -> ".join(circle or [])
 
 
+def test_not_even_type_annotations_import_in_a_circle() -> None:
+    """A circle through `if TYPE_CHECKING:` imports runs at no import, but it still ties two
+    modules' meanings together: a small Protocol on the using side breaks it."""
+    circle = find_circle(import_graph(annotations=True))
+    assert circle is None, "import circle (counting TYPE_CHECKING): " + " -> ".join(circle or [])
+
+
 def test_the_checker_finds_a_circle_and_ignores_imports_that_never_run_on_import() -> None:
     modules = {"p", "p.a", "p.b"}
     runtime = ast.parse("from . import b\n")
@@ -120,6 +131,7 @@ def test_the_checker_finds_a_circle_and_ignores_imports_that_never_run_on_import
     elsewhere = ast.parse('if __name__ == "p.b":\n    from .a import main\n')
     assert _imports(runtime, ["p"], modules) == {"p.b"}
     assert _imports(typing_only, ["p"], modules) == set()
+    assert _imports(typing_only, ["p"], modules, annotations=True) == {"p.a"}
     assert _imports(in_function, ["p"], modules) == {"p.a"}
     assert _imports(as_program, ["p"], modules) == set()
     assert _imports(elsewhere, ["p"], modules) == {"p.a"}

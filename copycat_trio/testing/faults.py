@@ -31,17 +31,54 @@ Faults:
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 import trio
 
 from ..core.raft import Role
-from ..protocol.messages import MemberType
-from ..transport.memory import LinkFaults
+from ..protocol.messages import Member, MemberType
+from ..transport.memory import LinkFaults, MemoryNetwork
+from .cluster import MemoryCluster
+from .simdisk import FsDisk, SimDisk
+from .trace import Trace
 
-if TYPE_CHECKING:
-    from .simulation import Simulation
+
+class _Timing(Protocol):
+    @property
+    def election_timeout(self) -> float: ...
+    @property
+    def heartbeat_interval(self) -> float: ...
+
+
+class FaultTarget(Protocol):
+    """What a FaultInjector acts on, and all it may touch (a `Simulation` is one)."""
+
+    @property
+    def trace(self) -> Trace: ...
+    @property
+    def cluster(self) -> MemoryCluster: ...
+    @property
+    def network(self) -> MemoryNetwork: ...
+    @property
+    def config(self) -> _Timing: ...
+    @property
+    def client_hosts(self) -> list[str]: ...
+    @property
+    def disks(self) -> dict[int, SimDisk | FsDisk]: ...
+
+    def current_leaders(self) -> list[int]: ...
+    async def add_member(self) -> None: ...
+    async def crash(
+        self, member_id: int, *, during_save: bool = False, within: float = 1.0
+    ) -> bool: ...
+    def restart(self, member_id: int) -> None: ...
+    async def pause(self, member_id: int, seconds: float) -> None: ...
+    def resume_all(self) -> None: ...
+    def jump_clock(self, member_id: int, seconds: float) -> None: ...
+    async def transfer_leadership(self, target: int, *, timeout: float = 5.0) -> str: ...
+    async def reconfigure(self, member: Member, *, timeout: float = 5.0) -> str: ...
+
 
 __all__ = ["EXTRA_PROFILES", "LEASE_SAFE_DRIFT", "PROFILES", "FaultInjector", "FaultMix"]
 
@@ -217,7 +254,7 @@ fsyncs, bit flips at rest: simulation.py), no faults."""
 class FaultInjector:
     """Plays a FaultMix against a simulation; `run` until cancelled, then `heal_all`."""
 
-    def __init__(self, sim: Simulation, mix: FaultMix, rng: random.Random) -> None:
+    def __init__(self, sim: FaultTarget, mix: FaultMix, rng: random.Random) -> None:
         self.sim = sim
         self.mix = mix
         self.rng = rng
